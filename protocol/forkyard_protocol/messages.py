@@ -1,0 +1,221 @@
+"""Params and results of every custom method, and the method table (PROTOCOL.md,
+"Requests" and "Notifications")."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from .models import (
+    Agent,
+    Conflict,
+    FileChange,
+    LogEntry,
+    Message,
+    Thread,
+    TurnState,
+    WireModel,
+)
+
+# --- shared pieces -----------------------------------------------------------------------
+
+
+class Position(WireModel):
+    line: int = Field(ge=0)
+    character: int = Field(ge=0)
+
+
+class Range(WireModel):
+    start: Position
+    end: Position
+
+
+class ChatContext(WireModel):
+    uri: str
+    range: Range | None = None
+
+
+class Empty(WireModel):
+    """`{}`: params of list methods and the result of interrupt."""
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+# --- conversation ------------------------------------------------------------------------
+
+
+class ChatParams(WireModel):
+    text: str
+    thread_id: str | None = None
+    context: ChatContext | None = None
+    work_done_token: str | int | None = None
+
+    _text_not_blank = field_validator("text")(_non_blank)
+
+
+class ChatResult(WireModel):
+    thread_id: str
+    turn_id: str
+    message_id: str
+
+
+class ChatInterruptParams(WireModel):
+    thread_id: str
+
+
+class ThreadListResult(WireModel):
+    threads: list[Thread]
+
+
+class ThreadReadParams(WireModel):
+    thread_id: str
+
+
+class ThreadReadResult(WireModel):
+    thread: Thread
+    messages: list[Message]
+
+
+# --- agents ------------------------------------------------------------------------------
+
+
+class AgentDispatchParams(WireModel):
+    task: str
+    role: str = "worker"
+    backend: str | None = None
+    title: str | None = None
+    thread_id: str | None = None
+    base_ref: str = "HEAD"
+    include_uncommitted: bool = True
+
+    _task_not_blank = field_validator("task")(_non_blank)
+
+
+class AgentResult(WireModel):
+    agent: Agent
+
+
+class AgentListResult(WireModel):
+    agents: list[Agent]
+
+
+class AgentRef(WireModel):
+    """Params of every method that names one agent: its id, or its number as a string."""
+
+    agent_id: str
+
+    @field_validator("agent_id", mode="before")
+    @classmethod
+    def _number_as_id(cls, value: object) -> object:
+        # A client may well send agent #3 as the integer 3; accept it as the string "3".
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    _id_not_blank = field_validator("agent_id")(_non_blank)
+
+
+class AgentReadResult(WireModel):
+    agent: Agent
+    log: list[LogEntry]
+
+
+class AgentMessageParams(AgentRef):
+    text: str
+
+    _text_not_blank = field_validator("text")(_non_blank)
+
+
+class AgentDiffResult(WireModel):
+    agent_id: str
+    base_ref: str
+    patch: str
+    files: list[FileChange]
+
+
+class AgentFileParams(AgentRef):
+    path: str
+
+
+class AgentFileResult(WireModel):
+    text: str | None
+
+
+class AgentApplyParams(AgentRef):
+    paths: list[str] | None = None
+    hunk_ids: list[str] | None = None
+
+
+class AgentApplyResult(WireModel):
+    applied: bool
+    paths: list[str]
+    conflicts: list[Conflict]
+
+
+# --- notifications -----------------------------------------------------------------------
+
+
+class ChatDeltaNotification(WireModel):
+    thread_id: str
+    turn_id: str
+    message_id: str
+    delta: str
+
+
+class ChatMessageNotification(WireModel):
+    message: Message
+
+
+class ChatTurnNotification(WireModel):
+    thread_id: str
+    turn_id: str
+    state: TurnState
+    error: str | None = None
+
+
+class AgentChangedNotification(WireModel):
+    agent: Agent
+
+
+# --- the method table --------------------------------------------------------------------
+
+Direction = Literal["request", "notification"]
+
+#: Every custom request: method -> (params model, result model).
+REQUESTS: dict[str, tuple[type[WireModel], type[WireModel]]] = {
+    "forkyard/chat": (ChatParams, ChatResult),
+    "forkyard/chat/interrupt": (ChatInterruptParams, Empty),
+    "forkyard/thread/list": (Empty, ThreadListResult),
+    "forkyard/thread/read": (ThreadReadParams, ThreadReadResult),
+    "forkyard/agent/dispatch": (AgentDispatchParams, AgentResult),
+    "forkyard/agent/list": (Empty, AgentListResult),
+    "forkyard/agent/read": (AgentRef, AgentReadResult),
+    "forkyard/agent/message": (AgentMessageParams, AgentResult),
+    "forkyard/agent/cancel": (AgentRef, AgentResult),
+    "forkyard/agent/diff": (AgentRef, AgentDiffResult),
+    "forkyard/agent/file": (AgentFileParams, AgentFileResult),
+    "forkyard/agent/apply": (AgentApplyParams, AgentApplyResult),
+    "forkyard/agent/discard": (AgentRef, AgentResult),
+}
+
+#: Every custom notification, server to client: method -> params model.
+NOTIFICATIONS: dict[str, type[WireModel]] = {
+    "forkyard/chat/delta": ChatDeltaNotification,
+    "forkyard/chat/message": ChatMessageNotification,
+    "forkyard/chat/turn": ChatTurnNotification,
+    "forkyard/agent/changed": AgentChangedNotification,
+}
+
+
+def describe_validation_error(method: str, error: Any) -> str:
+    """A one-line message naming each bad field, for a -32602 answer."""
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "params"
+        problems.append(f"{field}: {item['msg']}")
+    return f"invalid params for {method}: " + "; ".join(problems)

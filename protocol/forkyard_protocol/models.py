@@ -1,0 +1,150 @@
+"""The objects of the Forkyard protocol (PROTOCOL.md, "Objects").
+
+Field names are snake_case in Python and camelCase on the wire; every model accepts both,
+so the server can build them from its own code and validate them from JSON alike.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+PROTOCOL_VERSION = 1
+
+
+class WireModel(BaseModel):
+    """Base of every protocol model: camelCase aliases, and extra fields ignored so that a
+    newer client can talk to an older server."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        extra="ignore",
+    )
+
+    def wire(self) -> dict[str, object]:
+        """The JSON-ready dict sent to a client."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+AgentState = Literal[
+    "queued",
+    "starting",
+    "running",
+    "done",
+    "applied",
+    "discarded",
+    "failed",
+    "cancelled",
+    "interrupted",
+]
+
+#: States an agent never leaves by itself; only a user's follow-up starts it again.
+FINAL_STATES: frozenset[str] = frozenset(
+    {"done", "applied", "discarded", "failed", "cancelled", "interrupted"}
+)
+#: States in which an agent occupies one of the `max_parallel_agents` slots.
+ACTIVE_STATES: frozenset[str] = frozenset({"starting", "running"})
+
+TurnState = Literal["queued", "running", "completed", "failed", "interrupted"]
+MessageRole = Literal["user", "assistant", "event"]
+FileStatus = Literal["added", "modified", "deleted", "renamed"]
+
+
+class Progress(WireModel):
+    message: str
+    percentage: int | None = None
+
+
+class ChangeCounts(WireModel):
+    files: int = 0
+    additions: int = 0
+    deletions: int = 0
+
+
+class Agent(WireModel):
+    id: str
+    number: int
+    title: str
+    task: str
+    role: str
+    backend: str
+    state: AgentState
+    thread_id: str | None = None
+    base_ref: str
+    branch: str | None = None
+    worktree: str | None = None
+    created_at: str
+    updated_at: str
+    progress: Progress | None = None
+    summary: str | None = None
+    error: str | None = None
+    changes: ChangeCounts = Field(default_factory=ChangeCounts)
+
+
+class Thread(WireModel):
+    id: str
+    title: str
+    created_at: str
+    updated_at: str
+
+
+class Message(WireModel):
+    id: str
+    thread_id: str
+    turn_id: str | None = None
+    role: MessageRole
+    text: str
+    agent_id: str | None = None
+    created_at: str
+
+
+class Hunk(WireModel):
+    id: str
+    old_start: int
+    old_lines: int
+    new_start: int
+    new_lines: int
+    header: str
+    text: str
+
+
+class FileChange(WireModel):
+    path: str
+    uri: str
+    old_path: str | None = None
+    status: FileStatus
+    additions: int = 0
+    deletions: int = 0
+    hunks: list[Hunk] = Field(default_factory=list)
+    binary: bool = False
+
+
+class LogEntry(WireModel):
+    time: str
+    kind: str
+    text: str
+
+
+class Conflict(WireModel):
+    path: str
+    reason: str
+
+
+class BackendInfo(WireModel):
+    """One entry of `experimental.forkyard.backends`: an addition to PROTOCOL.md so that a
+    client can tell the user why a backend cannot be used."""
+
+    name: str
+    available: bool
+    reason: str | None = None
+
+
+class ForkyardCapabilities(WireModel):
+    version: int = PROTOCOL_VERSION
+    roles: list[str]
+    backends: list[str]
+    backend_details: list[BackendInfo] = Field(default_factory=list)

@@ -1,0 +1,42 @@
+"""Helpers shared by the tests: real git repositories in temporary directories."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+#: A git environment that ignores the machine's global and system config, so that tests
+#: behave the same on a developer's machine and in CI.
+GIT_ENV = {
+    **os.environ,
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "Forkyard Tests",
+    "GIT_AUTHOR_EMAIL": "tests@forkyard.invalid",
+    "GIT_COMMITTER_NAME": "Forkyard Tests",
+    "GIT_COMMITTER_EMAIL": "tests@forkyard.invalid",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in `repo` and return its stdout; raise with stderr on failure."""
+    done = subprocess.run(
+        ["git", *args], cwd=repo, env=GIT_ENV, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {done.stderr}")
+    return done.stdout
+
+
+def make_repo(root: Path, files: dict[str, str] | None = None) -> Path:
+    """A git repository at `root` with one commit holding `files` (path -> text)."""
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q", "-b", "main")
+    for path, text in (files or {"README.md": "# sample\n"}).items():
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "initial")
+    return root
