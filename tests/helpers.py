@@ -40,3 +40,23 @@ def make_repo(root: Path, files: dict[str, str] | None = None) -> Path:
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "initial")
     return root
+
+
+async def process_running(pattern: str) -> bool:
+    """Whether any process's command line matches `pattern` (pgrep -f)."""
+    import anyio
+
+    done = await anyio.run_process(["pgrep", "-f", pattern], check=False)
+    return done.returncode == 0
+
+
+async def wait_for_no_process(pattern: str, timeout: float = 10) -> bool:
+    """Wait until no process matches `pattern`. The kernel offers no event for "some
+    process exited" that we could wait on here, so this polls, every 50 ms."""
+    import anyio
+
+    with anyio.move_on_after(timeout):
+        while await process_running(pattern):  # noqa: ASYNC110 - see docstring
+            await anyio.sleep(0.05)
+        return True
+    return False

@@ -1,0 +1,66 @@
+"""The one interface every agent backend implements.
+
+A backend runs one instruction for one agent in a prepared directory and reports through
+its context; the orchestrator owns everything around that: the queue, the worktree, the
+state machine, cancellation and persistence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from forkyard.settings import RoleConfig, Settings
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    ok: bool
+    summary: str
+    error: str | None = None
+
+
+class AgentContext(Protocol):
+    """What a backend may see and do while it runs."""
+
+    @property
+    def agent_number(self) -> int: ...
+    @property
+    def cwd(self) -> Path:
+        """The agent's worktree, or for a role without one the user's checkout."""
+
+    @property
+    def writable(self) -> bool:
+        """False for explorers: nothing may be written, whatever the backend asks."""
+
+    @property
+    def role(self) -> RoleConfig: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def environ(self) -> Mapping[str, str]:
+        """The server's environment, read-only; backends pass a scrubbed copy on."""
+
+    async def log(self, kind: str, text: str) -> None: ...
+    def progress(self, message: str, percentage: int | None = None) -> None: ...
+    def take_followups(self) -> list[str]:
+        """Follow-up instructions the user sent since the last call."""
+
+
+class Backend(Protocol):
+    name: str
+
+    async def availability(self, settings: Settings) -> Availability:
+        """Whether dispatching to this backend can work now, and why not."""
+
+    async def run(self, context: AgentContext, instruction: str) -> RunOutcome:
+        """Run one instruction to its end. Cancellation (the agent's cancel scope) must
+        stop every process the backend started."""

@@ -1,0 +1,81 @@
+"""initialize / initialized / shutdown: opening the repository's Forkyard session."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.uris import to_fs_path
+
+from forkyard.app import ForkyardApp
+from forkyard.lsp.server import ForkyardServer
+from forkyard.settings import current_environ
+from forkyard_protocol.models import BackendInfo, ForkyardCapabilities
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = [
+    "forkyard.dispatch",
+    "forkyard.apply",
+    "forkyard.discard",
+    "forkyard.cancel",
+    "forkyard.showDiff",
+]
+
+
+def workspace_root(params: types.InitializeParams) -> Path:
+    """The first workspace folder, else rootUri, else rootPath, else the cwd."""
+    uri = None
+    if params.workspace_folders:
+        uri = params.workspace_folders[0].uri
+    elif params.root_uri:
+        uri = params.root_uri
+    if uri and (path := to_fs_path(uri)):
+        return Path(path)
+    if params.root_path:
+        return Path(params.root_path)
+    return Path.cwd()
+
+
+def register(server: ForkyardServer) -> None:
+    @server.feature(types.INITIALIZE)
+    async def initialize(ls: ForkyardServer, params: types.InitializeParams) -> None:
+        options = params.initialization_options
+        if options is not None and not isinstance(options, dict):
+            options = None
+        app = await ForkyardApp.open(workspace_root(params), current_environ(), options)
+        if ls.task_group is None:
+            raise RuntimeError("the supervisor task group is not running")
+        for ready in ls.on_app_ready:
+            ready(app)
+        ls.app = app
+        await app.start(ls.task_group)
+        availability = await app.backend_availability()
+        backends = [name for name, status in availability.items() if status.available]
+        ls.experimental_capabilities = {
+            "forkyard": ForkyardCapabilities(
+                roles=app.settings.role_names(),
+                backends=backends,
+                backend_details=[
+                    BackendInfo(name=name, available=status.available, reason=status.reason)
+                    for name, status in availability.items()
+                ],
+            ).wire()
+        }
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: ForkyardServer, _params: Any) -> None:
+        app = ls.require_app()
+        for problem in app.loaded.problems:
+            ls.window_show_message(
+                types.ShowMessageParams(type=types.MessageType.Warning, message=str(problem))
+            )
+
+    @server.feature(types.SHUTDOWN)
+    async def shutdown(ls: ForkyardServer, _params: Any) -> None:
+        # Agents still running become `interrupted` when the supervisor is cancelled at
+        # exit; here we only make sure logs are on disk before the client may kill us.
+        if ls.app is not None:
+            await ls.app.orchestrator.stop()

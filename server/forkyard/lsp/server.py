@@ -1,0 +1,200 @@
+"""The language server object and how it runs: one supervisor task group for the whole
+server lifetime, opened before the first message is read and cancelled at exit, so every
+background task (agents, progress, flushers) has an owner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, BinaryIO, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+from lsprotocol import types
+from pydantic import ValidationError
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.io_ import StdinAsyncReader, StdoutWriter, run_async
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol, lsp_method
+
+import forkyard
+from forkyard.app import ForkyardApp
+from forkyard.errors import InvalidRequest
+from forkyard_protocol import REQUESTS, WireModel, describe_validation_error
+
+logger = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=WireModel)
+
+
+class ServerNotReady(JsonRpcException):
+    code = -32002
+    message = "Forkyard is not initialized yet"
+
+
+class ForkyardProtocol(LanguageServerProtocol):
+    """Adds `experimental.forkyard` to the initialize result (pygls has no hook for it)."""
+
+    _server: ForkyardServer
+
+    @lsp_method(types.INITIALIZE)
+    def lsp_initialize(
+        self, params: types.InitializeParams
+    ) -> Generator[Any, Any, types.InitializeResult]:
+        result: types.InitializeResult = yield from super().lsp_initialize(params)
+        result.capabilities.experimental = self._server.experimental_capabilities
+        return result
+
+
+class ForkyardServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__(
+            "forkyard",
+            forkyard.__version__,
+            protocol_cls=ForkyardProtocol,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+        )
+        self.app: ForkyardApp | None = None
+        self.task_group: TaskGroup | None = None
+        self.experimental_capabilities: dict[str, Any] = {}
+        #: Called with the app once it is open, before it starts: listeners attach here
+        #: so that they see every event.
+        self.on_app_ready: list[Callable[[ForkyardApp], None]] = []
+
+    def require_app(self) -> ForkyardApp:
+        if self.app is None:
+            raise ServerNotReady()
+        return self.app
+
+    def spawn(self, func: Callable[[], Awaitable[Any]], name: str) -> None:
+        """Run a background task owned by the supervisor task group."""
+        if self.task_group is None:
+            raise RuntimeError("the supervisor task group is not running")
+        self.task_group.start_soon(func, name=name)
+
+    def notify(self, method: str, params: WireModel) -> None:
+        self.protocol.notify(method, params.wire())
+
+    def client_supports_progress(self) -> bool:
+        window = self.client_capabilities.window
+        return bool(window and window.work_done_progress)
+
+    def request(
+        self, method: str
+    ) -> Callable[[Callable[[ForkyardServer, Any], Awaitable[WireModel]]], Any]:
+        """Register a custom request handler that gets validated params (-32602 naming
+        the bad field otherwise) and whose domain errors become -32602 too."""
+        params_model, _ = REQUESTS[method]
+
+        def decorator(func: Callable[[ForkyardServer, Any], Awaitable[WireModel]]) -> Any:
+            @self.feature(method)
+            async def handler(ls: ForkyardServer, raw: Any) -> Any:
+                params = parse_params(method, params_model, raw)
+                try:
+                    result = await func(self, params)
+                except InvalidRequest as exc:
+                    raise JsonRpcInvalidParams(str(exc)) from exc
+                return result.wire()
+
+            return func
+
+        return decorator
+
+    def forkyard_command(self, name: str) -> Callable[[Callable[..., Awaitable[WireModel]]], Any]:
+        """Register a `workspace/executeCommand` command; domain errors become -32602."""
+
+        def decorator(func: Callable[..., Awaitable[WireModel]]) -> Any:
+            @self.command(name)
+            async def handler(ls: ForkyardServer, *args: Any) -> Any:
+                try:
+                    result = await func(self, *args)
+                except InvalidRequest as exc:
+                    raise JsonRpcInvalidParams(f"{name}: {exc}") from exc
+                return result.wire()
+
+            return func
+
+        return decorator
+
+
+def parse_params(method: str, model: type[P], raw: Any) -> P:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise JsonRpcInvalidParams(f"invalid params for {method}: params must be an object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise JsonRpcInvalidParams(describe_validation_error(method, exc)) from exc
+
+
+def create_server() -> ForkyardServer:
+    from forkyard.lsp import agents, config, lifecycle
+
+    server = ForkyardServer()
+    lifecycle.register(server)
+    config.register(server)
+    agents.register(server)
+    return server
+
+
+async def _serve(server: ForkyardServer, reader: Any) -> None:
+    stop_event = threading.Event()
+    server._stop_event = stop_event
+    try:
+        async with anyio.create_task_group() as task_group:
+            server.task_group = task_group
+            await run_async(
+                stop_event=stop_event,
+                reader=reader,
+                protocol=server.protocol,
+                logger=logger,
+                error_handler=server.report_server_error,
+            )
+            task_group.cancel_scope.cancel()
+    finally:
+        server.task_group = None
+        if server.app is not None:
+            await server.app.close()
+
+
+def run_stdio(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+    server = create_server()
+    reader = StdinAsyncReader(stdin or sys.stdin.buffer, server.thread_pool)
+    server.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+    try:
+        asyncio.run(_serve(server, reader))
+    except (KeyboardInterrupt, SystemExit, BrokenPipeError):
+        pass
+    finally:
+        server.shutdown()
+
+
+def run_tcp(host: str, port: int) -> None:
+    """One client over TCP, for editors that prefer a socket."""
+    server = create_server()
+
+    async def main() -> None:
+        done = anyio.Event()
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            server.protocol.set_writer(writer)  # type: ignore[arg-type]
+            try:
+                await _serve(server, reader)
+            finally:
+                done.set()
+
+        tcp = await asyncio.start_server(on_connect, host, port)
+        async with tcp:
+            logger.info("Forkyard listening on %s:%s", host, port)
+            await done.wait()
+
+    try:
+        asyncio.run(main())
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.shutdown()

@@ -1,0 +1,56 @@
+"""The `AgentContext` a backend gets: a narrow window onto the orchestrator."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from forkyard.settings import RoleConfig, Settings
+
+if TYPE_CHECKING:
+    from forkyard.orchestrator.orchestrator import AgentRuntime, Orchestrator
+
+
+class RunContext:
+    def __init__(
+        self, orchestrator: Orchestrator, runtime: AgentRuntime, cwd: Path, role: RoleConfig
+    ) -> None:
+        self._orchestrator = orchestrator
+        self._runtime = runtime
+        self._cwd = cwd
+        self._role = role
+
+    @property
+    def agent_number(self) -> int:
+        return self._runtime.agent.number
+
+    @property
+    def cwd(self) -> Path:
+        return self._cwd
+
+    @property
+    def writable(self) -> bool:
+        return self._role.worktree
+
+    @property
+    def role(self) -> RoleConfig:
+        return self._role
+
+    @property
+    def settings(self) -> Settings:
+        return self._orchestrator.settings
+
+    @property
+    def environ(self) -> Mapping[str, str]:
+        return self._orchestrator.environ
+
+    async def log(self, kind: str, text: str) -> None:
+        await self._orchestrator._log(self._runtime, kind, text)
+
+    def progress(self, message: str, percentage: int | None = None) -> None:
+        self._orchestrator.progress(self._runtime, message, percentage)
+
+    def take_followups(self) -> list[str]:
+        taken, self._runtime.followups[:] = list(self._runtime.followups), []
+        return taken

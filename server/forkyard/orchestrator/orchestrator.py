@@ -1,0 +1,481 @@
+"""The orchestrator: agents queued, run at most N at a time in the background, each in its
+own cancel scope and (for writing roles) its own worktree; every change persisted and
+announced.
+
+Everything here runs on the event loop and only awaits: git, the store and processes run
+elsewhere. Agents are plain `Agent` models plus a little runtime state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup
+
+from forkyard.agents.base import Backend, RunOutcome
+from forkyard.clock import new_id, now_iso
+from forkyard.errors import InvalidRequest, UnknownAgent
+from forkyard.orchestrator.context import RunContext
+from forkyard.orchestrator.events import Listeners, OrchestratorListener
+from forkyard.settings import RoleConfig, Settings
+from forkyard.store import Store
+from forkyard.workspace.diff import WorktreeDiff, diff_worktree, file_at
+from forkyard.workspace.git import GitError, Repository, slugify
+from forkyard_protocol.messages import AgentDispatchParams
+from forkyard_protocol.models import ACTIVE_STATES, Agent, ChangeCounts, LogEntry, Progress
+
+logger = logging.getLogger(__name__)
+
+LLM_BACKEND = "llm"
+PROGRESS_INTERVAL_SECONDS = 0.1
+LOG_FLUSH_SECONDS = 0.25
+FINISH_TIMEOUT_SECONDS = 60
+
+
+@dataclass
+class AgentRuntime:
+    """An agent and what only a running server knows about it."""
+
+    agent: Agent
+    cancel_scope: anyio.CancelScope | None = None
+    user_cancelled: bool = False
+    followups: list[str] = field(default_factory=list)
+    rerun: str | None = None
+    last_progress_emit: float = 0.0
+    pending_log: list[LogEntry] = field(default_factory=list)
+
+
+class Orchestrator:
+    """One per repository (the user's checkout)."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        store: Store,
+        settings: Callable[[], Settings],
+        backends: Mapping[str, Backend],
+        state_dir: Path,
+        environ: Mapping[str, str],
+    ) -> None:
+        self.repository = repository
+        self.store = store
+        self._settings = settings
+        self.backends = dict(backends)
+        self.state_dir = state_dir
+        self.environ = environ
+        self.listeners = Listeners()
+        self.repo_key = f"{repository.root.name}-{_short_hash(str(repository.root))}"
+        self._agents: dict[str, AgentRuntime] = {}
+        self._queue: list[AgentRuntime] = []
+        self._active: set[str] = set()
+        self._task_group: TaskGroup | None = None
+        self._log_dirty: set[str] = set()
+        self._state_waiters: dict[str, anyio.Event] = {}
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings()
+
+    @property
+    def worktrees_dir(self) -> Path:
+        return self.state_dir / "worktrees" / self.repo_key
+
+    def add_listener(self, listener: OrchestratorListener) -> None:
+        self.listeners.add(listener)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self, task_group: TaskGroup) -> None:
+        """Load agents from the store; those the last server left running are
+        `interrupted` (their worktrees kept); unowned worktrees are reported."""
+        self._task_group = task_group
+        for agent in await self.store.load_agents(self.repo_key):
+            runtime = AgentRuntime(agent)
+            self._agents[agent.id] = runtime
+            if agent.state in ACTIVE_STATES or agent.state == "queued":
+                await self._update(
+                    runtime,
+                    state="interrupted",
+                    progress=None,
+                    error="the server stopped while this agent ran; its worktree is kept",
+                )
+        task_group.start_soon(self._flush_logs_forever)
+        await self._report_orphans()
+
+    async def _report_orphans(self) -> None:
+        try:
+            worktrees = await self.repository.list_worktrees()
+        except GitError as exc:
+            self.listeners.notice("warning", f"cannot list worktrees: {exc}")
+            return
+        root = self.worktrees_dir
+        owned_paths = [r.agent.worktree for r in self._agents.values() if r.agent.worktree]
+
+        def unowned() -> list[str]:
+            resolved_root = root.resolve()
+            owned = {Path(p).resolve() for p in owned_paths}
+            return [
+                str(w.path)
+                for w in worktrees
+                if Path(w.path).resolve().is_relative_to(resolved_root)
+                and Path(w.path).resolve() not in owned
+            ]
+
+        orphans = await anyio.to_thread.run_sync(unowned)
+        if orphans:
+            self.listeners.notice(
+                "warning",
+                f"Forkyard found {len(orphans)} worktree(s) no agent owns; kept, not deleted: "
+                + ", ".join(orphans),
+            )
+
+    async def stop(self) -> None:
+        """Persist what is pending; called on shutdown, shielded by the caller."""
+        await self._flush_logs()
+
+    # --- queries ---------------------------------------------------------------------
+
+    def agents(self) -> list[Agent]:
+        """Newest first."""
+        ordered = sorted(self._agents.values(), key=lambda r: r.agent.number, reverse=True)
+        return [r.agent.model_copy(deep=True) for r in ordered]
+
+    def resolve(self, ref: str) -> AgentRuntime:
+        """An agent by id, or by its number written as a string ("3", "#3")."""
+        if runtime := self._agents.get(ref):
+            return runtime
+        number = ref.removeprefix("#").strip()
+        if number.isdigit():
+            for runtime in self._agents.values():
+                if runtime.agent.number == int(number):
+                    return runtime
+        raise UnknownAgent(ref)
+
+    async def read(self, ref: str) -> tuple[Agent, list[LogEntry]]:
+        runtime = self.resolve(ref)
+        await self._flush_logs()
+        log = await self.store.read_log(runtime.agent.id)
+        return runtime.agent.model_copy(deep=True), log
+
+    async def diff(self, ref: str) -> WorktreeDiff | None:
+        """The agent's worktree against its base; None for agents without a worktree."""
+        agent = self.resolve(ref).agent
+        if not agent.worktree:
+            return None
+        if not await _is_dir(agent.worktree):
+            raise InvalidRequest(f"agent #{agent.number}'s worktree is gone: {agent.worktree}")
+        return await diff_worktree(Path(agent.worktree), agent.base_ref, self.repository.root)
+
+    async def file(self, ref: str, path: str) -> str | None:
+        agent = self.resolve(ref).agent
+        root = Path(agent.worktree) if agent.worktree else self.repository.root
+        try:
+            return await file_at(root, path)
+        except ValueError as exc:
+            raise InvalidRequest(f"path: {exc}") from exc
+
+    # --- commands --------------------------------------------------------------------
+
+    async def dispatch(self, params: AgentDispatchParams) -> Agent:
+        settings = self.settings
+        role = settings.role(params.role)
+        if role is None:
+            raise InvalidRequest(
+                f"role: unknown role {params.role!r}; known roles: "
+                + ", ".join(settings.role_names())
+            )
+        backend_name = params.backend or LLM_BACKEND
+        backend = self.backends.get(backend_name)
+        if backend is None:
+            if backend_name == LLM_BACKEND:
+                raise InvalidRequest(
+                    "backend: the llm backend needs a model; configure one in "
+                    ".forkyard.toml ([models.default] provider, base_url, model) or dispatch "
+                    'with backend "command" to run a shell command'
+                )
+            raise InvalidRequest(
+                f"backend: unknown backend {backend_name!r}; known backends: "
+                + ", ".join(sorted(self.backends))
+            )
+        availability = await backend.availability(settings)
+        if not availability.available:
+            raise InvalidRequest(f"backend: {backend_name} is unavailable: {availability.reason}")
+        base = await self._base_commit(params, role)
+        number = await self.store.next_agent_number(self.repo_key)
+        title = (params.title or _title_from_task(params.task)).strip()
+        stamp = now_iso()
+        agent = Agent(
+            id=new_id("agent"),
+            number=number,
+            title=title,
+            task=params.task,
+            role=params.role,
+            backend=backend_name,
+            state="queued",
+            thread_id=params.thread_id,
+            base_ref=base,
+            branch=f"forkyard/{number}-{slugify(title)}" if role.worktree else None,
+            created_at=stamp,
+            updated_at=stamp,
+        )
+        runtime = AgentRuntime(agent)
+        self._agents[agent.id] = runtime
+        await self._save_and_announce(runtime, None)
+        self._queue.append(runtime)
+        self._pump()
+        return runtime.agent.model_copy(deep=True)
+
+    async def _base_commit(self, params: AgentDispatchParams, role: RoleConfig) -> str:
+        """The commit the agent starts from; with includeUncommitted a snapshot of the
+        checkout as the user sees it, so the agent's diff holds only its own changes."""
+        try:
+            base = await self.repository.resolve(params.base_ref)
+            if role.worktree and params.include_uncommitted:
+                head = await self.repository.resolve("HEAD")
+                if base == head:
+                    return await self.repository.snapshot(base)
+        except GitError as exc:
+            raise InvalidRequest(f"baseRef: {exc}") from exc
+        return base
+
+    async def message(self, ref: str, text: str) -> Agent:
+        """A follow-up: a running agent gets it at its next step; a finished one runs
+        again in the same worktree."""
+        runtime = self.resolve(ref)
+        agent = runtime.agent
+        if agent.state in ("queued", "starting", "running"):
+            runtime.followups.append(text)
+            await self._log(runtime, "user", text)
+            return agent.model_copy(deep=True)
+        if agent.state in ("applied", "discarded"):
+            raise InvalidRequest(f"agent #{agent.number} was {agent.state}; dispatch a new one")
+        if agent.worktree and not await _is_dir(agent.worktree):
+            raise InvalidRequest(f"agent #{agent.number}'s worktree is gone: {agent.worktree}")
+        runtime.rerun = text
+        runtime.user_cancelled = False
+        await self._log(runtime, "user", text)
+        await self._update(runtime, state="queued", error=None, progress=None)
+        self._queue.append(runtime)
+        self._pump()
+        return runtime.agent.model_copy(deep=True)
+
+    async def cancel(self, ref: str) -> Agent:
+        """Stops the agent; its worktree and everything it wrote are kept."""
+        runtime = self.resolve(ref)
+        agent = runtime.agent
+        if runtime in self._queue:
+            self._queue.remove(runtime)
+            await self._update(runtime, state="cancelled", progress=None)
+        elif agent.state in ACTIVE_STATES and runtime.cancel_scope is not None:
+            runtime.user_cancelled = True
+            runtime.cancel_scope.cancel()
+            # The run task records `cancelled` once its processes are gone.
+            with anyio.fail_after(FINISH_TIMEOUT_SECONDS):
+                while runtime.agent.state in ACTIVE_STATES:
+                    await self._state_changed(runtime)
+        return runtime.agent.model_copy(deep=True)
+
+    async def discard(self, ref: str) -> Agent:
+        """Removes worktree and branch, keeping the work under refs/forkyard/discarded/N."""
+        runtime = self.resolve(ref)
+        agent = runtime.agent
+        if agent.state in ACTIVE_STATES or runtime in self._queue:
+            await self.cancel(ref)
+        if agent.worktree:
+            try:
+                await self.repository.remove_worktree(
+                    Path(agent.worktree),
+                    agent.branch,
+                    keep_ref=f"refs/forkyard/discarded/{agent.number}",
+                )
+            except GitError as exc:
+                raise InvalidRequest(f"cannot discard agent #{agent.number}: {exc}") from exc
+        await self._update(runtime, state="discarded", worktree=None, branch=None, progress=None)
+        return runtime.agent.model_copy(deep=True)
+
+    async def mark_applied(self, ref: str) -> Agent:
+        runtime = self.resolve(ref)
+        await self._update(runtime, state="applied")
+        return runtime.agent.model_copy(deep=True)
+
+    # --- scheduling ------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Start queued agents while slots are free. Called whenever a slot may have
+        opened: dispatch, an agent ending, a settings change."""
+        if self._task_group is None:
+            return
+        limit = self.settings.max_parallel_agents
+        while self._queue and len(self._active) < limit:
+            runtime = self._queue.pop(0)
+            self._active.add(runtime.agent.id)
+            self._task_group.start_soon(self._run, runtime, name=f"agent #{runtime.agent.number}")
+
+    def settings_changed(self) -> None:
+        self._pump()
+
+    async def _run(self, runtime: AgentRuntime) -> None:
+        scope = anyio.CancelScope()
+        runtime.cancel_scope = scope
+        try:
+            with scope:
+                await self._work(runtime)
+                return
+            with anyio.CancelScope(shield=True):
+                await self._finish(runtime, RunOutcome(False, "", None), state="cancelled")
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._finish(
+                    runtime,
+                    RunOutcome(False, "", "the server stopped while this agent ran"),
+                    state="interrupted",
+                )
+            raise
+        finally:
+            runtime.cancel_scope = None
+            self._active.discard(runtime.agent.id)
+            self._pump()
+
+    async def _work(self, runtime: AgentRuntime) -> None:
+        agent = runtime.agent
+        role = self.settings.role(agent.role) or RoleConfig()
+        backend = self.backends[agent.backend]
+        try:
+            await self._update(runtime, state="starting", progress=Progress(message="starting"))
+            cwd = await self._prepare(runtime, role)
+            await self._update(runtime, state="running", progress=Progress(message="running"))
+            context = RunContext(self, runtime, cwd, role)
+            instruction = runtime.rerun or agent.task
+            runtime.rerun = None
+            while True:
+                outcome = await backend.run(context, instruction)
+                if not outcome.ok or not runtime.followups:
+                    break
+                instruction = runtime.followups.pop(0)
+        except (GitError, OSError) as exc:
+            outcome = RunOutcome(False, "", str(exc))
+        except Exception as exc:
+            logger.exception("agent #%s failed", agent.number)
+            outcome = RunOutcome(False, "", f"{type(exc).__name__}: {exc}")
+        await self._finish(runtime, outcome, state="done" if outcome.ok else "failed")
+
+    async def _prepare(self, runtime: AgentRuntime, role: RoleConfig) -> Path:
+        agent = runtime.agent
+        if not role.worktree:
+            return self.repository.root
+        if agent.worktree and await _is_dir(agent.worktree):
+            return Path(agent.worktree)
+        assert agent.branch is not None
+        path = self.worktrees_dir / agent.branch.removeprefix("forkyard/")
+        await self.repository.add_worktree(path, agent.branch, agent.base_ref)
+        await self._update(runtime, worktree=str(path))
+        return path
+
+    async def _finish(self, runtime: AgentRuntime, outcome: RunOutcome, *, state: str) -> None:
+        """Record the end of a run: the work committed to the agent's branch (so it is
+        in a ref whatever happens next), the change counts, and the final state."""
+        agent = runtime.agent
+        changes = agent.changes
+        if agent.worktree and await _is_dir(agent.worktree):
+            try:
+                with anyio.fail_after(FINISH_TIMEOUT_SECONDS):
+                    diff = await diff_worktree(
+                        Path(agent.worktree), agent.base_ref, self.repository.root
+                    )
+                    changes = ChangeCounts(
+                        files=len(diff.files),
+                        additions=sum(f.additions for f in diff.files),
+                        deletions=sum(f.deletions for f in diff.files),
+                    )
+                    await self.repository.commit_worktree(
+                        Path(agent.worktree), f"forkyard: agent #{agent.number}: {agent.title}"
+                    )
+            except (GitError, OSError, TimeoutError) as exc:
+                await self._log(runtime, "system", f"could not record the worktree: {exc}")
+        summary = outcome.summary or agent.summary
+        error = outcome.error
+        if state == "cancelled":
+            error = None
+            summary = summary or "cancelled by the user"
+        await self._update(
+            runtime, state=state, progress=None, summary=summary, error=error, changes=changes
+        )
+        await self._flush_logs()
+        level = "info" if state == "done" else "warning" if state == "cancelled" else "error"
+        text = f"Forkyard agent #{agent.number} ({agent.title}) {state}"
+        if state == "done":
+            text += f": {changes.files} file(s) changed, +{changes.additions} -{changes.deletions}"
+        elif error:
+            text += f": {error}"
+        if state != "interrupted":
+            self.listeners.notice(level, text)
+
+    # --- state, persistence, events --------------------------------------------------
+
+    async def _update(self, runtime: AgentRuntime, **changes: object) -> None:
+        previous = runtime.agent.state
+        data = runtime.agent.model_dump()
+        data.update(changes)
+        data["updated_at"] = now_iso()
+        runtime.agent = Agent.model_validate(data)
+        await self._save_and_announce(runtime, previous)
+
+    async def _save_and_announce(self, runtime: AgentRuntime, previous: str | None) -> None:
+        await self.store.save_agent(self.repo_key, runtime.agent)
+        self.listeners.agent_changed(runtime.agent, previous)
+        self._notify_waiters(runtime)
+
+    def progress(self, runtime: AgentRuntime, message: str, percentage: int | None) -> None:
+        """Progress is frequent: kept at once, announced at most every 100 ms."""
+        runtime.agent.progress = Progress(message=message, percentage=percentage)
+        now = anyio.current_time()
+        if now - runtime.last_progress_emit >= PROGRESS_INTERVAL_SECONDS:
+            runtime.last_progress_emit = now
+            runtime.agent.updated_at = now_iso()
+            self.listeners.agent_changed(runtime.agent, runtime.agent.state)
+
+    async def _log(self, runtime: AgentRuntime, kind: str, text: str) -> None:
+        runtime.pending_log.append(LogEntry(time=now_iso(), kind=kind, text=text))
+        self._log_dirty.add(runtime.agent.id)
+        if len(runtime.pending_log) >= 500:
+            await self._flush_logs()
+
+    async def _flush_logs(self) -> None:
+        dirty, self._log_dirty = self._log_dirty, set()
+        for agent_id in dirty:
+            runtime = self._agents.get(agent_id)
+            if runtime is None or not runtime.pending_log:
+                continue
+            entries, runtime.pending_log = runtime.pending_log, []
+            await self.store.append_log(agent_id, entries)
+
+    async def _flush_logs_forever(self) -> None:
+        while True:
+            await anyio.sleep(LOG_FLUSH_SECONDS)
+            await self._flush_logs()
+
+    def _notify_waiters(self, runtime: AgentRuntime) -> None:
+        if event := self._state_waiters.pop(runtime.agent.id, None):
+            event.set()
+
+    async def _state_changed(self, runtime: AgentRuntime) -> None:
+        """Wait for the agent's next change, without polling."""
+        await self._state_waiters.setdefault(runtime.agent.id, anyio.Event()).wait()
+
+
+async def _is_dir(path: str | Path) -> bool:
+    return await anyio.Path(path).is_dir()
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _title_from_task(task: str) -> str:
+    first_line = task.strip().splitlines()[0] if task.strip() else "agent"
+    return first_line if len(first_line) <= 60 else first_line[:57] + "..."

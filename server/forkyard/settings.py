@@ -1,0 +1,237 @@
+"""One typed settings model, layered from several sources (PROTOCOL.md, "Configuration").
+
+Sources, later wins: defaults, the user file, the repository's `.forkyard.toml`, the
+client's `initializationOptions`, `workspace/didChangeConfiguration`. A bad key never
+throws the whole configuration away: it is dropped, reported by name and source, and the
+rest still applies.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from forkyard.models.config import ModelConfig
+
+ToolPolicy = Literal["allow", "ask", "deny"]
+
+READ_TOOLS = ("list_files", "read_file", "search", "finish")
+WRITE_TOOLS = ("write_file", "edit_file", "delete_file", "run_command")
+
+
+class RoleConfig(BaseModel):
+    """A role: which tools its agents get, whether they get a worktree, and per-tool
+    policy. `worktree = false` makes an explorer: it reads the user's checkout and may
+    never write, whatever its tools say."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    tools: list[str] = Field(default_factory=lambda: [*READ_TOOLS, *WRITE_TOOLS])
+    worktree: bool = True
+    policy: dict[str, ToolPolicy] = Field(default_factory=dict)
+
+    @property
+    def can_write(self) -> bool:
+        return self.worktree
+
+
+BUILTIN_ROLES: dict[str, RoleConfig] = {
+    "explorer": RoleConfig(
+        description="reads the user's checkout, never writes",
+        tools=list(READ_TOOLS),
+        worktree=False,
+    ),
+    "worker": RoleConfig(description="writes in its own worktree; sandboxed commands"),
+    "default": RoleConfig(description="as worker"),
+}
+
+
+class Settings(BaseModel):
+    """Everything a user can configure. Field names are the TOML keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_parallel_agents: int = Field(default=6, ge=1, le=64)
+    state_dir: Path | None = None
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    roles: dict[str, RoleConfig] = Field(default_factory=dict)
+    command_timeout_seconds: float = Field(default=3600.0, gt=0)
+    max_log_entries_per_agent: int = Field(default=20_000, ge=100)
+    allow_unsandboxed_commands: bool = False
+
+    def role(self, name: str) -> RoleConfig | None:
+        """A configured role, else a built-in one, else None."""
+        return self.roles.get(name) or BUILTIN_ROLES.get(name)
+
+    def role_names(self) -> list[str]:
+        return sorted({*BUILTIN_ROLES, *self.roles})
+
+    def resolved_state_dir(self, environ: Mapping[str, str]) -> Path:
+        """Configured value, else `FORKYARD_STATE_DIR`, else the platform's state dir."""
+        if self.state_dir is not None:
+            return self.state_dir.expanduser()
+        if env_dir := environ.get("FORKYARD_STATE_DIR"):
+            return Path(env_dir).expanduser()
+        return Path(platformdirs.user_state_dir("forkyard"))
+
+
+@dataclass
+class SettingsProblem:
+    source: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"Forkyard setting '{self.key}' in {self.source}: {self.message}"
+
+
+@dataclass
+class LoadedSettings:
+    settings: Settings
+    problems: list[SettingsProblem] = field(default_factory=list)
+
+
+@dataclass
+class SettingsSource:
+    name: str
+    values: dict[str, Any]
+
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])([A-Z])")
+# Keys under these are names the user chose (model and role names), not field names.
+_NAMED_TABLES = {"models", "roles", "policy"}
+
+
+def _snake(key: str) -> str:
+    return _CAMEL_BOUNDARY.sub(r"_\1", key).lower()
+
+
+def normalise_keys(values: Mapping[str, Any], *, names_level: bool = False) -> dict[str, Any]:
+    """camelCase JSON keys to the TOML's snake_case, leaving user-chosen names alone."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        new_key = key if names_level else _snake(key)
+        if isinstance(value, Mapping):
+            out[new_key] = normalise_keys(
+                value, names_level=(not names_level and new_key in _NAMED_TABLES)
+            )
+        else:
+            out[new_key] = value
+    return out
+
+
+def user_config_file(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME", "~")) / ".config")
+    return Path(base).expanduser() / "forkyard" / "config.toml"
+
+
+def read_toml_source(path: Path, problems: list[SettingsProblem]) -> SettingsSource | None:
+    """A TOML file as a source; a missing file is no source, a broken one a problem.
+
+    Blocking file I/O: callers run it in a worker thread."""
+    if not path.is_file():
+        return None
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        problems.append(SettingsProblem(str(path), "(file)", f"cannot be read: {exc}"))
+        return None
+    return SettingsSource(str(path), values)
+
+
+def _deep_merge(into: dict[str, Any], values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        elif isinstance(value, Mapping):
+            into[key] = {}
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _has_path(values: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = values
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _drop_deepest(values: dict[str, Any], path: tuple[str, ...]) -> tuple[str, ...]:
+    """Remove the deepest existing key along `path`; return the path removed."""
+    depth = len(path)
+    while depth > 0 and not _has_path(values, path[:depth]):
+        depth -= 1
+    if depth == 0:
+        depth = 1
+    node: Any = values
+    for part in path[: depth - 1]:
+        node = node[part]
+    node.pop(path[depth - 1], None)
+    return path[:depth]
+
+
+def merge_sources(sources: list[SettingsSource]) -> LoadedSettings:
+    """Validate the merged sources; drop and report each bad key until the rest is valid."""
+    merged: dict[str, Any] = {}
+    for source in sources:
+        _deep_merge(merged, normalise_keys(source.values))
+    problems: list[SettingsProblem] = []
+    for _ in range(100):
+        try:
+            return LoadedSettings(Settings.model_validate(merged), problems)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            loc = tuple(str(part) for part in error["loc"])
+            removed = _drop_deepest(merged, loc)
+            key = ".".join(removed)
+            origin = next(
+                (s.name for s in reversed(sources) if _has_path(normalise_keys(s.values), removed)),
+                "settings",
+            )
+            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+            problems.append(SettingsProblem(origin, key, f"{message}; ignored"))
+    return LoadedSettings(Settings(), problems)
+
+
+def load_settings(
+    repo_root: Path | None,
+    environ: Mapping[str, str],
+    initialization_options: Mapping[str, Any] | None = None,
+    client_settings: Mapping[str, Any] | None = None,
+) -> LoadedSettings:
+    """All sources in order. Reads files: call it from a worker thread."""
+    problems: list[SettingsProblem] = []
+    sources: list[SettingsSource] = []
+    for path in [user_config_file(environ), repo_root / ".forkyard.toml" if repo_root else None]:
+        if path is not None and (source := read_toml_source(path, problems)):
+            sources.append(source)
+    for name, values in (
+        ("initializationOptions", initialization_options),
+        ("workspace/didChangeConfiguration", client_settings),
+    ):
+        if values is None:
+            continue
+        if isinstance(values, Mapping):
+            sources.append(SettingsSource(name, dict(values)))
+        else:
+            problems.append(SettingsProblem(name, "(all)", "must be an object; ignored"))
+    loaded = merge_sources(sources)
+    loaded.problems[:0] = problems
+    return loaded
+
+
+def current_environ() -> Mapping[str, str]:
+    """The process environment, read-only: Forkyard never mutates it."""
+    return os.environ

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from forkyard.settings import SettingsSource, load_settings, merge_sources, normalise_keys
+
+
+def environ_for(tmp_path: Path) -> dict[str, str]:
+    return {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+
+def test_sources_apply_in_order_later_wins(tmp_path: Path) -> None:
+    env = environ_for(tmp_path)
+    user_file = tmp_path / "config" / "forkyard" / "config.toml"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text(
+        "max_parallel_agents = 3\ncommand_timeout_seconds = 10\n"
+        '[models.default]\nmodel = "user-model"\nbase_url = "http://127.0.0.1:1/v1"\n'
+    )
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".forkyard.toml").write_text(
+        'max_parallel_agents = 4\n[models.default]\nmodel = "repo-model"\n'
+    )
+    loaded = load_settings(
+        repo,
+        env,
+        initialization_options={"maxParallelAgents": 5},
+        client_settings={"commandTimeoutSeconds": 20},
+    )
+    assert loaded.problems == []
+    settings = loaded.settings
+    assert settings.max_parallel_agents == 5
+    assert settings.command_timeout_seconds == 20
+    assert settings.models["default"].model == "repo-model"
+    assert settings.models["default"].base_url == "http://127.0.0.1:1/v1", "tables merge deeply"
+
+
+def test_bad_keys_are_reported_by_name_and_source_and_the_rest_applies(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".forkyard.toml").write_text(
+        'max_parallel_agents = "many"\nfrobnicate = true\ncommand_timeout_seconds = 7\n'
+        '[models.default]\nmodel = "m"\nprovider = "carrier-pigeon"\n'
+    )
+    loaded = load_settings(repo, environ_for(tmp_path), {"stateDir": 42, "maxParallelAgents": 2})
+    messages = [str(p) for p in loaded.problems]
+    assert any("'frobnicate'" in m and ".forkyard.toml" in m and "unknown" in m for m in messages)
+    assert any("'models.default.provider'" in m for m in messages)
+    assert any("'state_dir'" in m and "initializationOptions" in m for m in messages)
+    settings = loaded.settings
+    assert settings.command_timeout_seconds == 7
+    assert settings.max_parallel_agents == 2, "the later, valid value still applies"
+    assert settings.models["default"].model == "m"
+    assert settings.models["default"].provider == "openai"
+
+
+def test_a_broken_toml_file_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".forkyard.toml").write_text("max_parallel_agents = = 3\n")
+    loaded = load_settings(repo, environ_for(tmp_path))
+    assert loaded.settings.max_parallel_agents == 6
+    [problem] = loaded.problems
+    assert ".forkyard.toml" in str(problem)
+    assert "cannot be read" in str(problem)
+
+
+def test_camel_case_keys_but_not_user_chosen_names() -> None:
+    values = normalise_keys(
+        {"maxParallelAgents": 1, "models": {"myModel": {"apiKeyEnv": "K", "model": "x"}}}
+    )
+    assert values == {
+        "max_parallel_agents": 1,
+        "models": {"myModel": {"api_key_env": "K", "model": "x"}},
+    }
+
+
+def test_configured_roles_join_the_builtin_ones() -> None:
+    loaded = merge_sources(
+        [
+            SettingsSource(
+                "test", {"roles": {"reviewer": {"tools": ["read_file"], "worktree": False}}}
+            )
+        ]
+    )
+    settings = loaded.settings
+    assert settings.role_names() == ["default", "explorer", "reviewer", "worker"]
+    reviewer = settings.role("reviewer")
+    assert reviewer is not None
+    assert not reviewer.worktree
+    explorer = settings.role("explorer")
+    assert explorer is not None
+    assert "write_file" not in explorer.tools
+
+
+def test_state_dir_from_the_environment(tmp_path: Path) -> None:
+    settings = merge_sources([]).settings
+    assert settings.resolved_state_dir({"FORKYARD_STATE_DIR": str(tmp_path)}) == tmp_path
