@@ -18,6 +18,7 @@ argument pieces; Anthropic `message_start`, `content_block_*`, `message_delta`,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.server
 import itertools
 import json
@@ -25,7 +26,7 @@ import select
 import socket
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -52,7 +53,10 @@ class Reply:
     hang: accept the request and never answer (until the server closes).
     status: an HTTP error status answered with the provider's error body.
     garbage: answer 200 with a body that is not the wire format (True: a stock one).
-    hold: stream `hold_after_chunks` content chunks, then wait for `release()`.
+    hold: stream `hold_after_chunks` content chunks, then wait for `release()`; a
+        client that hangs up meanwhile is noticed (`disconnected`).
+    error_message: the message in the error body of a `status` reply (default: what
+        the real API says; a 401 quotes the key back, as OpenAI's does).
     stop_reason: override the provider's stop/finish reason (e.g. "length").
     """
 
@@ -67,13 +71,13 @@ class Reply:
     error_message: str | None = None
     stop_reason: str | None = None
 
-    _started: threading.Event = field(default_factory=threading.Event, repr=False)
-    _released: threading.Event = field(default_factory=threading.Event, repr=False)
-    _finished: threading.Event = field(default_factory=threading.Event, repr=False)
-    _disconnected: threading.Event = field(default_factory=threading.Event, repr=False)
-    _ended: threading.Event = field(default_factory=threading.Event, repr=False)
+    _started: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _released: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _finished: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _disconnected: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _ended: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     #: The request this reply answered, once served.
-    request: RecordedRequest | None = field(default=None, repr=False)
+    request: RecordedRequest | None = field(default=None, init=False, repr=False)
 
     def release(self) -> None:
         """Let a held reply finish its stream."""
@@ -282,7 +286,7 @@ class FakeModelServer:
             if self._replies:
                 reply: Reply | None = self._replies.popleft()
             elif self.default is not None:
-                reply = _fresh_copy(self.default)
+                reply = dataclasses.replace(self.default)  # fresh events, same script
             else:
                 reply = None
             if reply is not None:
@@ -305,21 +309,6 @@ class FakeModelServer:
             # Accepted just as close() began, after it woke the other connections.
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-
-
-def _fresh_copy(template: Reply) -> Reply:
-    return Reply(
-        text=template.text,
-        tool_calls=template.tool_calls,
-        delay_per_chunk=template.delay_per_chunk,
-        hang=template.hang,
-        status=template.status,
-        garbage=template.garbage,
-        hold=template.hold,
-        hold_after_chunks=template.hold_after_chunks,
-        error_message=template.error_message,
-        stop_reason=template.stop_reason,
-    )
 
 
 def _wait(event: threading.Event, timeout: float, failure: str) -> None:
@@ -504,17 +493,3 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
         except OSError:
             self.close_connection = True
-
-
-def iter_sse_events(raw: bytes) -> Iterator[tuple[str | None, str]]:
-    """(event, data) pairs of an SSE body, for tests of the server itself."""
-    for block in raw.decode().split("\n\n"):
-        event: str | None = None
-        data: list[str] = []
-        for line in block.splitlines():
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        if event is not None or data:
-            yield event, "\n".join(data)
