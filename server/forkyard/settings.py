@@ -38,6 +38,8 @@ class RoleConfig(BaseModel):
     tools: list[str] = Field(default_factory=lambda: [*READ_TOOLS, *WRITE_TOOLS])
     worktree: bool = True
     policy: dict[str, ToolPolicy] = Field(default_factory=dict)
+    #: Name of a `[models.NAME]` table for this role's llm agents; None: `agent_model`.
+    model: str | None = None
 
     @property
     def can_write(self) -> bool:
@@ -55,6 +57,19 @@ BUILTIN_ROLES: dict[str, RoleConfig] = {
 }
 
 
+class AgentLimits(BaseModel):
+    """Budgets of the built-in agent loop, so a confused model cannot run forever."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(default=50, ge=1)
+    max_seconds: float = Field(default=1800.0, gt=0)
+    max_tokens: int = Field(default=2_000_000, ge=1)
+    max_tool_output_chars: int = Field(default=30_000, ge=1000)
+    #: The same failing tool call this many times in a row ends the run as failed.
+    repeated_failure_limit: int = Field(default=3, ge=1)
+
+
 class Settings(BaseModel):
     """Everything a user can configure. Field names are the TOML keys."""
 
@@ -67,6 +82,9 @@ class Settings(BaseModel):
     command_timeout_seconds: float = Field(default=3600.0, gt=0)
     max_log_entries_per_agent: int = Field(default=20_000, ge=100)
     allow_unsandboxed_commands: bool = False
+    #: The `[models.NAME]` the llm backend uses unless the role names another.
+    agent_model: str = "default"
+    agent: AgentLimits = Field(default_factory=AgentLimits)
 
     def role(self, name: str) -> RoleConfig | None:
         """A configured role, else a built-in one, else None."""

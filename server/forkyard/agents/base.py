@@ -38,6 +38,10 @@ class AgentContext(Protocol):
         """The agent's worktree, or for a role without one the user's checkout."""
 
     @property
+    def repo_root(self) -> Path:
+        """The user's checkout (read-only to agents)."""
+
+    @property
     def writable(self) -> bool:
         """False for explorers: nothing may be written, whatever the backend asks."""
 

@@ -33,7 +33,12 @@ class CommandBackend:
 
     async def run(self, context: AgentContext, instruction: str) -> RunOutcome:
         status = await probe_sandbox()
-        policy = SandboxPolicy(writable=[context.cwd] if context.writable else [])
+        # git in a worktree reads the repository's .git; it must stay visible even when
+        # the repository lives under /tmp, which the sandbox replaces.
+        policy = SandboxPolicy(
+            writable=[context.cwd] if context.writable else [],
+            readable=[context.repo_root / ".git"],
+        )
         env = scrubbed_env(context.environ, policy)
         if status.available:
             argv = sandboxed_argv(instruction, policy, cwd=context.cwd)

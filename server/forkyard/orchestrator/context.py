@@ -30,6 +30,10 @@ class RunContext:
         return self._cwd
 
     @property
+    def repo_root(self) -> Path:
+        return self._orchestrator.repository.root
+
+    @property
     def writable(self) -> bool:
         return self._role.worktree
 
