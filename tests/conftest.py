@@ -19,3 +19,6 @@ def repo(tmp_path: Path) -> Path:
             ".gitignore": "*.log\n",
         },
     )
+
+
+from tests.fakes.fixtures import fake_model_server  # noqa: E402, F401  (a fixture)
