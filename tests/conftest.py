@@ -4,7 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.fixtures import fake_model_server
 from tests.helpers import make_repo
+
+__all__ = ["fake_model_server"]
 
 
 @pytest.fixture
@@ -15,10 +18,9 @@ def repo(tmp_path: Path) -> Path:
         {
             "README.md": "# sample\n",
             "src/app.py": "def add(a, b):\n    return a + b\n",
-            "tests/test_app.py": "from src.app import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n",
+            "tests/test_app.py": (
+                "from src.app import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
+            ),
             ".gitignore": "*.log\n",
         },
     )
-
-
-from tests.fakes.fixtures import fake_model_server  # noqa: E402, F401  (a fixture)
