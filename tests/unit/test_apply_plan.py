@@ -274,7 +274,7 @@ def test_rename_carries_the_users_edits_to_the_new_file(tmp_path: Path) -> None:
     assert not new_plan.conflicts
 
 
-def test_rename_onto_a_different_user_file_is_blocked(tmp_path: Path) -> None:
+def test_rename_onto_a_different_user_file_is_blocked() -> None:
     base = numbered(2)
     plans = plan_rename_apply("old.py", "new.py", base, base, "mine\n", base)
     assert [p.kind for p in plans] == ["noop", "noop"]
@@ -282,13 +282,13 @@ def test_rename_onto_a_different_user_file_is_blocked(tmp_path: Path) -> None:
     assert "different new.py" in plans[1].conflicts[0].reason
 
 
-def test_rename_the_user_already_did_is_a_noop(tmp_path: Path) -> None:
+def test_rename_the_user_already_did_is_a_noop() -> None:
     base = numbered(2)
     plans = plan_rename_apply("old.py", "new.py", base, None, base, base)
     assert [(p.kind, p.conflicts) for p in plans] == [("noop", []), ("noop", [])]
 
 
-def test_rename_of_a_file_the_user_deleted_is_a_conflict(tmp_path: Path) -> None:
+def test_rename_of_a_file_the_user_deleted_is_a_conflict() -> None:
     base = numbered(2)
     plans = plan_rename_apply("old.py", "new.py", base, None, None, base)
     assert [p.kind for p in plans] == ["noop", "noop"]
@@ -339,3 +339,25 @@ def test_edits_between_round_trips_on_large_texts() -> None:
             new_lines[at : at + rng.randint(0, 3)] = [f"new {rng.random()}\n"] * rng.randint(0, 2)
         old, new = "".join(old_lines), "".join(new_lines)
         assert editor_apply(old, edits_between(old, new)) == new
+
+
+def test_rename_without_selected_hunks_stays_put(tmp_path: Path) -> None:
+    base = numbered(3)
+    agent = replace_line(base, 1, "agent 1\n")
+    change = renamed(tmp_path, base, agent)
+    plans = plan_change_apply(change, base, agent, {"old.py": base}, {"not-this-file"})
+    assert [(p.path, p.kind) for p in plans] == [("old.py", "noop"), ("new.py", "noop")]
+    plans = plan_change_apply(change, base, agent, {"old.py": base}, {"h0"})
+    assert [(p.path, p.kind) for p in plans] == [("old.py", "delete"), ("new.py", "create")]
+
+
+def test_rename_with_conflicting_user_edit_moves_the_users_version(tmp_path: Path) -> None:
+    base = numbered(3)
+    agent = replace_line(base, 2, "agent 2\n")
+    current_old = replace_line(base, 2, "user 2\n")
+    old_plan, new_plan = plan_change_apply(
+        renamed(tmp_path, base, agent), base, agent, {"old.py": current_old, "new.py": None}
+    )
+    assert old_plan.kind == "delete"
+    assert (new_plan.kind, new_plan.new_text) == ("create", current_old)
+    assert [c.path for c in new_plan.conflicts] == ["new.py"]

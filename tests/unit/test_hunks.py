@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 import subprocess
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from forkyard.workspace.apply import plan_file_apply
 from forkyard.workspace.hunks import (
     HunkMismatchError,
     LocatedHunk,
+    apply_changes,
     diagnostic_range,
     from_position_units,
+    line_changes,
     locate_hunks,
     parse_hunk,
     split_lines,
@@ -303,3 +306,24 @@ def test_located_hunks_agree_with_what_applying_them_does(tmp_path: Path) -> Non
             else:
                 assert plan.conflicts or plan.new_text == current, (base, current, agent)
     assert checked > 100
+
+
+def test_line_changes_of_large_texts_are_separated_and_exact() -> None:
+    """Large regions take the anchored (patience) path; the merge relies on its changes
+    being sorted and separated by at least one unchanged line."""
+    rng = random.Random(8)
+    for _ in range(8):
+        base = [
+            rng.choice(["\n", "}\n", "    pass\n"])
+            if rng.random() < 0.5
+            else f"name_{rng.randrange(2000)}\n"
+            for _ in range(3000)
+        ]
+        other = list(base)
+        for _ in range(rng.randint(1, 60)):
+            at = rng.randrange(len(other))
+            other[at : at + rng.randint(0, 4)] = [f"new {rng.random()}\n"] * rng.randint(0, 3)
+        changes = line_changes(base, other)
+        assert apply_changes(base, 0, len(base), changes) == other
+        for before, after in pairwise(changes):
+            assert after.start > before.end

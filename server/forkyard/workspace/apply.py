@@ -208,7 +208,11 @@ def plan_rename_apply(
     if selected is not None and not selected:
         return [FilePlan(old_path, "noop", current_old_text), FilePlan(new_path, "noop", None)]
     if current_old_text is None:
-        target = _selected_text(base_text, agent_text, hunks, selected)
+        try:
+            target = _selected_text(base_text, agent_text, hunks, selected)
+        except HunkMismatchError as error:
+            reason = f"the agent's changes do not fit its base text ({error})"
+            return _blocked_rename(old_path, new_path, None, current_new_text, reason)
         if current_new_text == target:
             return [FilePlan(old_path, "noop", None), FilePlan(new_path, "noop", target)]
         reason = f"you deleted or moved {old_path}, which the agent renames to {new_path}"
@@ -329,7 +333,9 @@ def _agent_changes(
 def _plan_edit(path: str, current: str, merged: MergeResult) -> FilePlan:
     conflicts = _conflicts(path, merged)
     if merged.text == current:
-        return FilePlan(path, "noop", current, conflicts=conflicts)
+        return FilePlan(
+            path, "noop", current, conflicts=conflicts, conflict_regions=merged.conflicts
+        )
     return FilePlan(
         path,
         "edit",

@@ -70,14 +70,6 @@ class LineChange:
 #: Regions smaller than this (base lines x other lines) go straight to difflib, which is
 #: quick on them whatever the lines are.
 _SMALL_REGION = 40_000
-#: How many line comparisons difflib may spend on a region with no unique lines to anchor
-#: on (say, a file of mostly blank lines) before the region is taken as one replacement.
-_MATCHING_BUDGET = 4_000_000
-
-
-#: Regions smaller than this (base lines x other lines) go straight to difflib, which is
-#: quick on them whatever the lines are.
-_SMALL_REGION = 40_000
 #: How many line comparisons difflib may spend on a region with no unique line to anchor
 #: on (a file of mostly blank lines, say) before the region is taken as one replacement.
 _MATCHING_BUDGET = 2_000_000
