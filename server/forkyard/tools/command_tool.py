@@ -1,0 +1,89 @@
+"""`run_command` for the built-in agent: a shell command in the agent's worktree, in the
+same sandbox as the `command` backend (only the worktree writable, no network, scrubbed
+environment), its output bounded so that `cat` of a huge log cannot flood the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+import anyio.to_thread
+
+from forkyard.tools.process import run_streaming
+from forkyard.tools.sandbox import (
+    SandboxPolicy,
+    SandboxStatus,
+    sandboxed_argv,
+    scrubbed_env,
+    unsandboxed_argv,
+)
+from forkyard.tools.truncate import truncate_output
+
+SandboxProbe = Callable[[], Awaitable[SandboxStatus]]
+
+
+async def run_command(
+    command: str,
+    *,
+    root: Path,
+    repo_root: Path,
+    writable: bool,
+    environ: Mapping[str, str],
+    timeout_seconds: float,
+    allow_unsandboxed: bool,
+    probe: SandboxProbe,
+    max_chars: int,
+) -> tuple[str, bool]:
+    """Run `command` in `root`; returns (text for the model, whether it failed).
+
+    Without a working sandbox the command is refused unless the user allowed unsandboxed
+    commands; even then the environment is scrubbed."""
+    status = await probe()
+    git_dir = repo_root / ".git"
+    readable = [git_dir] if await anyio.to_thread.run_sync(git_dir.exists) else []
+    policy = SandboxPolicy(writable=[root] if writable else [], readable=readable)
+    env = scrubbed_env(environ, policy)
+    note = ""
+    if status.available:
+        argv = sandboxed_argv(command, policy, cwd=root)
+    elif allow_unsandboxed and writable:
+        argv = unsandboxed_argv(command)
+        note = "[ran unsandboxed: the sandbox is unavailable]\n"
+    else:
+        return (
+            f"run_command is unavailable: commands run sandboxed and the sandbox is "
+            f"unavailable ({status.reason}); the user can install bubblewrap or set "
+            f"allow_unsandboxed_commands = true",
+            True,
+        )
+    collected: list[str] = []
+
+    def collect(_stream: str, line: str) -> None:
+        collected.append(line)
+
+    result = await run_streaming(
+        argv,
+        cwd=root,
+        env=env,
+        on_output=collect,
+        timeout=timeout_seconds,
+        max_output_bytes=max_chars,
+    )
+    if result.truncated:
+        # The forwarded lines are the output's beginning; its end (usually where the
+        # error is) comes from the tails the process runner kept.
+        head = "\n".join(collected)[: max_chars // 2]
+        tail = result.stdout_tail[-(max_chars // 3) :]
+        if result.stderr_tail.strip():
+            tail += "\n[stderr, last lines]\n" + result.stderr_tail[-(max_chars // 6) :]
+        body = head + "\n[... output truncated: the middle was not shown ...]\n" + tail
+    else:
+        body = "\n".join(collected)
+    if result.timed_out:
+        status_line = f"[timed out after {timeout_seconds:g} s; the command was stopped]"
+    else:
+        status_line = f"[exit status {result.returncode}]"
+    failed = result.timed_out or result.returncode != 0
+    text = f"{note}{body.rstrip()}\n{status_line}" if body.strip() else note + status_line
+    return truncate_output(text, max_chars), failed
