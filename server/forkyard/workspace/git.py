@@ -1,0 +1,458 @@
+"""Git for Forkyard: the user's checkout, snapshots of it, and the agents' worktrees.
+
+Everything goes through the system `git` in async subprocesses, each given its `cwd` and
+an explicit environment, so that agents working side by side never share process state
+and the event loop never waits on git. Two promises to the user shape this module:
+
+- Their checkout is never touched: a snapshot of it is taken through a temporary copy of
+  the index, so their index, working tree, HEAD and stash stay exactly as they were.
+- Nothing is lost that is not in a ref: snapshots live under `refs/forkyard/snapshots/`,
+  an agent's work is committed to its branch, and a discarded worktree's last state is
+  kept under a ref the caller names before the worktree and its branch go away.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import tempfile
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from forkyard.errors import ForkyardError
+
+SNAPSHOT_REF_PREFIX = "refs/forkyard/snapshots/"
+SNAPSHOT_MESSAGE = "forkyard: snapshot of the checkout"
+KEEP_ON_REMOVE_MESSAGE = "forkyard: uncommitted work, kept when the worktree was removed"
+FALLBACK_IDENTITY = ("Forkyard", "forkyard@localhost")
+
+#: Variables that point git at a particular repository, index or object store. Inherited
+#: from whoever started the server (a git hook, say), they would make every command act
+#: on the wrong repository, so they never reach our git processes.
+_REPOSITORY_LOCATION_VARIABLES = frozenset(
+    {
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_COMMON_DIR",
+        "GIT_PREFIX",
+        "GIT_IMPLICIT_WORK_TREE",
+        "GIT_NAMESPACE",
+    }
+)
+
+#: Options for `git add -A` into a temporary index: a split index would write shared
+#: index files into the repository, and the embedded-repository advice is noise here.
+_TEMP_INDEX_ADD = (
+    "-c",
+    "core.splitIndex=false",
+    "-c",
+    "advice.addEmbeddedRepo=false",
+    "add",
+    "-A",
+)
+
+
+class GitError(ForkyardError):
+    """A git command failed, or a path is not what git needs it to be."""
+
+    def __init__(self, message: str, *, returncode: int | None = None, stderr: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+@dataclass(frozen=True)
+class GitResult:
+    args: tuple[str, ...]
+    stdout: bytes
+    stderr: str
+    returncode: int
+
+    @property
+    def text(self) -> str:
+        """stdout as text; bytes that are not UTF-8 become U+FFFD rather than an error."""
+        return self.stdout.decode("utf-8", errors="replace")
+
+    @property
+    def line(self) -> str:
+        """stdout without its trailing newline: for commands that print one value."""
+        return self.text.strip()
+
+
+def git_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A fresh environment for git processes, from `base` (default: this process's).
+
+    Never prompts (there is nobody at a terminal to answer), and drops the variables that
+    would redirect git to another repository.
+    """
+    source = os.environ if base is None else base
+    env = {k: v for k, v in source.items() if k not in _REPOSITORY_LOCATION_VARIABLES}
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    return env
+
+
+async def run_git(
+    *args: str,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    check: bool = True,
+) -> GitResult:
+    """Run `git args...` in `cwd`; with `check`, a non-zero exit raises GitError naming the
+    command and quoting git's stderr, which is what a user needs to see to fix it.
+
+    Paths are printed unquoted (`core.quotepath=off`) so non-ASCII names arrive as UTF-8.
+    """
+    command = ["git", "-c", "core.quotepath=off", *args]
+    environment = git_environment() if env is None else dict(env)
+    try:
+        done = await anyio.run_process(command, input=input, cwd=cwd, env=environment, check=False)
+    except OSError as exc:
+        raise GitError(f"cannot run `git {shlex.join(args)}` in {cwd}: {exc}") from exc
+    stderr = done.stderr.decode("utf-8", errors="replace")
+    result = GitResult(tuple(args), done.stdout, stderr, done.returncode)
+    if check and done.returncode != 0:
+        raise GitError(
+            f"`git {shlex.join(args)}` failed (exit {done.returncode}) in {cwd}: "
+            f"{stderr.strip() or '(no message)'}",
+            returncode=done.returncode,
+            stderr=stderr,
+        )
+    return result
+
+
+async def checkout_tree(root: Path, env: Mapping[str, str]) -> str:
+    """The tree sha of the checkout at `root` exactly as it is on disk: tracked files as
+    modified, deletions, and untracked files that are not ignored.
+
+    `git add -A` runs against a temporary copy of the checkout's index, never the index
+    itself. Copying (with its timestamps) keeps git's cached stat data, so only files
+    that changed are read again: fast on large repositories, and racy-git safe.
+    """
+    index = root / (await run_git("rev-parse", "--git-path", "index", cwd=root, env=env)).line
+    scratch = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, None, "forkyard-index-"))
+    try:
+        temp_index = scratch / "index"
+        await anyio.to_thread.run_sync(_copy_if_present, index, temp_index)
+        temp_env = {**env, "GIT_INDEX_FILE": str(temp_index)}
+        await run_git(*_TEMP_INDEX_ADD, cwd=root, env=temp_env)
+        return (await run_git("write-tree", cwd=root, env=temp_env)).line
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
+
+
+def _copy_if_present(source: Path, target: Path) -> None:
+    if source.is_file():
+        shutil.copy2(source, target)
+
+
+@dataclass(frozen=True)
+class WorktreeInfo:
+    """One entry of `git worktree list`; `branch` is the short name ("forkyard/3-x")."""
+
+    path: Path
+    head: str | None
+    branch: str | None
+    detached: bool = False
+    bare: bool = False
+    locked: bool = False
+    prunable: bool = False
+
+
+def parse_worktree_list(output: bytes) -> list[WorktreeInfo]:
+    """Entries of `git worktree list --porcelain -z`: fields end in NUL, entries in an
+    empty field. Paths are decoded as the file system does, so any name survives."""
+    entries: list[WorktreeInfo] = []
+    fields: dict[str, bytes] = {}
+    for field in output.split(b"\0"):
+        if field:
+            key, _, value = field.partition(b" ")
+            fields[key.decode("ascii", errors="replace")] = value
+            continue
+        if "worktree" in fields:
+            branch = fields.get("branch")
+            entries.append(
+                WorktreeInfo(
+                    path=Path(os.fsdecode(fields["worktree"])),
+                    head=fields["HEAD"].decode("ascii") if "HEAD" in fields else None,
+                    branch=(
+                        os.fsdecode(branch).removeprefix("refs/heads/")
+                        if branch is not None
+                        else None
+                    ),
+                    detached="detached" in fields,
+                    bare="bare" in fields,
+                    locked="locked" in fields,
+                    prunable="prunable" in fields,
+                )
+            )
+        fields = {}
+    return entries
+
+
+def slugify(title: str, max_len: int = 40) -> str:
+    """A branch-name-safe slug of an agent's title: ASCII letters, digits and hyphens,
+    lowercase, at most `max_len` characters, cut at a word boundary when possible, and
+    never empty (branches are `forkyard/<number>-<slug>`)."""
+    ascii_title = (
+        unicodedata.normalize("NFKD", title).encode("ascii", errors="ignore").decode("ascii")
+    )
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_title.lower()).strip("-")
+    if len(slug) > max_len:
+        cut = slug[: max_len + 1]
+        boundary = cut.rfind("-")
+        slug = cut[:boundary] if boundary > 0 else slug[:max_len]
+        slug = slug.strip("-")
+    return slug or "agent"
+
+
+class Repository:
+    """The user's checkout, and the worktrees Forkyard makes from it.
+
+    Commands that write refs or worktree metadata hold `write_lock` for just that step,
+    so git never sees two of our writes to the same repository at once (they would fail
+    on ref and index locks); slow reads (snapshots, diffs, checkouts) run unlocked.
+    """
+
+    def __init__(self, root: Path, common_dir: Path, env: Mapping[str, str] | None = None):
+        self.root = root
+        self.common_dir = common_dir
+        self.env = git_environment(env)
+        self.write_lock = anyio.Lock()
+        self._commit_env: dict[str, str] | None = None
+
+    @classmethod
+    async def discover(cls, path: Path, env: Mapping[str, str] | None = None) -> Repository:
+        """The repository whose checkout contains `path` (a folder or a file in one)."""
+        environment = git_environment(env)
+        start = path if await anyio.Path(path).is_dir() else path.parent
+        try:
+            found = await run_git(
+                "rev-parse",
+                "--path-format=absolute",
+                "--show-toplevel",
+                "--git-common-dir",
+                cwd=start,
+                env=environment,
+                check=False,
+            )
+        except GitError as exc:  # `start` does not exist
+            raise GitError(f"not a git repository: {path}") from exc
+        lines = found.stdout.splitlines()
+        if found.returncode != 0 or len(lines) != 2:
+            raise GitError(f"not a git repository: {path}", stderr=found.stderr)
+        root, common_dir = (Path(os.fsdecode(line)) for line in lines)
+        return cls(root, common_dir, environment)
+
+    async def git(
+        self, *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> GitResult:
+        """Run git in the checkout (or `cwd`) with this repository's environment."""
+        return await run_git(*args, cwd=cwd or self.root, env=self.env if env is None else env)
+
+    async def resolve(self, ref: str, cwd: Path | None = None) -> str:
+        """The full sha of the commit `ref` names; GitError if it names none."""
+        if not ref or ref.startswith("-"):
+            raise GitError(f"unknown revision: {ref!r}")
+        found = await run_git(
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            f"{ref}^{{commit}}",
+            cwd=cwd or self.root,
+            env=self.env,
+            check=False,
+        )
+        if found.returncode != 0:
+            raise GitError(f"unknown revision: {ref!r} is not a commit in {self.root}")
+        return found.line
+
+    async def commit_environment(self) -> dict[str, str]:
+        """The environment for commands that create commits: the user's identity when git
+        has one, else Forkyard's, so snapshots work on machines never set up for git."""
+        if self._commit_env is None:
+            env = dict(self.env)
+            for role in ("AUTHOR", "COMMITTER"):
+                known = await run_git(
+                    "var", f"GIT_{role}_IDENT", cwd=self.root, env=env, check=False
+                )
+                if known.returncode != 0:
+                    env[f"GIT_{role}_NAME"], env[f"GIT_{role}_EMAIL"] = FALLBACK_IDENTITY
+            self._commit_env = env
+        return self._commit_env
+
+    async def _commit_tree(self, tree: str, parent: str, message: str, cwd: Path) -> str:
+        env = await self.commit_environment()
+        made = await run_git(
+            "commit-tree", "--no-gpg-sign", tree, "-p", parent, "-m", message, cwd=cwd, env=env
+        )
+        return made.line
+
+    async def snapshot(self, base_ref: str = "HEAD") -> str:
+        """A commit on top of `base_ref` holding the checkout as the user sees it now,
+        uncommitted and untracked (not ignored) files included; `base_ref`'s own sha
+        when there is nothing uncommitted. The user's index, files, HEAD and stash are
+        left alone. The snapshot is kept under refs/forkyard/snapshots/<sha>.
+        """
+        base = await self.resolve(base_ref)
+        tree = await checkout_tree(self.root, self.env)
+        if tree == (await self.git("rev-parse", f"{base}^{{tree}}")).line:
+            return base
+        snapshot = await self._commit_tree(tree, base, SNAPSHOT_MESSAGE, self.root)
+        async with self.write_lock:
+            await self.git("update-ref", f"{SNAPSHOT_REF_PREFIX}{snapshot}", snapshot)
+        return snapshot
+
+    async def add_worktree(self, path: Path, branch: str, commit: str) -> None:
+        """A new worktree at `path` on a new branch `branch` starting at `commit`.
+
+        Only the registration (branch and worktree metadata) holds the write lock; the
+        checkout of the files, which takes a while on big repositories, runs after it in
+        the new worktree alone. A failed checkout removes the half-made worktree again.
+        """
+        await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+        async with self.write_lock:
+            await self.git(
+                "worktree", "add", "--quiet", "--no-checkout", "-b", branch, str(path), commit
+            )
+        try:
+            await self.git("reset", "--hard", "--quiet", "--no-recurse-submodules", cwd=path)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                async with self.write_lock:
+                    await run_git(
+                        "worktree",
+                        "remove",
+                        "--force",
+                        str(path),
+                        cwd=self.root,
+                        env=self.env,
+                        check=False,
+                    )
+                    await run_git("branch", "-D", branch, cwd=self.root, env=self.env, check=False)
+            raise
+
+    async def _check_own_worktree(self, worktree: Path) -> None:
+        """Refuse a folder that is not a worktree of this repository. Without its `.git`
+        file (an agent may delete it) git would walk up and act on whatever repository
+        encloses the folder."""
+        found = await run_git(
+            "rev-parse",
+            "--path-format=absolute",
+            "--show-toplevel",
+            "--git-common-dir",
+            cwd=worktree,
+            env=self.env,
+            check=False,
+        )
+        lines = [Path(os.fsdecode(line)) for line in found.stdout.splitlines()]
+        expected = (
+            await anyio.Path(worktree).resolve(),
+            await anyio.Path(self.common_dir).resolve(),
+        )
+        if found.returncode != 0 or len(lines) != 2:
+            raise GitError(f"not a worktree of {self.root}: {worktree}", stderr=found.stderr)
+        actual = (await anyio.Path(lines[0]).resolve(), await anyio.Path(lines[1]).resolve())
+        if actual != expected:
+            raise GitError(f"not a worktree of {self.root}: {worktree}")
+
+    async def commit_worktree(self, worktree: Path, message: str) -> str | None:
+        """Commit everything in one of our worktrees (its own index is ours to use) onto
+        its branch; the new sha, or None when there was nothing to commit.
+
+        Plumbing rather than `git commit`: the user's commit hooks and signing setup
+        must not run, prompt or fail inside an agent's worktree.
+        """
+        await self._check_own_worktree(worktree)
+        await self.git("-c", "advice.addEmbeddedRepo=false", "add", "-A", cwd=worktree)
+        tree = (await self.git("write-tree", cwd=worktree)).line
+        head = await self.resolve("HEAD", cwd=worktree)
+        if tree == (await self.git("rev-parse", f"{head}^{{tree}}", cwd=worktree)).line:
+            return None
+        commit = await self._commit_tree(tree, head, message, worktree)
+        async with self.write_lock:
+            # Updating HEAD with the old value moves the branch HEAD points to, and fails
+            # rather than losing a commit if something else moved it meanwhile.
+            await self.git("update-ref", "-m", message, "HEAD", commit, head, cwd=worktree)
+        return commit
+
+    async def list_worktrees(self) -> list[WorktreeInfo]:
+        """Every worktree of the repository, the user's own checkout first."""
+        listed = await self.git("worktree", "list", "--porcelain", "-z")
+        return parse_worktree_list(listed.stdout)
+
+    async def _find_worktree(self, worktree: Path) -> WorktreeInfo | None:
+        wanted = await anyio.Path(worktree).resolve()
+        for info in await self.list_worktrees():
+            if await anyio.Path(info.path).resolve() == wanted:
+                return info
+        return None
+
+    async def branch_tip(self, branch: str) -> str | None:
+        """The commit `refs/heads/<branch>` points to, None if there is no such branch."""
+        found = await run_git(
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            f"refs/heads/{branch}^{{commit}}",
+            cwd=self.root,
+            env=self.env,
+            check=False,
+        )
+        return found.line if found.returncode == 0 else None
+
+    async def remove_worktree(self, worktree: Path, branch: str | None, keep_ref: str) -> str:
+        """Remove a worktree and its branch, keeping its last state under `keep_ref`
+        (uncommitted work is committed first). Returns the kept sha.
+
+        A worktree folder already deleted by hand is fine: its metadata is pruned and its
+        last known HEAD (else the branch tip) is kept. If the branch holds work that the
+        kept commit does not contain, that tip is kept too, under `<keep_ref>-branch`.
+        """
+        present = await anyio.Path(worktree).is_dir()
+        head: str | None
+        if present:
+            await self.commit_worktree(worktree, KEEP_ON_REMOVE_MESSAGE)
+            head = await self.resolve("HEAD", cwd=worktree)
+        else:
+            info = await self._find_worktree(worktree)
+            head = info.head if info else None
+        branch_tip = await self.branch_tip(branch) if branch else None
+        kept = head or branch_tip
+        if kept is None:
+            raise GitError(f"no worktree at {worktree} and no branch {branch!r} to keep")
+        branch_has_more = False
+        if branch_tip is not None and branch_tip != kept:
+            contained = await run_git(
+                "merge-base",
+                "--is-ancestor",
+                branch_tip,
+                kept,
+                cwd=self.root,
+                env=self.env,
+                check=False,
+            )
+            branch_has_more = contained.returncode != 0
+        async with self.write_lock:
+            await self.git("update-ref", "-m", KEEP_ON_REMOVE_MESSAGE, keep_ref, kept)
+            if branch_has_more and branch_tip is not None:
+                await self.git("update-ref", f"{keep_ref}-branch", branch_tip)
+            if present:
+                await self.git("worktree", "remove", "--force", str(worktree))
+            else:
+                await self.git("worktree", "prune")
+            if branch is not None and branch_tip is not None:
+                await self.git("branch", "-D", branch)
+        return kept
