@@ -88,6 +88,12 @@ async def test_discover_finds_the_root_from_a_subfolder_or_a_file(repo: Path) ->
     assert from_folder.root == from_file.root == real_path(repo)
 
 
+async def test_discover_keeps_the_path_the_editor_used(repo: Path, tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to(repo)
+    repository = await Repository.discover(tmp_path / "link" / "src", env=GIT_ENV)
+    assert repository.root == tmp_path / "link"
+
+
 @pytest.mark.parametrize("where", ["plain", "missing/deeper"])
 async def test_discover_outside_a_repository_says_so(tmp_path: Path, where: str) -> None:
     (tmp_path / "plain").mkdir()

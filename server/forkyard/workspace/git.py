@@ -217,6 +217,15 @@ def slugify(title: str, max_len: int = 40) -> str:
     return slug or "agent"
 
 
+def _spelled_as_given(start: Path, toplevel: Path) -> Path:
+    """`toplevel` (which git gives with symlinks resolved) as the caller spelled it, when
+    the caller reached it through a symlink: file URIs must match the editor's paths."""
+    for candidate in (start.absolute(), *start.absolute().parents):
+        if candidate.resolve() == toplevel:
+            return candidate
+    return toplevel
+
+
 class Repository:
     """The user's checkout, and the worktrees Forkyard makes from it.
 
@@ -252,7 +261,8 @@ class Repository:
         lines = found.stdout.splitlines()
         if found.returncode != 0 or len(lines) != 2:
             raise GitError(f"not a git repository: {path}", stderr=found.stderr)
-        root, common_dir = (Path(os.fsdecode(line)) for line in lines)
+        toplevel, common_dir = (Path(os.fsdecode(line)) for line in lines)
+        root = await anyio.to_thread.run_sync(_spelled_as_given, start, toplevel)
         return cls(root, common_dir, environment)
 
     async def git(
