@@ -11,12 +11,12 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from forkyard.agents.base import RunOutcome
-from forkyard.agents.llm import LlmBackend
+from forkyard.agents.llm import ELIDED, LlmBackend
 from forkyard.settings import BUILTIN_ROLES, AgentLimits, RoleConfig, Settings
 from forkyard.tools.agent_tools import ApprovalAnswer
 from forkyard.tools.sandbox import probe_sandbox, sandbox_available
@@ -472,3 +472,50 @@ async def test_a_run_cut_short_leaves_a_conversation_the_next_run_can_send(
     assert len(calls) == 2
     assert calls == answered
     assert all("not run" in m["content"] for m in messages if m["role"] == "tool")
+
+
+async def test_old_tool_output_is_elided_to_fit_the_context_window(
+    fake_model_server: FakeModelServer, backend: LlmBackend, worktree: Path, repo: Path
+) -> None:
+    (worktree / "one.txt").write_text("first big file\n" * 400)
+    (worktree / "two.txt").write_text("second big file\n" * 400)
+    fake_model_server.script(
+        Reply(tool_calls=[("read_file", {"path": "one.txt"})]),
+        Reply(tool_calls=[("read_file", {"path": "two.txt"})]),
+        Reply(tool_calls=[("list_files", {"path": "src"})]),
+        Reply(tool_calls=[("list_files", {"path": "tests"})]),
+        Reply(text="read them"),
+    )
+    context = make_context(fake_model_server, worktree, repo)
+    config = fake_model_server.model_config("openai", context_tokens=3200)
+    context.settings = context.settings.model_copy(update={"models": {"default": config}})
+    assert (await backend.run(context, "Read both.")).ok
+    results = tool_results(fake_model_server.last_request)
+    assert results[0] == ELIDED
+    assert results[1].startswith("second big file\n")
+    assert results[2:] == ["src/app.py", "tests/test_app.py"]
+    # The agent's own record of the conversation keeps everything.
+    kept = backend.conversation(repo, context.agent_number)
+    assert kept is not None
+    assert next(m.text for m in kept.messages if m.role == "tool").startswith("first big file")
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_the_loop_speaks_both_providers(
+    fake_model_server: FakeModelServer,
+    backend: LlmBackend,
+    worktree: Path,
+    repo: Path,
+    provider: Literal["openai", "anthropic"],
+) -> None:
+    fake_model_server.script(
+        Reply(tool_calls=[("read_file", {"path": "nope.py"})]),
+        Reply(tool_calls=[("read_file", {"path": "README.md"})]),
+        Reply(tool_calls=[("finish", {"summary": "README read"})]),
+    )
+    config = fake_model_server.model_config(provider, max_output_tokens=1000)
+    settings = make_settings(fake_model_server).model_copy(update={"models": {"default": config}})
+    context = FakeContext(cwd=worktree, repo_root=repo, role=RoleConfig(), settings=settings)
+    assert await backend.run(context, "Read the README.") == RunOutcome(True, "README read")
+    assert "# sample" in fake_model_server.last_request.text
+    assert "nope.py does not exist" in fake_model_server.last_request.text

@@ -49,6 +49,12 @@ PROGRESS_CHARS = 120
 LOG_ARGUMENT_CHARS = 2000
 LOG_RESULT_CHARS = 200
 NOT_RUN = "not run: the agent's run ended before this call"
+ELIDED = "[older tool output elided to fit the model's context window]"
+#: The most recent messages are always sent whole: the model is working with them.
+KEEP_RECENT_MESSAGES = 6
+#: Share of the context window the history may fill; the rest is for the system
+#: prompt's estimate error and the answer.
+CONTEXT_SHARE = 0.75
 
 
 @dataclass
@@ -144,7 +150,7 @@ class LlmBackend:
             remembered=conversation.approvals,
             sandbox_probe=self._sandbox_probe,
         )
-        agent_run = AgentRun(context, model, toolbox, conversation)
+        agent_run = AgentRun(context, model, toolbox, conversation, config.context_tokens)
         limits = settings.agent
         try:
             with anyio.move_on_after(limits.max_seconds) as deadline:
@@ -173,8 +179,10 @@ class AgentRun:
         model: ChatModel,
         toolbox: ToolBox,
         conversation: Conversation,
+        context_tokens: int | None = None,
     ) -> None:
         self.context = context
+        self.context_tokens = context_tokens
         self.model = model
         self.toolbox = toolbox
         self.conversation = conversation
@@ -220,6 +228,12 @@ class AgentRun:
 
     async def _ask(self, system: str, tools: list[ToolSpec]) -> Completion:
         messages = self.conversation.messages
+        if self.context_tokens is not None:
+            fixed = estimate_tokens(system) + sum(
+                estimate_tokens(spec.model_dump_json()) for spec in tools
+            )
+            budget = int(self.context_tokens * CONTEXT_SHARE) - fixed
+            messages = fit_context(messages, budget)
         started = time.perf_counter()
         completion: Completion | None = None
         try:
@@ -317,6 +331,26 @@ class AgentRun:
                 layout,
             ]
         )
+
+
+def fit_context(messages: list[ChatMessage], budget_tokens: int) -> list[ChatMessage]:
+    """The history to send when the model's context window is limited: the oldest tool
+    outputs (file contents, command output: the bulk of an agent's history, and stale
+    once acted on) replaced by a note until the estimate fits. The conversation itself
+    keeps them; the latest messages are never shortened."""
+    total = sum(estimate_message_tokens(message) for message in messages)
+    if total <= budget_tokens:
+        return messages
+    fitted = list(messages)
+    for index in range(max(len(fitted) - KEEP_RECENT_MESSAGES, 0)):
+        message = fitted[index]
+        if message.role != "tool" or len(message.text) <= len(ELIDED):
+            continue
+        total -= estimate_tokens(message.text) - estimate_tokens(ELIDED)
+        fitted[index] = message.model_copy(update={"text": ELIDED})
+        if total <= budget_tokens:
+            break
+    return fitted
 
 
 async def repository_layout(root: Path, environ: Mapping[str, str]) -> str:
