@@ -3,7 +3,7 @@ together. Knows nothing of LSP; the language server owns one of these."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +12,25 @@ from anyio.abc import TaskGroup
 
 from forkyard.agents.base import Availability, Backend
 from forkyard.agents.command import CommandBackend
+from forkyard.conversation.commands import ChatCommands
+from forkyard.conversation.history import ModelHandle
+from forkyard.conversation.service import Conversation, ConversationListener, Turn
+from forkyard.models import ChatModel, ModelConfig, create_chat_model
 from forkyard.orchestrator.orchestrator import Orchestrator
 from forkyard.settings import LoadedSettings, Settings, SettingsProblem, load_settings
 from forkyard.store import Store
 from forkyard.workspace.git import Repository
+from forkyard_protocol.models import Message
+
+CHAT_MODEL = "default"
+
+
+class _NoListener:
+    """Until an editor attaches its listener, conversation events go nowhere."""
+
+    def delta(self, turn: Turn, delta: str) -> None: ...
+    def message(self, message: Message) -> None: ...
+    def turn(self, turn: Turn, error: str | None) -> None: ...
 
 
 def builtin_backends() -> dict[str, Backend]:
@@ -48,6 +63,29 @@ class ForkyardApp:
             state_dir,
             environ,
         )
+        self._chat_model: tuple[ModelConfig, ChatModel] | None = None
+        self._retired_models: list[ChatModel] = []
+        self.commands = ChatCommands(self.orchestrator)
+        self.conversation = Conversation(
+            store, self.orchestrator, self.chat_model, _NoListener(), self.commands
+        )
+        self.orchestrator.add_listener(self.conversation)
+
+    def set_conversation_listener(self, listener: ConversationListener) -> None:
+        self.conversation.listener = listener
+
+    def chat_model(self) -> ModelHandle | None:
+        """The configured chat model, created once per configuration. A configuration
+        that cannot make a model (a missing key) raises ModelError, which the turn
+        reports in the thread."""
+        config = self.settings.models.get(CHAT_MODEL)
+        if config is None:
+            return None
+        if self._chat_model is None or self._chat_model[0] != config:
+            if self._chat_model is not None:
+                self._retired_models.append(self._chat_model[1])
+            self._chat_model = (config, create_chat_model(config, self.environ))
+        return ModelHandle(self._chat_model[1], config.context_tokens)
 
     @property
     def settings(self) -> Settings:
@@ -70,6 +108,7 @@ class ForkyardApp:
 
     async def start(self, task_group: TaskGroup) -> None:
         await self.orchestrator.start(task_group)
+        await self.conversation.start(task_group)
 
     async def reload_settings(
         self, client_settings: Mapping[str, Any] | None
@@ -95,7 +134,7 @@ class ForkyardApp:
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
             await self.orchestrator.stop()
+            models = self._retired_models + ([self._chat_model[1]] if self._chat_model else [])
+            for model in models:
+                await model.aclose()
             await self.store.close()
-
-
-SettingsGetter = Callable[[], Settings]

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on a TCP socket instead")
     serve.add_argument("--stdio", action="store_true", help="stdio (the default)")
     serve.add_argument("--log-file", type=Path, help="write the server's log here")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", default="WARNING")
     demo = commands.add_parser("demo", help="three background agents on a sample repository")
     demo.add_argument("--keep", action="store_true", help="keep the sample repository")
     schema = commands.add_parser("schema", help="write the protocol's JSON Schema")

@@ -36,6 +36,18 @@ def default_capabilities() -> types.ClientCapabilities:
     )
 
 
+def plain(value: Any) -> Any:
+    """JSON values as dicts and lists: pygls' default converter gives a client
+    namedtuples for payloads of methods it does not know."""
+    if hasattr(value, "_asdict"):
+        return {key: plain(item) for key, item in value._asdict().items()}
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
+
+
 class ForkyardClient:
     def __init__(self, lsp: LanguageClient) -> None:
         self.lsp = lsp
@@ -64,10 +76,15 @@ class ForkyardClient:
                 features[method] = self._then_poke(existing)
             else:
                 lsp.feature(method)(self._recorder(method))
+        if types.WINDOW_WORK_DONE_PROGRESS_CREATE not in features:
+
+            @lsp.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
+            def accept_progress(_params: Any) -> None:
+                return None
 
     def _recorder(self, method: str) -> Callable[[Any], None]:
         def record(params: Any) -> None:
-            data = dict(params) if isinstance(params, Mapping) else params
+            data = plain(params)
             self.notifications.append((method, data))
             if method == "forkyard/agent/changed":
                 agent = data["agent"]
@@ -113,8 +130,13 @@ class ForkyardClient:
             capabilities=capabilities or default_capabilities(),
             initialization_options=initialization_options,
         )
-        client.initialize_result = await lsp.initialize_async(params)
-        lsp.initialized(types.InitializedParams())
+        if hasattr(lsp, "initialize_session"):
+            # pytest-lsp's client checks every later message against the capabilities
+            # it records here; it also sends `initialized`.
+            client.initialize_result = await lsp.initialize_session(params)
+        else:
+            client.initialize_result = await lsp.initialize_async(params)
+            lsp.initialized(types.InitializedParams())
         return client
 
     @property
@@ -122,7 +144,7 @@ class ForkyardClient:
         return self.lsp._server
 
     async def request(self, method: str, params: Any = None) -> Any:
-        return await self.lsp.protocol.send_request_async(method, params)
+        return plain(await self.lsp.protocol.send_request_async(method, params))
 
     async def wait_until(self, predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Wait, without polling, until `predicate()` is truthy after some notification."""

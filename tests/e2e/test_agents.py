@@ -229,6 +229,8 @@ async def test_agent_survives_a_killed_server_as_interrupted(
     await client.wait_until(
         lambda: (client.agents[agent["id"]].get("progress") or {}).get("message") == "started"
     )
+    before = await client.request("forkyard/agent/read", {"agentId": agent["id"]})
+    assert any(entry["text"] == "started" for entry in before["log"])
     process = client.server_process
     assert process is not None
     os.kill(process.pid, signal.SIGKILL)

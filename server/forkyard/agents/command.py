@@ -66,7 +66,10 @@ class CommandBackend:
             on_output=on_output,
             timeout=context.settings.command_timeout_seconds,
         )
-        tail = _last_lines(result.stdout_tail, SUMMARY_TAIL_LINES)
+        # Many tools (unittest, compilers) report on stderr: fall back to it.
+        tail = _last_lines(result.stdout_tail, SUMMARY_TAIL_LINES) or _last_lines(
+            result.stderr_tail, SUMMARY_TAIL_LINES
+        )
         if result.timed_out:
             return RunOutcome(
                 ok=False,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any
@@ -58,7 +59,9 @@ class AgentBridge:
                 lambda: self._report_progress(agent, receive), f"progress of agent {agent.id}"
             )
         if stream is not None:
-            stream.send_nowait(agent)
+            with contextlib.suppress(anyio.BrokenResourceError):
+                # Broken: the reporter is gone (the server is stopping).
+                stream.send_nowait(agent)
             if agent.state in FINAL_STATES or agent.state == "queued":
                 stream.close()
                 del self._progress[agent.id]

@@ -8,17 +8,23 @@ import asyncio
 import logging
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, BinaryIO, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from lsprotocol import types
+from lsprotocol import converters, types
 from pydantic import ValidationError
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.io_ import StdinAsyncReader, StdoutWriter, run_async
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol, lsp_method
+from pygls.protocol import (
+    JsonRPCNotification,
+    JsonRPCRequestMessage,
+    JsonRPCResponseMessage,
+    LanguageServerProtocol,
+    lsp_method,
+)
 
 import forkyard
 from forkyard.app import ForkyardApp
@@ -28,6 +34,15 @@ from forkyard_protocol import REQUESTS, WireModel, describe_validation_error
 logger = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=WireModel)
+
+
+def plain_params_converter() -> Any:
+    """lsprotocol's converter, but custom methods' params stay plain dicts: pygls would
+    turn them into namedtuples, which rename keys that are not identifiers."""
+    converter = converters.get_converter()
+    for message_type in (JsonRPCRequestMessage, JsonRPCResponseMessage, JsonRPCNotification):
+        converter.register_structure_hook(message_type, lambda obj, cls: cls(**obj))
+    return converter
 
 
 class ServerNotReady(JsonRpcException):
@@ -55,11 +70,13 @@ class ForkyardServer(LanguageServer):
             "forkyard",
             forkyard.__version__,
             protocol_cls=ForkyardProtocol,
+            converter_factory=plain_params_converter,
             text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
         )
         self.app: ForkyardApp | None = None
         self.task_group: TaskGroup | None = None
         self.experimental_capabilities: dict[str, Any] = {}
+        self.exit_code = 0
         #: Called with the app once it is open, before it starts: listeners attach here
         #: so that they see every event.
         self.on_app_ready: list[Callable[[ForkyardApp], None]] = []
@@ -69,7 +86,7 @@ class ForkyardServer(LanguageServer):
             raise ServerNotReady()
         return self.app
 
-    def spawn(self, func: Callable[[], Awaitable[Any]], name: str) -> None:
+    def spawn(self, func: Callable[[], Coroutine[Any, Any, Any]], name: str) -> None:
         """Run a background task owned by the supervisor task group."""
         if self.task_group is None:
             raise RuntimeError("the supervisor task group is not running")
@@ -132,12 +149,13 @@ def parse_params(method: str, model: type[P], raw: Any) -> P:
 
 
 def create_server() -> ForkyardServer:
-    from forkyard.lsp import agents, config, lifecycle
+    from forkyard.lsp import agents, chat, config, lifecycle
 
     server = ForkyardServer()
     lifecycle.register(server)
     config.register(server)
     agents.register(server)
+    chat.register(server)
     return server
 
 
@@ -147,13 +165,17 @@ async def _serve(server: ForkyardServer, reader: Any) -> None:
     try:
         async with anyio.create_task_group() as task_group:
             server.task_group = task_group
-            await run_async(
-                stop_event=stop_event,
-                reader=reader,
-                protocol=server.protocol,
-                logger=logger,
-                error_handler=server.report_server_error,
-            )
+            try:
+                await run_async(
+                    stop_event=stop_event,
+                    reader=reader,
+                    protocol=server.protocol,
+                    logger=logger,
+                    error_handler=server.report_server_error,
+                )
+            except SystemExit as exit_request:
+                # pygls answers `exit` with sys.exit(); finish our cleanup first.
+                server.exit_code = exit_request.code if isinstance(exit_request.code, int) else 0
             task_group.cancel_scope.cancel()
     finally:
         server.task_group = None
@@ -167,10 +189,11 @@ def run_stdio(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> 
     server.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
     try:
         asyncio.run(_serve(server, reader))
-    except (KeyboardInterrupt, SystemExit, BrokenPipeError):
+    except (KeyboardInterrupt, BrokenPipeError):
         pass
     finally:
         server.shutdown()
+    sys.exit(server.exit_code)
 
 
 def run_tcp(host: str, port: int) -> None:
@@ -181,7 +204,7 @@ def run_tcp(host: str, port: int) -> None:
         done = anyio.Event()
 
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            server.protocol.set_writer(writer)  # type: ignore[arg-type]
+            server.protocol.set_writer(writer)
             try:
                 await _serve(server, reader)
             finally:

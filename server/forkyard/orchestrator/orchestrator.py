@@ -21,7 +21,7 @@ from forkyard.agents.base import Backend, RunOutcome
 from forkyard.clock import new_id, now_iso
 from forkyard.errors import InvalidRequest, UnknownAgent
 from forkyard.orchestrator.context import RunContext
-from forkyard.orchestrator.events import Listeners, OrchestratorListener
+from forkyard.orchestrator.events import Listeners, NoticeLevel, OrchestratorListener
 from forkyard.settings import RoleConfig, Settings
 from forkyard.store import Store
 from forkyard.workspace.diff import WorktreeDiff, diff_worktree, file_at
@@ -47,6 +47,7 @@ class AgentRuntime:
     followups: list[str] = field(default_factory=list)
     rerun: str | None = None
     last_progress_emit: float = 0.0
+    progress_flush_pending: bool = False
     pending_log: list[LogEntry] = field(default_factory=list)
 
 
@@ -406,7 +407,9 @@ class Orchestrator:
             runtime, state=state, progress=None, summary=summary, error=error, changes=changes
         )
         await self._flush_logs()
-        level = "info" if state == "done" else "warning" if state == "cancelled" else "error"
+        level: NoticeLevel = (
+            "info" if state == "done" else "warning" if state == "cancelled" else "error"
+        )
         text = f"Forkyard agent #{agent.number} ({agent.title}) {state}"
         if state == "done":
             text += f": {changes.files} file(s) changed, +{changes.additions} -{changes.deletions}"
@@ -431,13 +434,26 @@ class Orchestrator:
         self._notify_waiters(runtime)
 
     def progress(self, runtime: AgentRuntime, message: str, percentage: int | None) -> None:
-        """Progress is frequent: kept at once, announced at most every 100 ms."""
+        """Progress is frequent: kept at once, announced at most every 100 ms, and the
+        latest value always announced in the end (a trailing flush)."""
         runtime.agent.progress = Progress(message=message, percentage=percentage)
-        now = anyio.current_time()
-        if now - runtime.last_progress_emit >= PROGRESS_INTERVAL_SECONDS:
-            runtime.last_progress_emit = now
-            runtime.agent.updated_at = now_iso()
-            self.listeners.agent_changed(runtime.agent, runtime.agent.state)
+        wait = runtime.last_progress_emit + PROGRESS_INTERVAL_SECONDS - anyio.current_time()
+        if wait <= 0:
+            self._emit_progress(runtime)
+        elif not runtime.progress_flush_pending and self._task_group is not None:
+            runtime.progress_flush_pending = True
+            self._task_group.start_soon(self._flush_progress_later, runtime, wait)
+
+    def _emit_progress(self, runtime: AgentRuntime) -> None:
+        runtime.last_progress_emit = anyio.current_time()
+        runtime.agent.updated_at = now_iso()
+        self.listeners.agent_changed(runtime.agent, runtime.agent.state)
+
+    async def _flush_progress_later(self, runtime: AgentRuntime, delay: float) -> None:
+        await anyio.sleep(delay)
+        runtime.progress_flush_pending = False
+        if runtime.agent.state in ACTIVE_STATES and runtime.agent.progress is not None:
+            self._emit_progress(runtime)
 
     async def _log(self, runtime: AgentRuntime, kind: str, text: str) -> None:
         runtime.pending_log.append(LogEntry(time=now_iso(), kind=kind, text=text))

@@ -1,0 +1,122 @@
+"""Dispatch latency: from `forkyard/agent/dispatch` to the agent's `running` state.
+
+Generates a repository of N files (20,000 by default), starts the real server over stdio,
+dispatches agents one after another and times each from the request to the
+`forkyard/agent/changed` notification saying `running`; then times a plain
+`git worktree add` of the same repository, in the same run, for comparison.
+
+    uv run python bench/bench_dispatch.py [--files 20000] [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+from forkyard.client import ForkyardClient
+
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@forkyard.invalid",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@forkyard.invalid",
+}
+
+
+def make_repo(root: Path, files: int, file_bytes: int) -> None:
+    root.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True, env=GIT_ENV)
+    line = "x = 'forkyard benchmark line of reasonably ordinary source code'\n"
+    body = line * max(1, file_bytes // len(line))
+    for index in range(files):
+        directory = root / f"pkg{index // 500:03d}"
+        directory.mkdir(exist_ok=True)
+        (directory / f"module_{index:05d}.py").write_text(f"# file {index}\n{body}")
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=GIT_ENV)
+    subprocess.run(["git", "commit", "-q", "-m", "bench"], cwd=root, check=True, env=GIT_ENV)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))
+    return ordered[index]
+
+
+def describe(name: str, seconds: list[float]) -> str:
+    ms = [s * 1000 for s in seconds]
+    return (
+        f"{name:<34} median {statistics.median(ms):8.1f} ms   p95 {percentile(ms, 0.95):8.1f} ms"
+        f"   (n={len(ms)})"
+    )
+
+
+async def time_dispatches(repo: Path, state: Path, runs: int, dirty: bool) -> list[float]:
+    env = {**os.environ, "FORKYARD_STATE_DIR": str(state)}
+    client = await ForkyardClient.start(repo, env, initialization_options={"maxParallelAgents": 64})
+    timings = []
+    try:
+        for _ in range(runs):
+            started = time.perf_counter()
+            agent = await client.dispatch("true", backend="command", includeUncommitted=dirty)
+            await client.wait_for_agent(agent["id"], {"running", "done", "failed"}, timeout=120)
+            timings.append(time.perf_counter() - started)
+            await client.wait_for_agent(agent["id"], timeout=120)
+    finally:
+        await client.stop()
+    return timings
+
+
+def time_worktree_adds(repo: Path, target: Path, runs: int) -> list[float]:
+    timings = []
+    for index in range(runs):
+        path = target / f"wt{index}"
+        started = time.perf_counter()
+        subprocess.run(
+            ["git", "worktree", "add", "-q", "-b", f"bench-{index}", str(path), "HEAD"],
+            cwd=repo,
+            check=True,
+            env=GIT_ENV,
+        )
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, default=20_000)
+    parser.add_argument("--file-bytes", type=int, default=2_000)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="forkyard-bench-"))
+    try:
+        repo = work / "repo"
+        started = time.perf_counter()
+        make_repo(repo, args.files, args.file_bytes)
+        size = subprocess.run(["du", "-sh", str(repo)], capture_output=True, text=True, check=True)
+        print(
+            f"repository: {args.files} files, {size.stdout.split()[0]} "
+            f"(made in {time.perf_counter() - started:.1f} s)"
+        )
+        clean = anyio.run(time_dispatches, repo, work / "state-clean", args.runs, False)
+        (repo / "pkg000" / "module_00000.py").write_text("# edited by the user\n")
+        (repo / "untracked.txt").write_text("new\n")
+        dirty = anyio.run(time_dispatches, repo, work / "state-dirty", args.runs, True)
+        plain = time_worktree_adds(repo, work / "plain", args.runs)
+        print(describe("dispatch -> running (clean)", clean))
+        print(describe("dispatch -> running (dirty, snapshot)", dirty))
+        print(describe("plain git worktree add", plain))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Chat commands: the orchestrator from the chat, with no model needed.
+
+Each command returns the markdown text of the reply; errors a user can fix (unknown agent,
+missing argument) come back as text too, never as a failed turn.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from forkyard.errors import InvalidRequest
+from forkyard.orchestrator.orchestrator import Orchestrator
+from forkyard_protocol.messages import AgentDispatchParams
+from forkyard_protocol.models import Agent
+
+HELP = """\
+Commands (no model needed):
+
+| command | what it does |
+| --- | --- |
+| `/dispatch [--role R] <task>` | start an agent on a task (the llm backend; needs a model) |
+| `/run <shell command>` | run a command as a background agent in its own worktree |
+| `/agents` | list agents |
+| `/status <n>` | an agent's state, summary and latest log |
+| `/diff <n>` | an agent's diff |
+| `/apply <n>` | apply an agent's changes to your checkout |
+| `/discard <n>` | discard an agent (its work stays in a ref) |
+| `/cancel <n>` | stop an agent (its worktree is kept) |
+| `/help` | this list |
+"""
+
+NO_MODEL = """\
+No chat model is configured, so I can only run commands. To chat, add a model to \
+`.forkyard.toml` in your repository (or `~/.config/forkyard/config.toml`), for example \
+a local Ollama:
+
+```toml
+[models.default]
+provider = "openai"
+base_url = "http://127.0.0.1:11434/v1"
+model = "qwen2.5-coder:14b"
+```
+
+or OpenAI, with the key in the environment variable you name:
+
+```toml
+[models.default]
+provider = "openai"
+model = "gpt-4.1"
+api_key_env = "OPENAI_API_KEY"
+```
+
+"""
+
+MAX_DIFF_CHARS = 20_000
+STATUS_LOG_LINES = 15
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    applied: bool
+    paths: list[str]
+    conflicts: list[tuple[str, str]]
+
+
+class Applier(Protocol):
+    """Applying goes through the editor (workspace/applyEdit); the LSP layer provides it."""
+
+    async def apply(self, agent_ref: str) -> ApplyOutcome: ...
+
+
+def agent_line(agent: Agent) -> str:
+    changes = agent.changes
+    counts = f"{changes.files} files +{changes.additions} -{changes.deletions}"
+    progress = f" — {agent.progress.message}" if agent.progress else ""
+    return f"#{agent.number} **{agent.title}** `{agent.state}` ({agent.role}, {counts}){progress}"
+
+
+def is_command(text: str) -> bool:
+    return text.lstrip().startswith("/")
+
+
+class ChatCommands:
+    def __init__(self, orchestrator: Orchestrator, applier: Applier | None = None) -> None:
+        self.orchestrator = orchestrator
+        self.applier = applier
+        self._commands: dict[str, Callable[[str, str | None], Awaitable[str]]] = {
+            "dispatch": self._dispatch,
+            "run": self._run,
+            "agents": self._agents,
+            "status": self._status,
+            "diff": self._diff,
+            "apply": self._apply,
+            "discard": self._discard,
+            "cancel": self._cancel,
+            "help": self._help,
+        }
+
+    async def run(self, text: str, thread_id: str | None) -> str:
+        name, _, rest = text.strip()[1:].partition(" ")
+        command = self._commands.get(name.lower())
+        if command is None:
+            return f"Unknown command `/{name}`.\n\n{HELP}"
+        try:
+            return await command(rest.strip(), thread_id)
+        except InvalidRequest as exc:
+            return f"`/{name}`: {exc}"
+
+    async def _help(self, _rest: str, _thread: str | None) -> str:
+        return HELP
+
+    async def _dispatch(self, rest: str, thread_id: str | None) -> str:
+        role = "worker"
+        try:
+            words = shlex.split(rest)
+        except ValueError:
+            words = rest.split()
+        if len(words) >= 2 and words[0] == "--role":
+            role = words[1]
+            task = rest.split(words[1], 1)[1].strip()
+        else:
+            task = rest
+        if not task:
+            return "Usage: `/dispatch [--role R] <task>`"
+        agent = await self.orchestrator.dispatch(
+            AgentDispatchParams(task=task, role=role, thread_id=thread_id)
+        )
+        return f"Dispatched agent #{agent.number}: {agent.title} ({agent.role})."
+
+    async def _run(self, rest: str, thread_id: str | None) -> str:
+        if not rest:
+            return "Usage: `/run <shell command>`"
+        agent = await self.orchestrator.dispatch(
+            AgentDispatchParams(task=rest, backend="command", thread_id=thread_id)
+        )
+        return f"Started agent #{agent.number} running `{rest}` in its own worktree."
+
+    async def _agents(self, _rest: str, _thread: str | None) -> str:
+        agents = self.orchestrator.agents()
+        if not agents:
+            return "No agents yet. Start one with `/run <command>` or `/dispatch <task>`."
+        return "\n".join(f"- {agent_line(agent)}" for agent in agents)
+
+    def _ref(self, rest: str, command: str) -> str:
+        ref = rest.split(maxsplit=1)[0] if rest.split() else ""
+        if not ref:
+            raise InvalidRequest(f"usage: /{command} <n>")
+        return ref.removeprefix("#")
+
+    async def _status(self, rest: str, _thread: str | None) -> str:
+        agent, log = await self.orchestrator.read(self._ref(rest, "status"))
+        lines = [agent_line(agent), "", f"task: {agent.task}"]
+        if agent.branch:
+            lines.append(f"branch: `{agent.branch}`")
+        if agent.summary:
+            lines += ["", agent.summary]
+        if agent.error:
+            lines += ["", f"error: {agent.error}"]
+        tail = [f"{entry.kind}: {entry.text}" for entry in log[-STATUS_LOG_LINES:]]
+        if tail:
+            lines += ["", "```", *tail, "```"]
+        return "\n".join(lines)
+
+    async def _diff(self, rest: str, _thread: str | None) -> str:
+        ref = self._ref(rest, "diff")
+        agent = self.orchestrator.resolve(ref).agent
+        diff = await self.orchestrator.diff(ref)
+        if diff is None or not diff.patch:
+            return f"Agent #{agent.number} changed no files."
+        patch = diff.patch
+        if len(patch) > MAX_DIFF_CHARS:
+            patch = patch[:MAX_DIFF_CHARS] + "\n... (diff truncated)\n"
+        return f"Agent #{agent.number}: {agent.title}\n\n```diff\n{patch}```"
+
+    async def _apply(self, rest: str, _thread: str | None) -> str:
+        ref = self._ref(rest, "apply")
+        agent = self.orchestrator.resolve(ref).agent
+        if self.applier is None:
+            return "Applying needs an editor connection; use the `forkyard.apply` command."
+        outcome = await self.applier.apply(ref)
+        if not outcome.applied:
+            return f"Agent #{agent.number} was not applied (the editor refused the edit)."
+        text = f"Applied agent #{agent.number} to {len(outcome.paths)} file(s)."
+        if outcome.conflicts:
+            text += "\n\nConflicts, left as you had them:\n" + "\n".join(
+                f"- `{path}`: {reason}" for path, reason in outcome.conflicts
+            )
+        return text
+
+    async def _discard(self, rest: str, _thread: str | None) -> str:
+        agent = await self.orchestrator.discard(self._ref(rest, "discard"))
+        return (
+            f"Discarded agent #{agent.number}; its work is kept under "
+            f"`refs/forkyard/discarded/{agent.number}`."
+        )
+
+    async def _cancel(self, rest: str, _thread: str | None) -> str:
+        agent = await self.orchestrator.cancel(self._ref(rest, "cancel"))
+        return f"Agent #{agent.number} is {agent.state}; its worktree is kept."
