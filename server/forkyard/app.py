@@ -12,6 +12,7 @@ from anyio.abc import TaskGroup
 
 from forkyard.agents.base import Availability, Backend
 from forkyard.agents.command import CommandBackend
+from forkyard.agents.llm import LlmBackend
 from forkyard.conversation.commands import ChatCommands
 from forkyard.conversation.history import ModelHandle
 from forkyard.conversation.service import Conversation, ConversationListener, Turn
@@ -34,7 +35,7 @@ class _NoListener:
 
 
 def builtin_backends() -> dict[str, Backend]:
-    return {"command": CommandBackend()}
+    return {"command": CommandBackend(), "llm": LlmBackend()}
 
 
 class ForkyardApp:
@@ -137,4 +138,7 @@ class ForkyardApp:
             models = self._retired_models + ([self._chat_model[1]] if self._chat_model else [])
             for model in models:
                 await model.aclose()
+            for backend in self.orchestrator.backends.values():
+                if isinstance(backend, LlmBackend):
+                    await backend.aclose()
             await self.store.close()

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from forkyard.settings import RoleConfig, Settings
+
+ApprovalAnswer = Literal["allow_once", "allow_for_agent", "deny"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ class AgentContext(Protocol):
     def progress(self, message: str, percentage: int | None = None) -> None: ...
     def take_followups(self) -> list[str]:
         """Follow-up instructions the user sent since the last call."""
+
+    async def request_approval(self, tool: str, detail: str) -> ApprovalAnswer:
+        """Ask the user whether `tool` may run on `detail` (a command, a path); only
+        this agent waits for the answer. No answer means "deny"."""
 
 
 class Backend(Protocol):

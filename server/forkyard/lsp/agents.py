@@ -12,9 +12,12 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from lsprotocol import types
 
+from forkyard.agents.base import ApprovalAnswer
+from forkyard.app import ForkyardApp
 from forkyard.errors import InvalidRequest
 from forkyard.lsp.server import ForkyardServer, parse_params
 from forkyard.orchestrator.events import NoticeLevel
+from forkyard.orchestrator.orchestrator import Approver
 from forkyard_protocol.messages import (
     AgentChangedNotification,
     AgentDiffResult,
@@ -111,10 +114,40 @@ class AgentBridge:
         self.server.window_show_message(types.ShowMessageParams(type=_LEVELS[level], message=text))
 
 
+APPROVAL_ACTIONS: dict[str, ApprovalAnswer] = {
+    "Allow once": "allow_once",
+    "Allow for this agent": "allow_for_agent",
+    "Deny": "deny",
+}
+#: An approval nobody answers is a "Deny" after this long, so the agent can go on.
+APPROVAL_TIMEOUT_SECONDS = 600
+
+
+def make_approver(server: ForkyardServer) -> Approver:
+    async def approve(agent: Agent, tool: str, detail: str) -> ApprovalAnswer:
+        params = types.ShowMessageRequestParams(
+            type=types.MessageType.Warning,
+            message=f"Forkyard agent #{agent.number} ({agent.title}) wants to use {tool}: {detail}",
+            actions=[types.MessageActionItem(title=title) for title in APPROVAL_ACTIONS],
+        )
+        with anyio.move_on_after(APPROVAL_TIMEOUT_SECONDS):
+            answer = await server.window_show_message_request_async(params)
+            title = getattr(answer, "title", None)
+            return APPROVAL_ACTIONS.get(title, "deny") if isinstance(title, str) else "deny"
+        return "deny"
+
+    return approve
+
+
 def register(server: ForkyardServer) -> None:
     bridge = AgentBridge(server)
+    approver = make_approver(server)
 
-    server.on_app_ready.append(lambda app: app.orchestrator.add_listener(bridge))
+    def attach(app: ForkyardApp) -> None:
+        app.orchestrator.add_listener(bridge)
+        app.orchestrator.approver = approver
+
+    server.on_app_ready.append(attach)
 
     @server.request("forkyard/agent/dispatch")
     async def dispatch(ls: ForkyardServer, params: AgentDispatchParams) -> AgentResult:

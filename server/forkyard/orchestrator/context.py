@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from forkyard.agents.base import ApprovalAnswer
 from forkyard.settings import RoleConfig, Settings
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ class RunContext:
 
     def progress(self, message: str, percentage: int | None = None) -> None:
         self._orchestrator.progress(self._runtime, message, percentage)
+
+    async def request_approval(self, tool: str, detail: str) -> ApprovalAnswer:
+        return await self._orchestrator.request_approval(self._runtime, tool, detail)
 
     def take_followups(self) -> list[str]:
         taken, self._runtime.followups[:] = list(self._runtime.followups), []

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
 
-from forkyard.agents.base import Backend, RunOutcome
+from forkyard.agents.base import ApprovalAnswer, Backend, RunOutcome
 from forkyard.clock import new_id, now_iso
 from forkyard.errors import InvalidRequest, UnknownAgent
 from forkyard.orchestrator.context import RunContext
@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 LLM_BACKEND = "llm"
 PROGRESS_INTERVAL_SECONDS = 0.1
+
+Approver = Callable[[Agent, str, str], Awaitable[ApprovalAnswer]]
 LOG_FLUSH_SECONDS = 0.25
 FINISH_TIMEOUT_SECONDS = 60
 
@@ -77,6 +79,8 @@ class Orchestrator:
         self._task_group: TaskGroup | None = None
         self._log_dirty: set[str] = set()
         self._state_waiters: dict[str, anyio.Event] = {}
+        #: Asks the user about a tool use; set by the editor layer. None: "ask" is "deny".
+        self.approver: Approver | None = None
 
     @property
     def settings(self) -> Settings:
@@ -316,6 +320,19 @@ class Orchestrator:
             runtime = self._queue.pop(0)
             self._active.add(runtime.agent.id)
             self._task_group.start_soon(self._run, runtime, name=f"agent #{runtime.agent.number}")
+
+    async def request_approval(
+        self, runtime: AgentRuntime, tool: str, detail: str
+    ) -> ApprovalAnswer:
+        """Only the asking agent waits; a failing or missing approver means deny."""
+        answer: ApprovalAnswer = "deny"
+        if self.approver is not None:
+            try:
+                answer = await self.approver(runtime.agent.model_copy(deep=True), tool, detail)
+            except Exception as exc:
+                logger.info("approval request failed: %s", exc)
+        await self._log(runtime, "approval", f"{tool} {detail!r}: {answer}")
+        return answer
 
     def settings_changed(self) -> None:
         self._pump()
