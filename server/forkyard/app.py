@@ -18,6 +18,7 @@ from forkyard.conversation.history import ModelHandle
 from forkyard.conversation.service import Conversation, ConversationListener, Turn
 from forkyard.models import ChatModel, ModelConfig, create_chat_model
 from forkyard.orchestrator.orchestrator import Orchestrator
+from forkyard.review.service import ReviewService
 from forkyard.settings import LoadedSettings, Settings, SettingsProblem, load_settings
 from forkyard.store import Store
 from forkyard.workspace.git import Repository
@@ -66,6 +67,7 @@ class ForkyardApp:
         )
         self._chat_model: tuple[ModelConfig, ChatModel] | None = None
         self._retired_models: list[ChatModel] = []
+        self.review = ReviewService(self.orchestrator)
         self.commands = ChatCommands(self.orchestrator)
         self.conversation = Conversation(
             store, self.orchestrator, self.chat_model, _NoListener(), self.commands

@@ -105,7 +105,7 @@ class Conversation:
         if agent.state != previous_state and agent.state in EVENT_STATES and self._events:
             self._events.send_nowait(agent)
 
-    def notice(self, level: str, text: str) -> None:
+    def notice(self, level: str, text: str, agent: Agent | None = None) -> None:
         """Notices are for the editor; the thread gets the agent events instead."""
 
     async def _append_agent_event(self, agent: Agent) -> None:

@@ -110,7 +110,10 @@ class AgentBridge:
             self.token_to_agent.pop(token, None)
             progress.tokens.pop(token, None)
 
-    def notice(self, level: NoticeLevel, text: str) -> None:
+    def notice(self, level: NoticeLevel, text: str, agent: Agent | None = None) -> None:
+        window = self.server.client_capabilities.window
+        if agent is not None and agent.state == "done" and window and window.show_message:
+            return  # announced with "Show diff / Apply / Discard" actions by the review
         self.server.window_show_message(types.ShowMessageParams(type=_LEVELS[level], message=text))
 
 

@@ -149,13 +149,14 @@ def parse_params(method: str, model: type[P], raw: Any) -> P:
 
 
 def create_server() -> ForkyardServer:
-    from forkyard.lsp import agents, chat, config, lifecycle
+    from forkyard.lsp import agents, chat, config, lifecycle, review
 
     server = ForkyardServer()
     lifecycle.register(server)
     config.register(server)
     agents.register(server)
     chat.register(server)
+    review.register(server)
     return server
 
 

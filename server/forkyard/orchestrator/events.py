@@ -15,8 +15,9 @@ class OrchestratorListener(Protocol):
     def agent_changed(self, agent: Agent, previous_state: str | None) -> None:
         """Called on the event loop after every change of an agent; must not block."""
 
-    def notice(self, level: NoticeLevel, text: str) -> None:
-        """Something the user should be told once (finished, failed, orphans found)."""
+    def notice(self, level: NoticeLevel, text: str, agent: Agent | None = None) -> None:
+        """Something the user should be told once (finished, failed, orphans found);
+        `agent` is the agent it is about, if any."""
 
 
 class Listeners:
@@ -38,10 +39,10 @@ class Listeners:
 
                 logging.getLogger(__name__).exception("agent listener failed")
 
-    def notice(self, level: NoticeLevel, text: str) -> None:
+    def notice(self, level: NoticeLevel, text: str, agent: Agent | None = None) -> None:
         for listener in list(self._listeners):
             try:
-                listener.notice(level, text)
+                listener.notice(level, text, agent)
             except Exception:
                 import logging
 

@@ -433,7 +433,7 @@ class Orchestrator:
         elif error:
             text += f": {error}"
         if state != "interrupted":
-            self.listeners.notice(level, text)
+            self.listeners.notice(level, text, runtime.agent)
 
     # --- state, persistence, events --------------------------------------------------
 

@@ -1,0 +1,459 @@
+"""Review in the editor: diagnostics over agents' hunks, code actions to apply them, and
+the one apply path (`forkyard/agent/apply`, the code actions, `forkyard.apply`, `/apply`)
+that merges against the user's current text and sends one `workspace/applyEdit`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+from lsprotocol import types
+from pygls.uris import to_fs_path
+
+from forkyard.app import ForkyardApp
+from forkyard.conversation.commands import ApplyOutcome
+from forkyard.lsp.edits import build_workspace_edit
+from forkyard.lsp.server import ForkyardServer
+from forkyard.review.service import AgentReview, FileReview
+from forkyard.workspace.hunks import diagnostic_range, marked_lines, split_lines
+from forkyard_protocol.messages import AgentApplyParams, AgentApplyResult, AgentResult
+from forkyard_protocol.models import Agent
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "forkyard"
+SOURCE_KIND = "source.forkyard"
+REFRESH_DELAY_SECONDS = 0.05
+DONE_ACTIONS = ("Show diff", "Apply", "Discard")
+
+
+class Review:
+    """The editor side of reviewing; one per server."""
+
+    def __init__(self, server: ForkyardServer) -> None:
+        self.server = server
+        self._pending_refresh: set[str] = set()
+        self._published: set[str] = set()
+
+    @property
+    def app(self) -> ForkyardApp:
+        return self.server.require_app()
+
+    @property
+    def root(self) -> Path:
+        return self.app.repository.root
+
+    # --- paths, texts -----------------------------------------------------------------
+
+    def path_of(self, uri: str) -> str | None:
+        fs_path = to_fs_path(uri)
+        if fs_path is None:
+            return None
+        try:
+            return Path(fs_path).relative_to(self.root).as_posix()
+        except ValueError:
+            return None
+
+    def uri_of(self, path: str) -> str:
+        return (self.root / path).as_uri()
+
+    def _document(self, path: str) -> Any:
+        for uri, document in self.server.workspace.text_documents.items():
+            if self.path_of(uri) == path:
+                return document
+        return None
+
+    async def current_text(self, path: str) -> str | None:
+        """The user's text of a file: the open buffer, else the file on disk."""
+        document = self._document(path)
+        if document is not None:
+            source: str = document.source
+            return source
+        target = self.root / path
+
+        def read() -> str | None:
+            try:
+                return target.read_text(encoding="utf-8", errors="replace")
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return None
+
+        return await anyio.to_thread.run_sync(read)
+
+    @property
+    def encoding(self) -> str:
+        encoding = self.server.workspace.position_encoding
+        return str(getattr(encoding, "value", encoding) or "utf-16")
+
+    # --- diagnostics ------------------------------------------------------------------
+
+    async def diagnostics_for(self, path: str) -> list[types.Diagnostic]:
+        text = await self.current_text(path)
+        if text is None:
+            return []
+        lines = split_lines(text)
+        found: list[types.Diagnostic] = []
+        for review, file in self.app.review.for_path(path):
+            located = await anyio.to_thread.run_sync(file.located, text)
+            hunks = {h.id: h for h in file.change.hunks}
+            for hunk in located:
+                if not hunk.applies:
+                    continue
+                start_line, start_char, end_line, end_char = diagnostic_range(
+                    hunk,
+                    lines,
+                    self.encoding,  # type: ignore[arg-type]
+                )
+                source_hunk = hunks[hunk.hunk_id]
+                added = sum(1 for line in source_hunk.text.splitlines() if line.startswith("+"))
+                removed = sum(1 for line in source_hunk.text.splitlines() if line.startswith("-"))
+                agent = review.agent
+                found.append(
+                    types.Diagnostic(
+                        range=types.Range(
+                            start=types.Position(line=start_line, character=start_char),
+                            end=types.Position(line=end_line, character=end_char),
+                        ),
+                        severity=types.DiagnosticSeverity.Hint,
+                        source=SOURCE,
+                        message=f"agent #{agent.number}: {agent.title} (+{added} -{removed})",
+                        data={"agentId": agent.id, "hunkId": hunk.hunk_id},
+                    )
+                )
+        return found
+
+    async def publish(self, path: str) -> None:
+        diagnostics = await self.diagnostics_for(path)
+        if diagnostics or path in self._published:
+            self.server.text_document_publish_diagnostics(
+                types.PublishDiagnosticsParams(uri=self.uri_of(path), diagnostics=diagnostics)
+            )
+        if diagnostics:
+            self._published.add(path)
+        else:
+            self._published.discard(path)
+
+    def refresh_soon(self, path: str) -> None:
+        """Coalesce bursts of edits into one recomputation."""
+        if path in self._pending_refresh:
+            return
+        self._pending_refresh.add(path)
+
+        async def later() -> None:
+            await anyio.sleep(REFRESH_DELAY_SECONDS)
+            self._pending_refresh.discard(path)
+            await self.publish(path)
+
+        self.server.spawn(later, f"diagnostics of {path}")
+
+    # --- orchestrator listener ---------------------------------------------------------
+
+    def agent_changed(self, agent: Agent, previous_state: str | None) -> None:
+        if agent.state == "done" and previous_state != "done":
+            self.server.spawn(lambda: self._on_done(agent), f"review of agent {agent.id}")
+        elif agent.state != "done" and (dropped := self.app.review.drop(agent.id)):
+            for path in dropped.files:
+                self.refresh_soon(path)
+
+    def notice(self, level: str, text: str, agent: Agent | None = None) -> None:
+        """Done agents are announced with actions instead (see `_on_done`)."""
+
+    async def _on_done(self, agent: Agent) -> None:
+        try:
+            review = await self.app.review.load(agent)
+        except Exception:
+            logger.exception("cannot load the review of agent #%s", agent.number)
+            return
+        for path in review.files:
+            await self.publish(path)
+        if self.supports_message_actions():
+            await self._ask_what_next(review)
+
+    def supports_message_actions(self) -> bool:
+        window = self.server.client_capabilities.window
+        return bool(window and window.show_message)
+
+    async def _ask_what_next(self, review: AgentReview) -> None:
+        agent = review.agent
+        c = agent.changes
+        params = types.ShowMessageRequestParams(
+            type=types.MessageType.Info,
+            message=f"Forkyard agent #{agent.number} ({agent.title}) is done: "
+            f"{c.files} file(s), +{c.additions} -{c.deletions}",
+            actions=[types.MessageActionItem(title=t) for t in DONE_ACTIONS],
+        )
+        try:
+            answer = await self.server.window_show_message_request_async(params)
+        except Exception as exc:  # a client that cannot answer: nothing to do
+            logger.info("done notice not answered: %s", exc)
+            return
+        choice = getattr(answer, "title", None)
+        if choice == "Show diff":
+            await self.show_diff(agent.id)
+        elif choice == "Apply":
+            await self.apply(agent.id)
+        elif choice == "Discard":
+            await self.app.orchestrator.discard(agent.id)
+
+    # --- applying -----------------------------------------------------------------------
+
+    async def apply(
+        self, agent_ref: str, paths: list[str] | None = None, hunk_ids: list[str] | None = None
+    ) -> AgentApplyResult:
+        app = self.app
+        plan = await app.review.plan(agent_ref, self.current_text, paths, hunk_ids)
+        agent = plan.agent
+        texts = {p.path: await self.current_text(p.path) for p in plan.plans}
+        versions: dict[str, int | None] = {}
+        for p in plan.plans:
+            document = self._document(p.path)
+            versions[p.path] = document.version if document is not None else None
+        workspace_caps = self.server.client_capabilities.workspace
+        edit_caps = workspace_caps.workspace_edit if workspace_caps else None
+        operations = (
+            {str(getattr(op, "value", op)) for op in (edit_caps.resource_operations or [])}
+            if edit_caps
+            else set()
+        )
+        build = build_workspace_edit(
+            plan.plans,
+            self.root,
+            texts,
+            versions,
+            encoding=self.encoding,
+            document_changes=bool(edit_caps and edit_caps.document_changes),
+            resource_operations=operations,
+        )
+        applied = True
+        if build.edit.changes or build.edit.document_changes:
+            response = await self.server.workspace_apply_edit_async(
+                types.ApplyWorkspaceEditParams(
+                    edit=build.edit, label=f"Forkyard: agent #{agent.number}"
+                )
+            )
+            applied = bool(response and response.applied)
+        if applied and build.server_writes:
+            await anyio.to_thread.run_sync(_write_files, build.server_writes)
+            self.server.window_show_message(
+                types.ShowMessageParams(
+                    type=types.MessageType.Info,
+                    message=f"Forkyard created or deleted {len(build.server_writes)} file(s) "
+                    "itself: your editor does not support file operations in edits",
+                )
+            )
+        if applied and plan.complete:
+            await app.orchestrator.mark_applied(agent.id)
+        elif applied:
+            for path in build.touched:
+                self.refresh_soon(path)
+        return AgentApplyResult(
+            applied=applied, paths=build.touched if applied else [], conflicts=plan.conflicts
+        )
+
+    async def show_diff(self, agent_ref: str) -> AgentResult:
+        orchestrator = self.app.orchestrator
+        agent = orchestrator.resolve(agent_ref).agent
+        diff = await orchestrator.diff(agent.id)
+        target = self.app.state_dir / "diffs" / f"agent-{agent.number}.diff"
+        patch = diff.patch if diff else ""
+
+        def write() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(patch, encoding="utf-8")
+
+        await anyio.to_thread.run_sync(write)
+        try:
+            await self.server.window_show_document_async(
+                types.ShowDocumentParams(uri=target.as_uri(), take_focus=True)
+            )
+        except Exception as exc:  # a client without showDocument still has the file
+            logger.info("showDocument failed: %s", exc)
+        return AgentResult(agent=agent)
+
+    # --- code actions ---------------------------------------------------------------------
+
+    async def code_actions(self, params: types.CodeActionParams) -> list[types.CodeAction]:
+        path = self.path_of(params.text_document.uri)
+        if path is None:
+            return []
+        pairs = self.app.review.for_path(path)
+        if not pairs:
+            return []
+        text = await self.current_text(path)
+        only = params.context.only
+        first, last = params.range.start.line, params.range.end.line
+        actions: list[types.CodeAction] = []
+        for review, file in pairs:
+            agent = review.agent
+            if text is not None and _wanted(types.CodeActionKind.QuickFix, only):
+                located = await anyio.to_thread.run_sync(file.located, text)
+                total = len(split_lines(text))
+                for hunk in located:
+                    lines = marked_lines(hunk, total)
+                    if (
+                        hunk.applies
+                        and lines.start <= last
+                        and first <= max(lines.stop - 1, lines.start)
+                    ):
+                        linked = [
+                            d
+                            for d in params.context.diagnostics
+                            if d.source == SOURCE
+                            and isinstance(d.data, dict)
+                            and d.data.get("hunkId") == hunk.hunk_id
+                        ]
+                        actions.append(
+                            _action(
+                                f"Apply hunk from agent #{agent.number}",
+                                types.CodeActionKind.QuickFix,
+                                agent,
+                                [path],
+                                [hunk.hunk_id],
+                                linked,
+                            )
+                        )
+            if _wanted(SOURCE_KIND, only):
+                actions += [
+                    _action(
+                        f"Apply agent #{agent.number} to this file",
+                        SOURCE_KIND,
+                        agent,
+                        [path],
+                        None,
+                        [],
+                    ),
+                    _action(
+                        f"Apply agent #{agent.number} (all {len(review.files)} files)",
+                        SOURCE_KIND,
+                        agent,
+                        None,
+                        None,
+                        [],
+                    ),
+                    types.CodeAction(
+                        title=f"Discard agent #{agent.number}",
+                        kind=SOURCE_KIND,
+                        data={"agentId": agent.id, "action": "discard"},
+                        command=types.Command(
+                            title=f"Discard agent #{agent.number}",
+                            command="forkyard.discard",
+                            arguments=[agent.id],
+                        ),
+                    ),
+                ]
+        return actions
+
+
+def _wanted(kind: str, only: Sequence[str] | None) -> bool:
+    """Whether a client's `only` filter (e.g. "source", "quickfix") admits `kind`."""
+    if not only:
+        return True
+    name = str(getattr(kind, "value", kind))
+    wanted = [str(getattr(o, "value", o)) for o in only]
+    return any(name == w or name.startswith(f"{w}.") for w in wanted)
+
+
+def _action(
+    title: str,
+    kind: str,
+    agent: Agent,
+    paths: list[str] | None,
+    hunk_ids: list[str] | None,
+    diagnostics: list[types.Diagnostic],
+) -> types.CodeAction:
+    """Listing is cheap: the edit is built when the command runs, against the user's text
+    as it is then, and sent as one `workspace/applyEdit`."""
+    return types.CodeAction(
+        title=title,
+        kind=kind,
+        diagnostics=diagnostics or None,
+        is_preferred=kind == types.CodeActionKind.QuickFix or None,
+        data={"agentId": agent.id, "action": "apply", "paths": paths, "hunkIds": hunk_ids},
+        command=types.Command(
+            title=title, command="forkyard.apply", arguments=[agent.id, paths, hunk_ids]
+        ),
+    )
+
+
+def _write_files(writes: dict[Path, str | None]) -> None:
+    for path, text in writes.items():
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+
+
+def register(server: ForkyardServer) -> None:
+    review = Review(server)
+
+    class _ChatApplier:
+        async def apply(self, agent_ref: str) -> ApplyOutcome:
+            result = await review.apply(agent_ref)
+            return ApplyOutcome(
+                result.applied, result.paths, [(c.path, c.reason) for c in result.conflicts]
+            )
+
+    def attach(app: ForkyardApp) -> None:
+        app.orchestrator.add_listener(review)
+        app.commands.applier = _ChatApplier()
+
+    server.on_app_ready.append(attach)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: ForkyardServer, params: types.DidOpenTextDocumentParams) -> None:
+        path = review.path_of(params.text_document.uri) if ls.app is not None else None
+        if ls.app is not None and path and ls.app.review.for_path(path):
+            review.refresh_soon(path)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: ForkyardServer, params: types.DidChangeTextDocumentParams) -> None:
+        path = review.path_of(params.text_document.uri) if ls.app is not None else None
+        if ls.app is not None and path and ls.app.review.for_path(path):
+            review.refresh_soon(path)
+
+    @server.feature(
+        types.TEXT_DOCUMENT_CODE_ACTION,
+        types.CodeActionOptions(
+            code_action_kinds=[types.CodeActionKind.QuickFix, SOURCE_KIND], resolve_provider=True
+        ),
+    )
+    async def code_action(
+        ls: ForkyardServer, params: types.CodeActionParams
+    ) -> list[types.CodeAction] | None:
+        if ls.app is None:
+            return None
+        return await review.code_actions(params)
+
+    @server.feature(types.CODE_ACTION_RESOLVE)
+    def code_action_resolve(ls: ForkyardServer, action: types.CodeAction) -> types.CodeAction:
+        return action
+
+    @server.request("forkyard/agent/apply")
+    async def apply(ls: ForkyardServer, params: AgentApplyParams) -> AgentApplyResult:
+        return await review.apply(params.agent_id, params.paths, params.hunk_ids)
+
+    @server.forkyard_command("forkyard.apply")
+    async def apply_command(ls: ForkyardServer, *args: Any) -> AgentApplyResult:
+        from forkyard.lsp.agents import agent_arg, raise_invalid
+
+        ref = agent_arg("forkyard.apply", args)
+        paths = args[1] if len(args) > 1 else None
+        hunk_ids = args[2] if len(args) > 2 else None
+        for name, value in (("paths", paths), ("hunkIds", hunk_ids)):
+            if value is not None and not (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)
+            ):
+                raise_invalid(f"{name} must be a list of strings")
+        return await review.apply(ref, paths, hunk_ids)
+
+    @server.forkyard_command("forkyard.showDiff")
+    async def show_diff_command(ls: ForkyardServer, *args: Any) -> AgentResult:
+        from forkyard.lsp.agents import agent_arg
+
+        return await review.show_diff(agent_arg("forkyard.showDiff", args))
+
+
+__all__ = ["FileReview", "Review", "register"]

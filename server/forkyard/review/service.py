@@ -1,0 +1,164 @@
+"""Reviewing finished agents: their diffs kept ready, hunks located on the user's current
+text, and apply plans.
+
+The editor layer asks for "what does agent N change in this file, given the text I have
+now" many times (diagnostics on every edit, code actions on every cursor move), so each
+`done` agent's diff, base texts and agent texts are computed once, when it finishes, and
+kept here until it is applied, discarded or runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from forkyard.errors import InvalidRequest
+from forkyard.orchestrator.orchestrator import Orchestrator
+from forkyard.workspace.apply import FilePlan, paths_to_read, plan_change_apply
+from forkyard.workspace.diff import file_at, file_in_commit
+from forkyard.workspace.hunks import LocatedHunk, locate_hunks
+from forkyard_protocol.models import Agent, Conflict, FileChange
+
+logger = logging.getLogger(__name__)
+
+CurrentText = Callable[[str], Awaitable[str | None]]
+
+
+@dataclass
+class FileReview:
+    change: FileChange
+    base_text: str | None
+    agent_text: str | None
+    #: (current text) -> located hunks; locating is pure but not free on big files.
+    _located: tuple[str, list[LocatedHunk]] | None = None
+
+    def located(self, current_text: str) -> list[LocatedHunk]:
+        """Blocking for big files: callers run it in a worker thread."""
+        if self._located is not None and self._located[0] == current_text:
+            return self._located[1]
+        if self.base_text is None or self.change.binary:
+            located: list[LocatedHunk] = []
+        else:
+            located = locate_hunks(self.base_text, current_text, self.change.hunks)
+        self._located = (current_text, located)
+        return located
+
+
+@dataclass
+class AgentReview:
+    agent: Agent
+    files: dict[str, FileReview] = field(default_factory=dict)
+
+    @property
+    def hunk_count(self) -> int:
+        return sum(len(f.change.hunks) for f in self.files.values())
+
+
+@dataclass
+class ApplyPlan:
+    agent: Agent
+    plans: list[FilePlan]
+    conflicts: list[Conflict]
+    complete: bool
+    """True when, once applied, nothing of the agent's change is left to apply."""
+
+
+class ReviewService:
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
+        self._reviews: dict[str, AgentReview] = {}
+
+    def reviews(self) -> list[AgentReview]:
+        """Newest agent first."""
+        return sorted(self._reviews.values(), key=lambda r: r.agent.number, reverse=True)
+
+    def for_path(self, path: str) -> list[tuple[AgentReview, FileReview]]:
+        return [(r, r.files[path]) for r in self.reviews() if path in r.files]
+
+    def drop(self, agent_id: str) -> AgentReview | None:
+        return self._reviews.pop(agent_id, None)
+
+    async def load(self, agent: Agent) -> AgentReview:
+        """The agent's diff and both sides of every changed file, read once."""
+        root = self.orchestrator.repository.root
+        diff = await self.orchestrator.diff(agent.id)
+        review = AgentReview(agent)
+        for change in diff.files if diff else []:
+            base_text = None
+            if change.status != "added":
+                base_text = await file_in_commit(
+                    root, agent.base_ref, change.old_path or change.path
+                )
+            agent_text = None
+            if change.status != "deleted" and agent.worktree:
+                agent_text = await file_at(Path(agent.worktree), change.path)
+            review.files[change.path] = FileReview(change, base_text, agent_text)
+        self._reviews[agent.id] = review
+        return review
+
+    async def get(self, agent_ref: str) -> AgentReview:
+        runtime = self.orchestrator.resolve(agent_ref)
+        agent = runtime.agent
+        if agent.state != "done":
+            raise InvalidRequest(
+                f"agentId: agent #{agent.number} is {agent.state}; only a done agent applies"
+            )
+        review = self._reviews.get(agent.id)
+        if review is None or review.agent.updated_at != agent.updated_at:
+            review = await self.load(agent)
+        return review
+
+    async def plan(
+        self,
+        agent_ref: str,
+        current_text: CurrentText,
+        paths: Collection[str] | None = None,
+        hunk_ids: Collection[str] | None = None,
+    ) -> ApplyPlan:
+        review = await self.get(agent_ref)
+        files = list(review.files.values())
+        if paths is not None:
+            unknown = set(paths) - set(review.files)
+            if unknown:
+                raise InvalidRequest(
+                    f"paths: agent #{review.agent.number} did not change "
+                    + ", ".join(sorted(unknown))
+                )
+            files = [f for f in files if f.change.path in paths]
+        if hunk_ids is not None:
+            wanted = set(hunk_ids)
+            known = {h.id for f in files for h in f.change.hunks}
+            if unknown_ids := wanted - known:
+                raise InvalidRequest(f"hunkIds: unknown hunk ids {sorted(unknown_ids)}")
+            files = [f for f in files if any(h.id in wanted for h in f.change.hunks)]
+        plans: list[FilePlan] = []
+        conflicts: list[Conflict] = []
+        for file in files:
+            if file.change.binary:
+                conflicts.append(
+                    Conflict(
+                        path=file.change.path,
+                        reason="binary file: take it with "
+                        f"`git checkout {review.agent.branch} -- {file.change.path}`",
+                    )
+                )
+                continue
+            current = {p: await current_text(p) for p in paths_to_read(file.change)}
+            file_plans = await anyio.to_thread.run_sync(
+                lambda f=file, c=current: plan_change_apply(  # type: ignore[misc]
+                    f.change, f.base_text, f.agent_text, c, hunk_ids
+                )
+            )
+            for plan in file_plans:
+                conflicts.extend(plan.conflicts)
+            plans.extend(file_plans)
+        whole = paths is None and hunk_ids is None
+        selected_all = whole or (
+            len(files) == len(review.files)
+            and (hunk_ids is None or set(hunk_ids) >= {h.id for f in files for h in f.change.hunks})
+        )
+        return ApplyPlan(review.agent, plans, conflicts, complete=selected_all and not conflicts)
