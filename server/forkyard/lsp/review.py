@@ -11,10 +11,12 @@ from typing import Any
 
 import anyio
 from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
 from forkyard.app import ForkyardApp
 from forkyard.conversation.commands import ApplyOutcome
+from forkyard.errors import InvalidRequest
 from forkyard.lsp.edits import build_workspace_edit
 from forkyard.lsp.server import ForkyardServer
 from forkyard.review.service import AgentReview, FileReview
@@ -171,6 +173,11 @@ class Review:
         if self.supports_message_actions():
             await self._ask_what_next(review)
 
+    def client_resolves_actions(self) -> bool:
+        document = self.server.client_capabilities.text_document
+        code_action = document.code_action if document else None
+        return bool(code_action and code_action.resolve_support)
+
     def supports_message_actions(self) -> bool:
         window = self.server.client_capabilities.window
         return bool(window and window.show_message)
@@ -283,6 +290,7 @@ class Review:
             return []
         text = await self.current_text(path)
         only = params.context.only
+        lazy = self.client_resolves_actions()
         first, last = params.range.start.line, params.range.end.line
         actions: list[types.CodeAction] = []
         for review, file in pairs:
@@ -312,36 +320,25 @@ class Review:
                                 [path],
                                 [hunk.hunk_id],
                                 linked,
+                                lazy,
                             )
                         )
             if _wanted(SOURCE_KIND, only):
+                n = agent.number
                 actions += [
                     _action(
-                        f"Apply agent #{agent.number} to this file",
-                        SOURCE_KIND,
-                        agent,
-                        [path],
-                        None,
-                        [],
+                        f"Apply agent #{n} to this file", SOURCE_KIND, agent, [path], None, [], lazy
                     ),
                     _action(
-                        f"Apply agent #{agent.number} (all {len(review.files)} files)",
+                        f"Apply agent #{n} (all {len(review.files)} files)",
                         SOURCE_KIND,
                         agent,
                         None,
                         None,
                         [],
+                        lazy,
                     ),
-                    types.CodeAction(
-                        title=f"Discard agent #{agent.number}",
-                        kind=SOURCE_KIND,
-                        data={"agentId": agent.id, "action": "discard"},
-                        command=types.Command(
-                            title=f"Discard agent #{agent.number}",
-                            command="forkyard.discard",
-                            arguments=[agent.id],
-                        ),
-                    ),
+                    _action(f"Discard agent #{n}", SOURCE_KIND, agent, None, None, [], lazy),
                 ]
         return actions
 
@@ -362,19 +359,40 @@ def _action(
     paths: list[str] | None,
     hunk_ids: list[str] | None,
     diagnostics: list[types.Diagnostic],
+    lazy: bool,
 ) -> types.CodeAction:
-    """Listing is cheap: the edit is built when the command runs, against the user's text
-    as it is then, and sent as one `workspace/applyEdit`."""
-    return types.CodeAction(
+    """Listing is cheap: actions carry `data`; resolving gives the command, and the edit
+    is built when the command runs, against the user's text as it is then, and sent as
+    one `workspace/applyEdit`. Clients that cannot resolve get the command at once."""
+    discard = title.startswith("Discard")
+    data = {"agentId": agent.id, "title": title, "action": "discard" if discard else "apply"}
+    if not discard:
+        data |= {"paths": paths, "hunkIds": hunk_ids}
+    action = types.CodeAction(
         title=title,
         kind=kind,
         diagnostics=diagnostics or None,
         is_preferred=kind == types.CodeActionKind.QuickFix or None,
-        data={"agentId": agent.id, "action": "apply", "paths": paths, "hunkIds": hunk_ids},
-        command=types.Command(
-            title=title, command="forkyard.apply", arguments=[agent.id, paths, hunk_ids]
-        ),
+        data=data,
     )
+    return action if lazy else resolve_action(action)
+
+
+def resolve_action(action: types.CodeAction) -> types.CodeAction:
+    data = action.data if isinstance(action.data, dict) else {}
+    agent_id = data.get("agentId")
+    if not isinstance(agent_id, str):
+        raise InvalidRequest("data: not a Forkyard code action")
+    if data.get("action") == "discard":
+        action.command = types.Command(
+            title=action.title, command="forkyard.discard", arguments=[agent_id]
+        )
+    else:
+        arguments = [agent_id, data.get("paths"), data.get("hunkIds")]
+        action.command = types.Command(
+            title=action.title, command="forkyard.apply", arguments=arguments
+        )
+    return action
 
 
 def _write_files(writes: dict[Path, str | None]) -> None:
@@ -429,7 +447,10 @@ def register(server: ForkyardServer) -> None:
 
     @server.feature(types.CODE_ACTION_RESOLVE)
     def code_action_resolve(ls: ForkyardServer, action: types.CodeAction) -> types.CodeAction:
-        return action
+        try:
+            return resolve_action(action)
+        except InvalidRequest as exc:
+            raise JsonRpcInvalidParams(str(exc)) from exc
 
     @server.request("forkyard/agent/apply")
     async def apply(ls: ForkyardServer, params: AgentApplyParams) -> AgentApplyResult:
