@@ -157,6 +157,23 @@ class AgentApplyResult(WireModel):
     conflicts: list[Conflict]
 
 
+# --- server -----------------------------------------------------------------------------
+
+
+class ServerStatsParams(WireModel):
+    reset: bool = False
+
+
+class ServerStatsResult(WireModel):
+    """An addition to PROTOCOL.md: health figures, for benchmarks and `:checkhealth`."""
+
+    version: str
+    uptime_seconds: float
+    max_loop_stall_ms: float
+    agents_running: int
+    agents_queued: int
+
+
 # --- notifications -----------------------------------------------------------------------
 
 
@@ -201,6 +218,7 @@ REQUESTS: dict[str, tuple[type[WireModel], type[WireModel]]] = {
     "forkyard/agent/file": (AgentFileParams, AgentFileResult),
     "forkyard/agent/apply": (AgentApplyParams, AgentApplyResult),
     "forkyard/agent/discard": (AgentRef, AgentResult),
+    "forkyard/server/stats": (ServerStatsParams, ServerStatsResult),
 }
 
 #: Every custom notification, server to client: method -> params model.

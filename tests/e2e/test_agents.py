@@ -36,6 +36,12 @@ async def test_initialize_advertises_roles_and_backends(
     assert forkyard["version"] == 1
     assert {"explorer", "worker", "default"} <= set(forkyard["roles"])
     assert "command" in forkyard["backends"]
+    details = {d["name"]: d for d in forkyard["backendDetails"]}
+    assert details["llm"]["available"] is False
+    assert "model" in details["llm"]["reason"]
+    stats = await client.request("forkyard/server/stats", {})
+    assert stats["agentsRunning"] == 0
+    assert stats["maxLoopStallMs"] >= 0
 
 
 async def test_at_most_max_parallel_agents_run_and_all_finish(

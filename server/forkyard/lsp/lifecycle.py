@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from lsprotocol import types
 from pygls.uris import to_fs_path
 
+import forkyard
 from forkyard.app import ForkyardApp
 from forkyard.lsp.server import ForkyardServer
 from forkyard.settings import current_environ
+from forkyard_protocol.messages import ServerStatsParams, ServerStatsResult
 from forkyard_protocol.models import BackendInfo, ForkyardCapabilities
 
 logger = logging.getLogger(__name__)
@@ -72,6 +75,21 @@ def register(server: ForkyardServer) -> None:
             ls.window_show_message(
                 types.ShowMessageParams(type=types.MessageType.Warning, message=str(problem))
             )
+
+    @server.request("forkyard/server/stats")
+    async def stats(ls: ForkyardServer, params: ServerStatsParams) -> ServerStatsResult:
+        watch = ls.loop_watch
+        agents = ls.app.orchestrator.agents() if ls.app else []
+        result = ServerStatsResult(
+            version=forkyard.__version__,
+            uptime_seconds=time.monotonic() - watch.started,
+            max_loop_stall_ms=watch.max_stall * 1000,
+            agents_running=sum(a.state in ("starting", "running") for a in agents),
+            agents_queued=sum(a.state == "queued" for a in agents),
+        )
+        if params.reset:
+            watch.max_stall = 0.0
+        return result
 
     @server.feature(types.SHUTDOWN)
     async def shutdown(ls: ForkyardServer, _params: Any) -> None:

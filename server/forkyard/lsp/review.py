@@ -365,7 +365,11 @@ def _action(
     is built when the command runs, against the user's text as it is then, and sent as
     one `workspace/applyEdit`. Clients that cannot resolve get the command at once."""
     discard = title.startswith("Discard")
-    data = {"agentId": agent.id, "title": title, "action": "discard" if discard else "apply"}
+    data: dict[str, Any] = {
+        "agentId": agent.id,
+        "title": title,
+        "action": "discard" if discard else "apply",
+    }
     if not discard:
         data |= {"paths": paths, "hunkIds": hunk_ids}
     action = types.CodeAction(

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, BinaryIO, TypeVar
 
@@ -77,6 +78,7 @@ class ForkyardServer(LanguageServer):
         self.task_group: TaskGroup | None = None
         self.experimental_capabilities: dict[str, Any] = {}
         self.exit_code = 0
+        self.loop_watch = LoopWatch()
         #: Called with the app once it is open, before it starts: listeners attach here
         #: so that they see every event.
         self.on_app_ready: list[Callable[[ForkyardApp], None]] = []
@@ -160,12 +162,31 @@ def create_server() -> ForkyardServer:
     return server
 
 
+class LoopWatch:
+    """Measures how late the event loop wakes a sleeping task: the largest stall is the
+    longest any request could have waited behind blocking work."""
+
+    TICK_SECONDS = 0.01
+
+    def __init__(self) -> None:
+        self.max_stall = 0.0
+        self.started = time.monotonic()
+
+    async def run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await anyio.sleep(self.TICK_SECONDS)
+            stall = time.perf_counter() - before - self.TICK_SECONDS
+            self.max_stall = max(self.max_stall, stall)
+
+
 async def _serve(server: ForkyardServer, reader: Any) -> None:
     stop_event = threading.Event()
     server._stop_event = stop_event
     try:
         async with anyio.create_task_group() as task_group:
             server.task_group = task_group
+            task_group.start_soon(server.loop_watch.run, name="event loop watch")
             try:
                 await run_async(
                     stop_event=stop_event,
