@@ -52,6 +52,8 @@ DEMO_AGENTS = [
         "python3 -m unittest discover -s tests -t . -v",
     ),
 ]
+#: Which of DEMO_AGENTS the demo starts from the chat, as a user would type it.
+FROM_CHAT = 2
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Forkyard Demo",
@@ -71,6 +73,35 @@ def make_sample_repo(root: Path) -> Path:
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "calc"]):
         subprocess.run(["git", *args], cwd=root, env=env, check=True)
     return root
+
+
+def _newest_agent(client: ForkyardClient, number: int) -> dict[str, Any] | None:
+    return next((a for a in client.agents.values() if a["number"] == number), None)
+
+
+async def _print_conversation(
+    client: ForkyardClient, console: Console, thread_id: str, agent_id: str
+) -> None:
+    """The chat thread the third agent came from: the command, the reply, and the
+    agent's events, which arrive in the thread by themselves."""
+
+    def events_arrived() -> bool:
+        return any(
+            method == "forkyard/chat/message"
+            and params["message"]["role"] == "event"
+            and params["message"]["agentId"] == agent_id
+            and "is done" in params["message"]["text"]
+            for method, params in client.notifications
+        )
+
+    await client.wait_until(events_arrived, timeout=20)
+    thread = await client.request("forkyard/thread/read", {"threadId": thread_id})
+    table = Table(title="the conversation", expand=True, show_header=False)
+    table.add_column("who", style="bold")
+    table.add_column("message")
+    for message in thread["messages"]:
+        table.add_row(message["role"], message["text"])
+    console.print(table)
 
 
 def run_demo(*, keep: bool = False) -> int:
@@ -119,8 +150,14 @@ async def _demo(workdir: Path, console: Console) -> int:
     failures = 0
     try:
         ids = []
-        for title, command in DEMO_AGENTS:
-            agent = await client.dispatch(command, backend="command", title=title)
+        thread_id = ""
+        for index, (title, command) in enumerate(DEMO_AGENTS):
+            if index == FROM_CHAT:
+                chat = await client.request("forkyard/chat", {"text": f"/run {command}"})
+                thread_id = chat["threadId"]
+                agent = await client.wait_until(lambda: _newest_agent(client, len(ids) + 1))
+            else:
+                agent = await client.dispatch(command, backend="command", title=title)
             ids.append(agent["id"])
         with Live(_progress_table(client, ids), console=console, refresh_per_second=10) as live:
 
@@ -149,6 +186,7 @@ async def _demo(workdir: Path, console: Console) -> int:
                     border_style="green" if ok else "red",
                 )
             )
+        await _print_conversation(client, console, thread_id, ids[FROM_CHAT])
     finally:
         await client.stop()
     elapsed = time.monotonic() - started
