@@ -14,8 +14,7 @@ command -v git >/dev/null || missing+=(git)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v rg >/dev/null || missing+=(ripgrep)
 command -v emacs >/dev/null || missing+=(emacs-nox)
-[ -d /usr/share/emacs/site-lisp/elpa-src/eglot-1.9 ] || [ -d /usr/share/emacs/site-lisp/elpa/eglot-1.9 ] \
-  || dpkg -s elpa-eglot >/dev/null 2>&1 || missing+=(elpa-eglot)
+dpkg -s elpa-eglot >/dev/null 2>&1 || missing+=(elpa-eglot)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else sudo="none"; fi
   if [ "$sudo" != none ] && command -v apt-get >/dev/null; then
