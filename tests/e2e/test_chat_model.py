@@ -269,3 +269,21 @@ async def test_chat_and_agent_list_answer_while_agents_churn(
     for agent_id in ids:
         assert (await client.wait_for_agent(agent_id))["state"] == "done"
     assert await wait_turn(client, slow["turnId"]) == "completed"
+
+
+async def test_editor_context_reaches_the_model(
+    start_server: StartServer, repo: Path, fake_model_server: FakeModelServer
+) -> None:
+    fake_model_server.script(Reply(text="It adds two numbers."))
+    client = await start_server(repo, initialization_options=model_options(fake_model_server))
+    uri = (repo / "src/app.py").as_uri()
+    selection = {"start": {"line": 1, "character": 0}, "end": {"line": 1, "character": 16}}
+    result = await client.request(
+        "forkyard/chat",
+        {"text": "what does this do?", "context": {"uri": uri, "range": selection}},
+    )
+    assert await wait_turn(client, result["turnId"]) == "completed"
+    seen = fake_model_server.last_request.text
+    assert "app.py lines 2-2" in seen
+    assert "return a + b" in seen
+    assert "def add" not in seen, "only the selected range"
