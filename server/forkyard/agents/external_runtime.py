@@ -1,0 +1,483 @@
+"""What every external agent program backend shares: finding the program, its private
+home, its environment, the sandbox, and turning its output into log lines and an outcome.
+
+Forkyard's guarantees hold whatever the program does:
+
+- It runs in the agent's directory under bubblewrap: the system read-only, writable only
+  the worktree (nothing for explorers) and the program's private home; network stays on
+  because the program must reach its model endpoint. Its own sandbox, where it has one,
+  still applies inside (codex's keeps the commands it runs off the network).
+- Its environment is a short allow-list plus the variables the settings name: names in
+  the config, values from the server's environment, never in argv (where `ps` shows them).
+- Its private home (config, sessions, caches) lives in the state directory, one per agent,
+  so sessions survive between runs and follow-ups resume them; nothing of the user's own
+  configuration of that program leaks in.
+- Cancellation and timeouts end the whole process tree (`run_streaming`, and bwrap's PID
+  namespace).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import anyio
+import anyio.to_thread
+
+import forkyard
+from forkyard.agents.base import AgentContext, Availability, RunOutcome
+from forkyard.agents.external_config import ExternalBackendConfig, backend_config
+from forkyard.settings import Settings, current_environ
+from forkyard.tools.process import ProcessResult, run_streaming
+from forkyard.tools.sandbox import PRIVATE_TMP, SandboxPolicy, probe_sandbox, sandboxed_argv
+
+#: Variables every program gets (when the server has them): what a program needs to find
+#: its tools and speak the user's language, nothing that grants access to anything.
+BASE_ENV_NAMES: frozenset[str] = frozenset(
+    {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL"}
+)
+#: Set for every program: no colours or terminal tricks in a log.
+PLAIN_OUTPUT_ENV: Mapping[str, str] = {"TERM": "dumb", "NO_COLOR": "1"}
+#: Inside the sandbox, a temporary directory outside the program's home. Codex refuses
+#: to set up its own sandbox helper when its home lies under TMPDIR, and the home lies
+#: under /tmp whenever the state directory does (in tests).
+SANDBOX_TMPDIR = "/tmp/tmp"
+#: Where the install script puts the programs, inside a Forkyard checkout.
+LOCAL_INSTALL_DIRNAME = ".agents"
+SUMMARY_LINES = 5
+PROGRESS_CHARS = 120
+LOG_TEXT_CHARS = 4000
+SESSION_FILE = "forkyard-session.json"
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    """How to find and name one kind of program."""
+
+    kind: str
+    executable: str
+    #: Paths relative to a local install folder, e.g. "node_modules/.bin/codex".
+    local_paths: tuple[str, ...]
+    install_hint: str
+    default_api_key_env: str | None
+
+
+@dataclass
+class Invocation:
+    """One run of the program: argv (unsandboxed form), extra environment, stdin, and
+    who reads its output."""
+
+    argv: list[str]
+    env: dict[str, str]
+    output: OutputReader
+    stdin: bytes | None = None
+    #: Run after the program, however it ended (cleanup of its leftovers).
+    after: Callable[[], Awaitable[None]] | None = None
+
+
+class OutputReader(Protocol):
+    """Turns the program's output into log lines and progress, then into an outcome."""
+
+    async def line(self, stream: str, line: str) -> None: ...
+    def outcome(self, result: ProcessResult) -> RunOutcome: ...
+    @property
+    def session_id(self) -> str | None: ...
+
+
+# -- finding the program ------------------------------------------------------------------
+
+
+def local_install_dirs(environ: Mapping[str, str]) -> list[Path]:
+    """Folders the install script may have filled: FORKYARD_AGENTS_DIR, then `.agents/`
+    of the Forkyard checkout this server runs from."""
+    dirs = []
+    if configured := environ.get("FORKYARD_AGENTS_DIR"):
+        dirs.append(Path(configured).expanduser())
+    dirs.append(Path(forkyard.__file__).resolve().parents[2] / LOCAL_INSTALL_DIRNAME)
+    return dirs
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find_program(
+    spec: ProgramSpec, config: ExternalBackendConfig, environ: Mapping[str, str]
+) -> Path | None:
+    """The configured program, else the usual name in PATH, else the local install.
+    Stats files: call it from a worker thread."""
+    search_path = environ.get("PATH", os.defpath)
+    if config.program:
+        if "/" in config.program:
+            candidate = Path(config.program).expanduser()
+            return candidate if _executable(candidate) else None
+        found = shutil.which(config.program, path=search_path)
+        return Path(found) if found else None
+    if found := shutil.which(spec.executable, path=search_path):
+        return Path(found)
+    for folder in local_install_dirs(environ):
+        for relative in spec.local_paths:
+            if _executable(folder / relative):
+                return folder / relative
+    return None
+
+
+def not_found_reason(
+    spec: ProgramSpec, config: ExternalBackendConfig, environ: Mapping[str, str]
+) -> str:
+    if config.program:
+        return f"{spec.kind}: the configured program {config.program!r} was not found"
+    places = ", ".join(str(folder) for folder in local_install_dirs(environ))
+    return (
+        f"{spec.executable} not found in PATH nor in {places}; install it "
+        f"({spec.install_hint}, or `bash tests/fakes/install_agents.sh` in a Forkyard "
+        f"checkout) or set backends.<name>.program"
+    )
+
+
+def install_root(program: Path) -> Path:
+    """The folder a program's installation lives in, which must stay readable in the
+    sandbox: the `node_modules` that holds an npm program and its platform binary, the
+    virtualenv of a Python one (`venv/bin/tool`), else the program's folder."""
+    parts = program.parts
+    if "node_modules" in parts:
+        return Path(*parts[: parts.index("node_modules") + 1])
+    if program.parent.name == "bin":
+        return program.parent.parent
+    return program.parent
+
+
+# -- the agent's private home -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentHome:
+    """The program's private, persistent HOME for one agent: its config, sessions and
+    caches, and the id of the session that follow-ups resume."""
+
+    path: Path
+
+    @classmethod
+    def for_agent(cls, context: AgentContext, backend_name: str) -> AgentHome:
+        """Keyed by repository, directory and agent number: unique per agent, and the
+        same again when the agent runs a follow-up or after a server restart."""
+        identity = f"{context.repo_root.resolve()}\0{context.cwd.resolve()}\0"
+        identity += str(context.agent_number)
+        key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        state_dir = context.settings.resolved_state_dir(context.environ)
+        name = f"agent-{context.agent_number}-{key}"
+        return cls(state_dir / "agent-homes" / _safe_name(backend_name) / name)
+
+    def prepare(self) -> None:
+        """Blocking: run in a worker thread."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def read_session(self) -> str | None:
+        """Blocking: run in a worker thread."""
+        try:
+            data = json.loads((self.path / SESSION_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        session = data.get("session_id") if isinstance(data, dict) else None
+        return session if isinstance(session, str) and session else None
+
+    def write_session(self, session_id: str) -> None:
+        """Blocking: run in a worker thread."""
+        (self.path / SESSION_FILE).write_text(
+            json.dumps({"session_id": session_id}), encoding="utf-8"
+        )
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "backend"
+
+
+# -- environment -------------------------------------------------------------------------
+
+
+def program_env(
+    context: AgentContext,
+    config: ExternalBackendConfig,
+    home: AgentHome,
+    extra: Mapping[str, str],
+) -> dict[str, str]:
+    """The program's whole environment: the base allow-list and the variables the
+    settings name, taken from the server's environment, then what the backend sets."""
+    names = BASE_ENV_NAMES | set(config.env)
+    env = {name: value for name, value in context.environ.items() if name in names}
+    env.update(PLAIN_OUTPUT_ENV)
+    env["HOME"] = str(home.path)
+    env.update(extra)
+    return env
+
+
+def api_key(
+    spec: ProgramSpec, config: ExternalBackendConfig, environ: Mapping[str, str]
+) -> tuple[str | None, str | None]:
+    """(variable name, value) of the API key; the value is None when it is not set."""
+    name = config.api_key_env or spec.default_api_key_env
+    if name is None:
+        return None, None
+    return name, environ.get(name) or None
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def last_lines(text: str, count: int = SUMMARY_LINES) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(lines[-count:])
+
+
+def clip(text: str, limit: int = LOG_TEXT_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more chars]"
+
+
+def first_line(text: str, limit: int = PROGRESS_CHARS) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return ""
+
+
+def failure(program: str, result: ProcessResult, detail: str | None = None) -> str:
+    """Why a run failed, for the agent's `error`: how it ended, the program's own word
+    where it gave one, and the tail of its stderr."""
+    if result.timed_out:
+        head = f"{program} timed out after {result.duration_seconds:.0f} s"
+    elif result.returncode < 0:
+        head = f"{program} was killed by signal {-result.returncode}"
+    elif result.returncode != 0:
+        head = f"{program} exited with status {result.returncode}"
+    else:
+        head = f"{program} failed"
+    message = head + (f": {detail}" if detail else "")
+    if stderr := last_lines(result.stderr_tail):
+        message += f"\nstderr:\n{stderr}"
+    return message
+
+
+class JsonEventReader:
+    """Reads a JSON-lines event stream (codex --json, claude stream-json). Lines that are
+    not JSON objects are logged as they are and remembered: a program that prints no
+    events at all did not run as expected, whatever its exit status."""
+
+    program: ClassVar[str] = "program"
+
+    def __init__(self, context: AgentContext) -> None:
+        self.context = context
+        self.events = 0
+        self.garbage: deque[str] = deque(maxlen=SUMMARY_LINES)
+        self._session_id: str | None = None
+
+    @property
+    def session_id(self) -> str | None:
+        return self._session_id
+
+    async def line(self, stream: str, line: str) -> None:
+        if stream == "stderr":
+            if line.strip():
+                await self.context.log("stderr", line)
+            return
+        text = line.strip()
+        if not text:
+            return
+        try:
+            event: Any = json.loads(text)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            self.garbage.append(line)
+            await self.context.log("stdout", line)
+            return
+        self.events += 1
+        await self.event(event)
+
+    async def event(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def no_result(self, result: ProcessResult) -> RunOutcome:
+        """The outcome when the stream never reached its final event."""
+        if result.returncode == 0 and not result.timed_out:
+            if self.events == 0:
+                shown = "\n".join(self.garbage) or "nothing"
+                detail = f"its output was not its JSON event stream; it printed:\n{shown}"
+            else:
+                detail = "its event stream ended before the final result"
+        else:
+            detail = None
+        return RunOutcome(False, "", failure(self.program, result, detail))
+
+
+class PlainOutputReader:
+    """Reads plain text output: every line to the log, the latest to progress, the last
+    lines of stdout as the summary, the exit status as the outcome."""
+
+    def __init__(self, context: AgentContext, program: str) -> None:
+        self.context = context
+        self.program = program
+        self.lines: deque[str] = deque(maxlen=50)
+
+    @property
+    def session_id(self) -> str | None:
+        return None
+
+    async def line(self, stream: str, line: str) -> None:
+        if not line.strip():
+            return
+        await self.context.log(stream, line)
+        if stream == "stdout":
+            self.lines.append(line)
+            self.context.progress(first_line(line))
+
+    def summary_lines(self) -> list[str]:
+        return list(self.lines)
+
+    def outcome(self, result: ProcessResult) -> RunOutcome:
+        summary = "\n".join(self.summary_lines()[-SUMMARY_LINES:])
+        if result.timed_out or result.returncode != 0:
+            return RunOutcome(False, summary, failure(self.program, result))
+        return RunOutcome(True, summary or f"{self.program} finished")
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+@dataclass
+class Launch:
+    """Everything `execute` needs besides the invocation."""
+
+    program: Path
+    home: AgentHome
+    config: ExternalBackendConfig
+
+
+def _shell_line(argv: Sequence[str], env: Mapping[str, str]) -> str:
+    """The command the sandbox's shell runs: its own TMPDIR and the private home (the
+    sandbox sets HOME to its throwaway one), then the program in place of the shell."""
+    assignments = " ".join(
+        f"{name}={shlex.quote(value)}"
+        for name, value in (("HOME", env["HOME"]), ("TMPDIR", SANDBOX_TMPDIR))
+    )
+    return f"mkdir -p {SANDBOX_TMPDIR} && {assignments} exec {shlex.join(argv)}"
+
+
+async def execute(context: AgentContext, launch: Launch, invocation: Invocation) -> RunOutcome:
+    """Run the invocation sandboxed (or unsandboxed where the user allowed it, for roles
+    that write) and return the reader's outcome; remember the program's session."""
+    settings = context.settings
+    env = program_env(context, launch.config, launch.home, invocation.env)
+    status = await probe_sandbox()
+    if status.available:
+        policy = SandboxPolicy(
+            writable=[*([context.cwd] if context.writable else []), launch.home.path],
+            network=True,
+            env_allowlist=frozenset(env),
+            readable=await anyio.to_thread.run_sync(_readable_paths, context, launch.program),
+        )
+        # No `env=` here: bwrap inherits `env` from run_streaming, so API keys never
+        # appear on bwrap's command line.
+        argv = sandboxed_argv(_shell_line(invocation.argv, env), policy, cwd=context.cwd)
+    elif settings.allow_unsandboxed_commands and context.writable:
+        await context.log("system", "bubblewrap is unavailable: running unsandboxed")
+        argv = invocation.argv
+    else:
+        return RunOutcome(
+            False,
+            "",
+            f"cannot run {launch.program.name}: the sandbox is unavailable ({status.reason})",
+        )
+    await context.log("command", "$ " + shlex.join(invocation.argv))
+    context.progress(f"starting {launch.program.name}")
+    timeout = launch.config.timeout_seconds or settings.command_timeout_seconds
+    try:
+        result = await run_streaming(
+            argv,
+            cwd=context.cwd,
+            env=env,
+            on_output=invocation.output.line,
+            timeout=timeout,
+            stdin=invocation.stdin,
+        )
+    finally:
+        if session := invocation.output.session_id:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(launch.home.write_session, session)
+    return invocation.output.outcome(result)
+
+
+def _readable_paths(context: AgentContext, program: Path) -> list[Path]:
+    """Paths the sandbox must show read-only although it replaces their directory
+    (/tmp): the repository's git metadata (a worktree's .git points there) and the
+    program's installation when it lies there, as typed and as resolved (npm's .bin
+    entries are symlinks). Blocking: run in a worker thread."""
+    candidates = [context.repo_root / ".git"]
+    for root in (install_root(program), install_root(program.resolve())):
+        if root.resolve().is_relative_to(PRIVATE_TMP):
+            candidates.append(root)
+    unique: list[Path] = []
+    for path in candidates:
+        if path.exists() and path not in unique:
+            unique.append(path)
+    return unique
+
+
+class ExternalProgramBackend:
+    """A backend that drives one external program. Subclasses say how to find it
+    (`spec`) and how to invoke it and read it (`invocation`)."""
+
+    spec: ClassVar[ProgramSpec]
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or self.spec.kind
+
+    def config(self, settings: Settings) -> ExternalBackendConfig:
+        return backend_config(settings, self.name)
+
+    async def availability(self, settings: Settings) -> Availability:
+        config = self.config(settings)
+        environ = current_environ()
+        program = await anyio.to_thread.run_sync(find_program, self.spec, config, environ)
+        if program is None:
+            return Availability(False, not_found_reason(self.spec, config, environ))
+        status = await probe_sandbox()
+        if not status.available and not settings.allow_unsandboxed_commands:
+            return Availability(
+                False,
+                f"{self.name} runs sandboxed and the sandbox is unavailable "
+                f"({status.reason}); install bubblewrap, or set "
+                "allow_unsandboxed_commands = true",
+            )
+        return Availability(True, f"{self.spec.executable} at {program}")
+
+    async def run(self, context: AgentContext, instruction: str) -> RunOutcome:
+        config = self.config(context.settings)
+        program = await anyio.to_thread.run_sync(find_program, self.spec, config, context.environ)
+        if program is None:
+            return RunOutcome(False, "", not_found_reason(self.spec, config, context.environ))
+        home = AgentHome.for_agent(context, self.name)
+        await anyio.to_thread.run_sync(home.prepare)
+        session = await anyio.to_thread.run_sync(home.read_session)
+        launch = Launch(program=program, home=home, config=config)
+        invocation = await self.invocation(context, launch, instruction, session)
+        try:
+            return await execute(context, launch, invocation)
+        finally:
+            if invocation.after is not None:
+                with anyio.CancelScope(shield=True):
+                    await invocation.after()
+
+    async def invocation(
+        self, context: AgentContext, launch: Launch, instruction: str, session: str | None
+    ) -> Invocation:
+        """How to run the program for `instruction`; `session` is the id of the session
+        this agent's previous run left, to resume, or None for its first run."""
+        raise NotImplementedError
