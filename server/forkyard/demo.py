@@ -149,7 +149,7 @@ async def _demo(workdir: Path, console: Console) -> int:
     client = await ForkyardClient.start(repo, env, initialization_options=options)
     failures = 0
     try:
-        ids = []
+        ids: list[str] = []
         thread_id = ""
         for index, (title, command) in enumerate(DEMO_AGENTS):
             if index == FROM_CHAT:

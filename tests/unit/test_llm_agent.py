@@ -36,6 +36,7 @@ class FakeContext:
     role: RoleConfig
     settings: Settings
     agent_number: int = 1
+    role_name: str = "worker"
     environ: dict[str, str] = field(
         default_factory=lambda: {**os.environ, "OPENAI_API_KEY": SECRET}
     )

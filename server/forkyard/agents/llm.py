@@ -307,11 +307,11 @@ class AgentRun:
                 f"You work in {context.cwd}, the user's own checkout, read-only: you may "
                 "read and search, never change anything. Report what you find."
             )
-        description = f" ({context.role.description})" if context.role.description else ""
+        description = f": {context.role.description}" if context.role.description else ""
         return "\n".join(
             [
                 f"You are Forkyard agent #{context.agent_number}, a coding agent working "
-                f"in the background{description}.",
+                f"in the background in the role '{context.role_name}'{description}.",
                 where,
                 "All paths are relative to that directory; absolute paths and paths "
                 "leading outside it are refused.",

@@ -43,6 +43,10 @@ class RunContext:
         return self._role
 
     @property
+    def role_name(self) -> str:
+        return self._runtime.agent.role
+
+    @property
     def settings(self) -> Settings:
         return self._orchestrator.settings
 
