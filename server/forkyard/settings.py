@@ -8,6 +8,7 @@ rest still applies.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tomllib
@@ -201,26 +202,35 @@ def _drop_deepest(values: dict[str, Any], path: tuple[str, ...]) -> tuple[str, .
 
 
 def merge_sources(sources: list[SettingsSource]) -> LoadedSettings:
-    """Validate the merged sources; drop and report each bad key until the rest is valid."""
-    merged: dict[str, Any] = {}
-    for source in sources:
-        _deep_merge(merged, normalise_keys(source.values))
+    """Apply the sources in order; a bad key of one source is dropped and reported, and
+    the value an earlier source gave it still holds."""
+    accepted: dict[str, Any] = {}
     problems: list[SettingsProblem] = []
-    for _ in range(100):
-        try:
-            return LoadedSettings(Settings.model_validate(merged), problems)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            loc = tuple(str(part) for part in error["loc"])
-            removed = _drop_deepest(merged, loc)
-            key = ".".join(removed)
-            origin = next(
-                (s.name for s in reversed(sources) if _has_path(normalise_keys(s.values), removed)),
-                "settings",
-            )
-            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-            problems.append(SettingsProblem(origin, key, f"{message}; ignored"))
-    return LoadedSettings(Settings(), problems)
+    for source in sources:
+        values = normalise_keys(source.values)
+        for _ in range(100):
+            candidate = copy.deepcopy(accepted)
+            _deep_merge(candidate, values)
+            try:
+                Settings.model_validate(candidate)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                loc = tuple(str(part) for part in error["loc"])
+                if not _has_path(values, loc[:1]):
+                    # Earlier sources were valid, so this cannot happen; if it does,
+                    # ignore the whole source rather than loop.
+                    problems.append(SettingsProblem(source.name, ".".join(loc), error["msg"]))
+                    values = {}
+                    continue
+                removed = _drop_deepest(values, loc)
+                message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+                problems.append(
+                    SettingsProblem(source.name, ".".join(removed), f"{message}; ignored")
+                )
+                continue
+            accepted = candidate
+            break
+    return LoadedSettings(Settings.model_validate(accepted), problems)
 
 
 def load_settings(

@@ -52,9 +52,15 @@ class ServerNotReady(JsonRpcException):
 
 
 class ForkyardProtocol(LanguageServerProtocol):
-    """Adds `experimental.forkyard` to the initialize result (pygls has no hook for it)."""
+    """Adds `experimental.forkyard` to the initialize result (pygls has no hook for it),
+    and stays quiet once the connection is gone (cleanup still reports agents)."""
 
     _server: ForkyardServer
+
+    def _send_data(self, data: Any) -> None:
+        if self._server.connection_closed:
+            return
+        super()._send_data(data)
 
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(
@@ -78,6 +84,7 @@ class ForkyardServer(LanguageServer):
         self.task_group: TaskGroup | None = None
         self.experimental_capabilities: dict[str, Any] = {}
         self.exit_code = 0
+        self.connection_closed = False
         self.loop_watch = LoopWatch()
         #: Called with the app once it is open, before it starts: listeners attach here
         #: so that they see every event.
@@ -198,6 +205,7 @@ async def _serve(server: ForkyardServer, reader: Any) -> None:
             except SystemExit as exit_request:
                 # pygls answers `exit` with sys.exit(); finish our cleanup first.
                 server.exit_code = exit_request.code if isinstance(exit_request.code, int) else 0
+            server.connection_closed = True
             task_group.cancel_scope.cancel()
     finally:
         server.task_group = None
