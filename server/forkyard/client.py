@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ class ForkyardClient:
         self.agents: dict[str, dict[str, Any]] = {}
         self.agent_updates: list[dict[str, Any]] = []
         self.notifications: list[tuple[str, dict[str, Any]]] = []
+        #: When each of `notifications` arrived (time.perf_counter), for benchmarks.
+        self.arrivals: list[float] = []
         self.initialize_result: types.InitializeResult | None = None
         self._changed = asyncio.Event()
         for method in (
@@ -91,6 +94,7 @@ class ForkyardClient:
         def record(params: Any) -> None:
             data = plain(params)
             self.notifications.append((method, data))
+            self.arrivals.append(time.perf_counter())
             if method == "forkyard/agent/changed":
                 agent = data["agent"]
                 self.agents[agent["id"]] = agent

@@ -1,0 +1,140 @@
+"""Review speed: `textDocument/codeAction` latency on a 5,000-line file that 32 done agents
+each changed in several hunks, and the time from an agent reaching `done` to its
+diagnostics being published for a 100-file diff.
+
+    uv run python bench/bench_review.py [--agents 32] [--samples 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+from lsprotocol import types
+
+from forkyard.client import ForkyardClient
+
+LINES = 5_000
+SMALL_FILES = 100
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@forkyard.invalid",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@forkyard.invalid",
+}
+
+
+def make_repo(root: Path) -> str:
+    root.mkdir(parents=True)
+    big = "".join(f"value_{i} = compute({i})  # line {i}\n" for i in range(LINES))
+    (root / "big.py").write_text(big)
+    for index in range(SMALL_FILES):
+        (root / "pkg").mkdir(exist_ok=True)
+        (root / "pkg" / f"m{index:03d}.py").write_text(f"X = {index}\nY = {index * 2}\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
+        subprocess.run(["git", *args], cwd=root, check=True, env=GIT_ENV)
+    return big
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+async def run(root: Path, state: Path, agents: int, samples: int) -> None:
+    env = {**os.environ, "FORKYARD_STATE_DIR": str(state)}
+    client = await ForkyardClient.start(root, env, initialization_options={"maxParallelAgents": 8})
+    lsp = client.lsp
+
+    def published() -> list[tuple[float, str, int]]:
+        return [
+            (at, params.uri, len(params.diagnostics))
+            for (method, params), at in zip(client.notifications, client.arrivals, strict=True)
+            if method == types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS
+        ]
+
+    try:
+        ids = []
+        for k in range(agents):
+            lines = [1 + k + 150 * step for step in range(LINES // 150)]
+            script = "; ".join(f"{n}s/.*/changed_{k}_{n} = {k}/" for n in lines)
+            agent = await client.dispatch(f"sed -i '{script}' big.py", backend="command")
+            ids.append(agent["id"])
+        for agent_id in ids:
+            await client.wait_for_agent(agent_id, timeout=600)
+        uri = (root / "big.py").as_uri()
+        lsp.text_document_did_open(
+            types.DidOpenTextDocumentParams(
+                text_document=types.TextDocumentItem(
+                    uri=uri, language_id="python", version=1, text=(root / "big.py").read_text()
+                )
+            )
+        )
+        timings = []
+        for sample in range(samples):
+            line = (sample * 37) % LINES
+            started = time.perf_counter()
+            await lsp.text_document_code_action_async(
+                types.CodeActionParams(
+                    text_document=types.TextDocumentIdentifier(uri=uri),
+                    range=types.Range(
+                        start=types.Position(line=line, character=0),
+                        end=types.Position(line=line, character=0),
+                    ),
+                    context=types.CodeActionContext(diagnostics=[]),
+                )
+            )
+            timings.append(time.perf_counter() - started)
+        ms = [t * 1000 for t in timings]
+        hunks = LINES // 150
+        print(
+            f"codeAction on a {LINES}-line file, {agents} done agents x {hunks} hunks: "
+            f"median {statistics.median(ms):.2f} ms, p99 {percentile(ms, 0.99):.2f} ms "
+            f"(n={samples})"
+        )
+
+        before = len(published())
+        wide = await client.dispatch(
+            "for f in pkg/*.py; do sed -i 's/^Y = /Y = 1 + /' $f; done", backend="command"
+        )
+        done = await client.wait_for_agent(wide["id"], timeout=300)
+        done_at = time.perf_counter()
+        assert done["changes"]["files"] == SMALL_FILES, done["changes"]
+
+        def all_published() -> bool:
+            uris = {u for _, u, n in published()[before:] if n and "/pkg/" in u}
+            return len(uris) >= SMALL_FILES
+
+        await client.wait_until(all_published, timeout=120)
+        last = max(t for t, u, n in published()[before:] if n and "/pkg/" in u)
+        print(
+            f"done -> diagnostics published for a {SMALL_FILES}-file diff: "
+            f"{(last - done_at) * 1000:.0f} ms (after the done notification arrived)"
+        )
+    finally:
+        await client.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--agents", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=300)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="forkyard-bench-"))
+    try:
+        make_repo(work / "repo")
+        anyio.run(run, work / "repo", work / "state", args.agents, args.samples)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
