@@ -14,6 +14,7 @@ import forkyard
 from forkyard.app import ForkyardApp
 from forkyard.lsp.server import ForkyardServer
 from forkyard.settings import current_environ
+from forkyard.tools.sandbox import probe_sandbox
 from forkyard_protocol.messages import ServerStatsParams, ServerStatsResult
 from forkyard_protocol.models import BackendInfo, ForkyardCapabilities
 
@@ -69,11 +70,28 @@ def register(server: ForkyardServer) -> None:
         }
 
     @server.feature(types.INITIALIZED)
-    def initialized(ls: ForkyardServer, _params: Any) -> None:
+    async def initialized(ls: ForkyardServer, _params: Any) -> None:
         app = ls.require_app()
         for problem in app.loaded.problems:
             ls.window_show_message(
                 types.ShowMessageParams(type=types.MessageType.Warning, message=str(problem))
+            )
+        sandbox = await probe_sandbox()
+        if not sandbox.available:
+            # Said once per session: commands are refused (or, if the user allowed it,
+            # run unsandboxed) until bubblewrap can run.
+            allowed = app.settings.allow_unsandboxed_commands
+            ls.window_show_message(
+                types.ShowMessageParams(
+                    type=types.MessageType.Warning,
+                    message=f"Forkyard cannot sandbox agent commands: {sandbox.reason}. "
+                    + (
+                        "They run unsandboxed, as allow_unsandboxed_commands says."
+                        if allowed
+                        else "They are refused until bubblewrap works, or until you set "
+                        "allow_unsandboxed_commands = true."
+                    ),
+                )
             )
 
     @server.request("forkyard/server/stats")
