@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
 from forkyard.app import ForkyardApp
@@ -235,11 +235,16 @@ class Review:
         )
         applied = True
         if build.edit.changes or build.edit.document_changes:
-            response = await self.server.workspace_apply_edit_async(
-                types.ApplyWorkspaceEditParams(
-                    edit=build.edit, label=f"Forkyard: agent #{agent.number}"
-                )
+            params = types.ApplyWorkspaceEditParams(
+                edit=build.edit, label=f"Forkyard: agent #{agent.number}"
             )
+            try:
+                response = await self.server.workspace_apply_edit_async(params)
+            except JsonRpcException as exc:
+                # Some editors refuse with an error instead of `applied: false`: eglot
+                # answers a user's "no" to its "Proceed?" question that way.
+                logger.info("the editor refused the edit: %s", exc)
+                response = None
             applied = bool(response and response.applied)
         if applied and build.server_writes:
             await anyio.to_thread.run_sync(_write_files, build.server_writes)
