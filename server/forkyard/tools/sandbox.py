@@ -10,6 +10,8 @@ caller is told why once, and runs commands unsandboxed only if the user allowed 
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -142,6 +144,10 @@ def sandboxed_argv(
         "--tmpfs", str(PRIVATE_TMP),
         "--dir", SANDBOX_HOME,
     ]  # fmt: skip
+    path_value = (env if env is not None else os.environ).get("PATH", "")
+    toolchains = toolchain_dirs(path_value)
+    if toolchains:
+        policy = dataclasses.replace(policy, readable=[*policy.readable, *toolchains])
     argv += _mounts(policy, cwd)
     argv += ["--unshare-all"]
     if policy.network:
@@ -155,6 +161,25 @@ def sandboxed_argv(
     argv += ["--setenv", "HOME", SANDBOX_HOME]
     argv += ["--", SHELL, "-c", command]
     return argv
+
+
+def toolchain_dirs(path_value: str) -> list[Path]:
+    """Directories on PATH that the private /tmp would hide, so that the commands the
+    user's PATH promises still run in the sandbox (a project checked out under /tmp runs
+    its tools from its own virtualenv there). A virtualenv's bin brings the whole
+    virtualenv, which its interpreter needs."""
+    found: list[Path] = []
+    for entry in path_value.split(os.pathsep):
+        if not entry:
+            continue
+        directory = Path(entry)
+        if not _within(directory.resolve(), [PRIVATE_TMP]) or not directory.is_dir():
+            continue
+        if (directory.parent / "pyvenv.cfg").is_file():
+            directory = directory.parent
+        if directory not in found:
+            found.append(directory)
+    return found
 
 
 def _mounts(policy: SandboxPolicy, cwd: Path) -> list[str]:
