@@ -251,3 +251,21 @@ async def test_agent_survives_a_killed_server_as_interrupted(
     assert (Path(restored["worktree"]) / "work.txt").read_text() == "work\n"
     read = await again.request("forkyard/agent/read", {"agentId": "1"})
     assert any(entry["text"] == "started" for entry in read["log"])
+
+
+async def test_a_follow_up_runs_a_finished_agent_again_in_its_worktree(
+    start_server: StartServer, repo: Path
+) -> None:
+    client = await start_server(repo)
+    agent = await client.dispatch("echo one > one.txt", backend="command")
+    first = await client.wait_for_agent(agent["id"])
+    result = await client.request(
+        "forkyard/agent/message", {"agentId": "1", "text": "echo two > two.txt"}
+    )
+    assert result["agent"]["state"] == "queued"
+    await client.wait_until(lambda: states_seen(client, agent["id"]).count("done") == 2)
+    again = client.agents[agent["id"]]
+    assert again["worktree"] == first["worktree"]
+    diff = await client.request("forkyard/agent/diff", {"agentId": agent["id"]})
+    assert sorted(f["path"] for f in diff["files"]) == ["one.txt", "two.txt"]
+    assert again["changes"]["files"] == 2
