@@ -98,7 +98,7 @@ class Review:
         lines = split_lines(text)
         found: list[types.Diagnostic] = []
         for review, file in self.app.review.for_path(path):
-            located = await anyio.to_thread.run_sync(file.located, text)
+            located = await file.located_async(text)
             hunks = {h.id: h for h in file.change.hunks}
             for hunk in located:
                 if not hunk.applies:
@@ -168,8 +168,9 @@ class Review:
         except Exception:
             logger.exception("cannot load the review of agent #%s", agent.number)
             return
-        for path in review.files:
-            await self.publish(path)
+        async with anyio.create_task_group() as group:
+            for path in review.files:
+                group.start_soon(self.publish, path)
         if self.supports_message_actions():
             await self._ask_what_next(review)
 
@@ -296,12 +297,13 @@ class Review:
         text = await self.current_text(path)
         only = params.context.only
         lazy = self.client_resolves_actions()
+        total = len(split_lines(text)) if text is not None else 0
         first, last = params.range.start.line, params.range.end.line
         actions: list[types.CodeAction] = []
         for review, file in pairs:
             agent = review.agent
             if text is not None and _wanted(types.CodeActionKind.QuickFix, only):
-                located = await anyio.to_thread.run_sync(file.located, text)
+                located = await file.located_async(text)
                 total = len(split_lines(text))
                 for hunk in located:
                     lines = marked_lines(hunk, total)

@@ -26,6 +26,8 @@ from forkyard_protocol.models import Agent, Conflict, FileChange
 logger = logging.getLogger(__name__)
 
 CurrentText = Callable[[str], Awaitable[str | None]]
+#: Files of one agent read at once when its review loads (git subprocesses).
+LOAD_CONCURRENCY = 8
 
 
 @dataclass
@@ -35,6 +37,19 @@ class FileReview:
     agent_text: str | None
     #: (current text) -> located hunks; locating is pure but not free on big files.
     _located: tuple[str, list[LocatedHunk]] | None = None
+
+    def cached(self, current_text: str) -> list[LocatedHunk] | None:
+        """The located hunks if already computed for exactly this text (cheap)."""
+        if self._located is not None and self._located[0] == current_text:
+            return self._located[1]
+        return None
+
+    async def located_async(self, current_text: str) -> list[LocatedHunk]:
+        """`located`, in a worker thread unless already known."""
+        cached = self.cached(current_text)
+        if cached is not None:
+            return cached
+        return await anyio.to_thread.run_sync(self.located, current_text)
 
     def located(self, current_text: str) -> list[LocatedHunk]:
         """Blocking for big files: callers run it in a worker thread."""
@@ -87,16 +102,26 @@ class ReviewService:
         root = self.orchestrator.repository.root
         diff = await self.orchestrator.diff(agent.id)
         review = AgentReview(agent)
-        for change in diff.files if diff else []:
-            base_text = None
-            if change.status != "added":
-                base_text = await file_in_commit(
-                    root, agent.base_ref, change.old_path or change.path
-                )
-            agent_text = None
-            if change.status != "deleted" and agent.worktree:
-                agent_text = await file_at(Path(agent.worktree), change.path)
+        limiter = anyio.CapacityLimiter(LOAD_CONCURRENCY)
+
+        async def load_file(change: FileChange) -> None:
+            async with limiter:
+                base_text = None
+                if change.status != "added":
+                    base_text = await file_in_commit(
+                        root, agent.base_ref, change.old_path or change.path
+                    )
+                agent_text = None
+                if change.status != "deleted" and agent.worktree:
+                    agent_text = await file_at(Path(agent.worktree), change.path)
             review.files[change.path] = FileReview(change, base_text, agent_text)
+
+        async with anyio.create_task_group() as group:
+            for change in diff.files if diff else []:
+                group.start_soon(load_file, change)
+        # Keep the diff's order (the task group finishes files in any order).
+        order = [c.path for c in diff.files] if diff else []
+        review.files = {path: review.files[path] for path in order}
         self._reviews[agent.id] = review
         return review
 
