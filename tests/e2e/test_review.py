@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from lsprotocol import types
 
-from forkyard.client import ForkyardClient
+from forkyard.client import ForkyardClient, default_capabilities
 from tests.e2e.conftest import StartServer
 from tests.e2e.editor import Editor
 from tests.helpers import git, make_repo
@@ -197,3 +197,37 @@ async def test_show_diff_writes_the_patch_and_asks_the_editor_to_open_it(
     [shown] = client.lsp.shown_documents  # type: ignore[attr-defined]
     patch = Path(shown.uri.removeprefix("file://")).read_text()
     assert "+    return 40" in patch
+
+
+@pytest.mark.parametrize("answer", ["Apply", "Discard", None])
+async def test_the_done_notice_offers_apply_and_discard(
+    start_server: StartServer, review_repo: Path, answer: str | None
+) -> None:
+    capabilities = default_capabilities()
+    assert capabilities.window is not None
+    capabilities.window.show_message = types.ShowMessageRequestClientCapabilities()
+    client = await start_server(review_repo, capabilities=capabilities)
+    editor = Editor(client)
+    asked: list[types.ShowMessageRequestParams] = []
+
+    @client.lsp.feature(types.WINDOW_SHOW_MESSAGE_REQUEST)
+    def choose(params: types.ShowMessageRequestParams) -> types.MessageActionItem | None:
+        asked.append(params)
+        client.poke()
+        return types.MessageActionItem(title=answer) if answer else None
+
+    agent = await run_agent(client, "sed -i 's/return 6$/return 60/' app.py", "six")
+    await client.wait_until(lambda: asked)
+    assert [a.title for a in asked[0].actions or []] == ["Show diff", "Apply", "Discard"]
+    assert "agent #1 (six) is done" in asked[0].message
+    if answer == "Apply":
+        await client.wait_for_agent(agent["id"], {"applied"})
+        assert "return 60" in (review_repo / "app.py").read_text()
+        assert editor.edits
+    elif answer == "Discard":
+        await client.wait_for_agent(agent["id"], {"discarded"})
+        assert "return 60" not in (review_repo / "app.py").read_text()
+    else:
+        listed = await client.request("forkyard/agent/list", {})
+        assert listed["agents"][0]["state"] == "done", "no answer does nothing"
+    assert not any("is done" in m.message for m in client.lsp.messages), "no duplicate notice"  # type: ignore[attr-defined]
