@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import ClassVar
 
+import anyio
 import anyio.to_thread
 
 from forkyard.agents.base import AgentContext, RunOutcome
+from forkyard.agents.external_output import SUMMARY_LINES, PlainOutputReader, failure
 from forkyard.agents.external_runtime import (
     ExternalProgramBackend,
     Invocation,
     Launch,
-    PlainOutputReader,
     ProgramSpec,
     api_key,
-    failure,
+    install_root,
 )
 from forkyard.tools.process import ProcessResult
 
@@ -56,11 +58,25 @@ QUIET_ENV: dict[str, str] = {
     # litellm otherwise downloads its model price list when it is imported.
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     "PYTHONUNBUFFERED": "1",
+    # Aider wraps its output at the terminal's width, 80 columns without a terminal.
+    "COLUMNS": "400",
 }
 #: Lines aider prints for an API error it gave up on (it still exits 0).
 API_ERROR = re.compile(r"^litellm\.\w+(Error|Exception)\b|^Error: ", re.MULTILINE)
+#: Where aider caches the model list it downloads, and where litellm ships a copy of it.
+MODEL_INFO_CACHE = ".aider/caches/model_prices_and_context_window.json"
+LITELLM_MODEL_INFO = (
+    "lib/python3*/site-packages/litellm/model_prices_and_context_window_backup.json"
+)
+#: Aider refetches a cache older than a day; refresh it well before.
+MODEL_INFO_MAX_AGE_SECONDS = 12 * 3600
+#: At most this many lines of the model's reply make the summary.
+REPLY_LINES = 20
 #: Lines that make no summary: token counts, costs, aider's banner.
-NOISE = re.compile(r"^(Tokens: |Cost: |Aider v|Model: |Git repo: |Repo-map: |Main model: )")
+NOISE = re.compile(
+    r"^(Tokens: |Cost: |Aider v|Model: |Git repo: |Repo-map: |Main model: |Detected dumb term"
+    r"|Restored previous conversation history)"
+)
 
 
 def aider_model(model: str, base_url: str | None) -> str:
@@ -110,6 +126,8 @@ class AiderBackend(ExternalProgramBackend):
             env["OPENAI_API_KEY"] = key_value
             if key_name and key_name != "OPENAI_API_KEY":
                 env[key_name] = key_value
+        env.update(await _private_git(context, launch.home.path))
+        await anyio.to_thread.run_sync(_seed_model_info, launch.program, launch.home.path)
         root = context.cwd
         caches_before = await anyio.to_thread.run_sync(_tag_caches, root)
 
@@ -122,6 +140,56 @@ class AiderBackend(ExternalProgramBackend):
         return Invocation(argv=argv, env=env, output=AiderOutput(context), after=remove_new_caches)
 
 
+async def _private_git(context: AgentContext, home: Path) -> dict[str, str]:
+    """Git variables that give aider its own index and object store, reading the
+    repository's objects through an alternate: aider `git add`s every file it creates,
+    and the repository (the worktree's git metadata included) is read-only in the
+    sandbox. Nothing aider does with git reaches the user's repository or the agent's
+    branch; Forkyard records the worktree itself. {} outside a git repository."""
+    done = await anyio.run_process(
+        ["git", "rev-parse", "--git-path", "index", "--git-path", "objects"],
+        cwd=context.cwd,
+        env={"PATH": context.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)},
+        check=False,
+    )
+    paths = done.stdout.decode(errors="replace").splitlines()
+    if done.returncode != 0 or len(paths) != 2:
+        return {}
+    index, objects = (context.cwd / path for path in paths)
+    private_index = home / "git-index"
+    private_objects = home / "git-objects"
+
+    def copy_index() -> None:
+        private_objects.mkdir(exist_ok=True)
+        if index.is_file():
+            shutil.copyfile(index, private_index)
+        else:
+            private_index.unlink(missing_ok=True)
+
+    await anyio.to_thread.run_sync(copy_index)
+    return {
+        "GIT_INDEX_FILE": str(private_index),
+        "GIT_OBJECT_DIRECTORY": str(private_objects),
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects.resolve()),
+    }
+
+
+def _seed_model_info(program: Path, home: Path) -> None:
+    """Give aider the model list litellm ships, as the cache of the one it would
+    download from GitHub at every start (it waits seconds for that where the network
+    is slow or absent). Refreshed while aider considers it fresh (a day)."""
+    target = home / MODEL_INFO_CACHE
+    try:
+        if time.time() - target.stat().st_mtime < MODEL_INFO_MAX_AGE_SECONDS:
+            return
+    except OSError:
+        pass
+    shipped = sorted(install_root(program).glob(LITELLM_MODEL_INFO))
+    if shipped:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shipped[-1], target)
+
+
 def _tag_caches(root: Path) -> set[Path]:
     return set(root.glob(TAGS_CACHE_GLOB))
 
@@ -132,17 +200,40 @@ def _remove_new_caches(root: Path, before: set[Path]) -> None:
 
 
 class AiderOutput(PlainOutputReader):
+    """Aider's text output. Its summary is the model's last reply (the lines before
+    aider's "Tokens: ..." line) and the edits aider applied after it."""
+
     def __init__(self, context: AgentContext) -> None:
         super().__init__(context, "aider")
         self.api_errors: list[str] = []
+        self._block: list[str] = []
+        self.last_reply: list[str] = []
+        self.applied: list[str] = []
 
     async def line(self, stream: str, line: str) -> None:
         if API_ERROR.search(line):
             self.api_errors.append(line.strip())
+        if stream == "stdout":
+            self._read(line)
         await super().line(stream, line)
 
+    def _read(self, line: str) -> None:
+        if line.startswith("Tokens: "):
+            self.last_reply, self._block, self.applied = self._block, [], []
+        elif NOISE.match(line):
+            self._block = []
+        elif line.startswith("Applied edit to "):
+            self.applied.append(line.strip())
+        elif line.strip() or self._block:
+            self._block.append(line)
+
     def summary_lines(self) -> list[str]:
-        return [line for line in self.lines if not NOISE.match(line)]
+        if not self.last_reply:
+            return [line for line in self.lines if not NOISE.match(line)][-SUMMARY_LINES:]
+        reply = [line for line in self.last_reply][:REPLY_LINES]
+        while reply and not reply[-1].strip():
+            reply.pop()
+        return [*reply, *self.applied]
 
     def outcome(self, result: ProcessResult) -> RunOutcome:
         outcome = super().outcome(result)

@@ -20,16 +20,13 @@ import json
 from typing import Any, ClassVar
 
 from forkyard.agents.base import AgentContext, RunOutcome
+from forkyard.agents.external_output import JsonEventReader, clip, failure, first_line
 from forkyard.agents.external_runtime import (
     ExternalProgramBackend,
     Invocation,
-    JsonEventReader,
     Launch,
     ProgramSpec,
     api_key,
-    clip,
-    failure,
-    first_line,
 )
 from forkyard.settings import RoleConfig
 from forkyard.tools.process import ProcessResult

@@ -20,16 +20,13 @@ from typing import Any, ClassVar
 import anyio.to_thread
 
 from forkyard.agents.base import AgentContext, RunOutcome
+from forkyard.agents.external_output import JsonEventReader, clip, failure, first_line
 from forkyard.agents.external_runtime import (
     ExternalProgramBackend,
     Invocation,
-    JsonEventReader,
     Launch,
     ProgramSpec,
     api_key,
-    clip,
-    failure,
-    first_line,
 )
 from forkyard.tools.process import ProcessResult
 
@@ -137,6 +134,8 @@ class CodexEvents(JsonEventReader):
             self.last_message = str(item.get("text") or "")
             await self.context.log("assistant", self.last_message)
             self.context.progress(first_line(self.last_message) or "codex replied")
+        elif kind == "plan" and done:
+            await self.context.log("plan", str(item.get("text") or ""))
         elif kind == "reasoning" and done:
             text = str(item.get("text") or "")
             await self.context.log("reasoning", clip(text))

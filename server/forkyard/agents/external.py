@@ -29,12 +29,12 @@ from forkyard.agents.base import AgentContext, Availability, Backend, RunOutcome
 from forkyard.agents.claude import ClaudeBackend
 from forkyard.agents.codex import CodexBackend
 from forkyard.agents.external_config import configured_backends
+from forkyard.agents.external_output import PlainOutputReader
 from forkyard.agents.external_runtime import (
     AgentHome,
     ExternalProgramBackend,
     Invocation,
     Launch,
-    PlainOutputReader,
     ProgramSpec,
     api_key,
     execute,
@@ -90,7 +90,7 @@ class ExternalCommandBackend(ExternalProgramBackend):
                 False, "", f"backend {self.name!r} has no command: set backends.{self.name}.command"
             )
         home = AgentHome.for_agent(context, self.name)
-        await anyio.to_thread.run_sync(home.prepare)
+        await anyio.to_thread.run_sync(home.prepare, context.environ)
         command = expand_command(
             config.command,
             {

@@ -23,11 +23,10 @@ import json
 import os
 import shlex
 import shutil
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar
 
 import anyio
 import anyio.to_thread
@@ -35,8 +34,9 @@ import anyio.to_thread
 import forkyard
 from forkyard.agents.base import AgentContext, Availability, RunOutcome
 from forkyard.agents.external_config import ExternalBackendConfig, backend_config
+from forkyard.agents.external_output import OutputReader, Redactor
 from forkyard.settings import Settings, current_environ
-from forkyard.tools.process import ProcessResult, run_streaming
+from forkyard.tools.process import run_streaming
 from forkyard.tools.sandbox import PRIVATE_TMP, SandboxPolicy, probe_sandbox, sandboxed_argv
 
 #: Variables every program gets (when the server has them): what a program needs to find
@@ -52,10 +52,12 @@ PLAIN_OUTPUT_ENV: Mapping[str, str] = {"TERM": "dumb", "NO_COLOR": "1"}
 SANDBOX_TMPDIR = "/tmp/tmp"
 #: Where the install script puts the programs, inside a Forkyard checkout.
 LOCAL_INSTALL_DIRNAME = ".agents"
-SUMMARY_LINES = 5
-PROGRESS_CHARS = 120
-LOG_TEXT_CHARS = 4000
 SESSION_FILE = "forkyard-session.json"
+#: The git identity a program sees when the user's git configuration has none. Forkyard's
+#: backends never let a program commit; this only keeps programs from writing their own
+#: placeholder identity into the repository.
+GIT_FALLBACK_NAME = "Forkyard agent"
+GIT_FALLBACK_EMAIL = "agent@forkyard.invalid"
 
 
 @dataclass(frozen=True)
@@ -81,15 +83,6 @@ class Invocation:
     stdin: bytes | None = None
     #: Run after the program, however it ended (cleanup of its leftovers).
     after: Callable[[], Awaitable[None]] | None = None
-
-
-class OutputReader(Protocol):
-    """Turns the program's output into log lines and progress, then into an outcome."""
-
-    async def line(self, stream: str, line: str) -> None: ...
-    def outcome(self, result: ProcessResult) -> RunOutcome: ...
-    @property
-    def session_id(self) -> str | None: ...
 
 
 # -- finding the program ------------------------------------------------------------------
@@ -176,9 +169,24 @@ class AgentHome:
         name = f"agent-{context.agent_number}-{key}"
         return cls(state_dir / "agent-homes" / _safe_name(backend_name) / name)
 
-    def prepare(self) -> None:
-        """Blocking: run in a worker thread."""
+    def prepare(self, environ: Mapping[str, str]) -> None:
+        """Create the home, with a git configuration that includes the user's own: the
+        private HOME hides ~/.gitconfig, and programs that find no git identity write one
+        into the repository's config (aider does), which the sandbox keeps read-only.
+        Blocking: run in a worker thread."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        includes = [
+            Path(environ["XDG_CONFIG_HOME"]) / "git" / "config"
+            if environ.get("XDG_CONFIG_HOME")
+            else None,
+            Path(environ["HOME"]) / ".config" / "git" / "config" if environ.get("HOME") else None,
+            Path(environ["HOME"]) / ".gitconfig" if environ.get("HOME") else None,
+        ]
+        lines = ["[user]", f"\tname = {GIT_FALLBACK_NAME}", f"\temail = {GIT_FALLBACK_EMAIL}"]
+        for include in includes:
+            if include is not None and include.resolve() != (self.path / ".gitconfig"):
+                lines += ["[include]", f"\tpath = {_git_config_quote(str(include))}"]
+        (self.path / ".gitconfig").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def read_session(self) -> str | None:
         """Blocking: run in a worker thread."""
@@ -194,6 +202,11 @@ class AgentHome:
         (self.path / SESSION_FILE).write_text(
             json.dumps({"session_id": session_id}), encoding="utf-8"
         )
+
+
+def _git_config_quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def _safe_name(name: str) -> str:
@@ -227,125 +240,6 @@ def api_key(
     if name is None:
         return None, None
     return name, environ.get(name) or None
-
-
-# -- output --------------------------------------------------------------------------------
-
-
-def last_lines(text: str, count: int = SUMMARY_LINES) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return "\n".join(lines[-count:])
-
-
-def clip(text: str, limit: int = LOG_TEXT_CHARS) -> str:
-    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more chars]"
-
-
-def first_line(text: str, limit: int = PROGRESS_CHARS) -> str:
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:limit]
-    return ""
-
-
-def failure(program: str, result: ProcessResult, detail: str | None = None) -> str:
-    """Why a run failed, for the agent's `error`: how it ended, the program's own word
-    where it gave one, and the tail of its stderr."""
-    if result.timed_out:
-        head = f"{program} timed out after {result.duration_seconds:.0f} s"
-    elif result.returncode < 0:
-        head = f"{program} was killed by signal {-result.returncode}"
-    elif result.returncode != 0:
-        head = f"{program} exited with status {result.returncode}"
-    else:
-        head = f"{program} failed"
-    message = head + (f": {detail}" if detail else "")
-    if stderr := last_lines(result.stderr_tail):
-        message += f"\nstderr:\n{stderr}"
-    return message
-
-
-class JsonEventReader:
-    """Reads a JSON-lines event stream (codex --json, claude stream-json). Lines that are
-    not JSON objects are logged as they are and remembered: a program that prints no
-    events at all did not run as expected, whatever its exit status."""
-
-    program: ClassVar[str] = "program"
-
-    def __init__(self, context: AgentContext) -> None:
-        self.context = context
-        self.events = 0
-        self.garbage: deque[str] = deque(maxlen=SUMMARY_LINES)
-        self._session_id: str | None = None
-
-    @property
-    def session_id(self) -> str | None:
-        return self._session_id
-
-    async def line(self, stream: str, line: str) -> None:
-        if stream == "stderr":
-            if line.strip():
-                await self.context.log("stderr", line)
-            return
-        text = line.strip()
-        if not text:
-            return
-        try:
-            event: Any = json.loads(text)
-        except ValueError:
-            event = None
-        if not isinstance(event, dict):
-            self.garbage.append(line)
-            await self.context.log("stdout", line)
-            return
-        self.events += 1
-        await self.event(event)
-
-    async def event(self, event: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def no_result(self, result: ProcessResult) -> RunOutcome:
-        """The outcome when the stream never reached its final event."""
-        if result.returncode == 0 and not result.timed_out:
-            if self.events == 0:
-                shown = "\n".join(self.garbage) or "nothing"
-                detail = f"its output was not its JSON event stream; it printed:\n{shown}"
-            else:
-                detail = "its event stream ended before the final result"
-        else:
-            detail = None
-        return RunOutcome(False, "", failure(self.program, result, detail))
-
-
-class PlainOutputReader:
-    """Reads plain text output: every line to the log, the latest to progress, the last
-    lines of stdout as the summary, the exit status as the outcome."""
-
-    def __init__(self, context: AgentContext, program: str) -> None:
-        self.context = context
-        self.program = program
-        self.lines: deque[str] = deque(maxlen=50)
-
-    @property
-    def session_id(self) -> str | None:
-        return None
-
-    async def line(self, stream: str, line: str) -> None:
-        if not line.strip():
-            return
-        await self.context.log(stream, line)
-        if stream == "stdout":
-            self.lines.append(line)
-            self.context.progress(first_line(line))
-
-    def summary_lines(self) -> list[str]:
-        return list(self.lines)
-
-    def outcome(self, result: ProcessResult) -> RunOutcome:
-        summary = "\n".join(self.summary_lines()[-SUMMARY_LINES:])
-        if result.timed_out or result.returncode != 0:
-            return RunOutcome(False, summary, failure(self.program, result))
-        return RunOutcome(True, summary or f"{self.program} finished")
 
 
 # -- running --------------------------------------------------------------------------------
@@ -398,12 +292,17 @@ async def execute(context: AgentContext, launch: Launch, invocation: Invocation)
     await context.log("command", "$ " + shlex.join(invocation.argv))
     context.progress(f"starting {launch.program.name}")
     timeout = launch.config.timeout_seconds or settings.command_timeout_seconds
+    redact = Redactor(env)
+
+    async def on_output(stream: str, line: str) -> None:
+        await invocation.output.line(stream, redact(line))
+
     try:
         result = await run_streaming(
             argv,
             cwd=context.cwd,
             env=env,
-            on_output=invocation.output.line,
+            on_output=on_output,
             timeout=timeout,
             stdin=invocation.stdin,
         )
@@ -411,7 +310,12 @@ async def execute(context: AgentContext, launch: Launch, invocation: Invocation)
         if session := invocation.output.session_id:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(launch.home.write_session, session)
-    return invocation.output.outcome(result)
+    outcome = invocation.output.outcome(result)
+    return RunOutcome(
+        outcome.ok,
+        redact(outcome.summary),
+        redact(outcome.error) if outcome.error is not None else None,
+    )
 
 
 def _readable_paths(context: AgentContext, program: Path) -> list[Path]:
@@ -464,7 +368,7 @@ class ExternalProgramBackend:
         if program is None:
             return RunOutcome(False, "", not_found_reason(self.spec, config, context.environ))
         home = AgentHome.for_agent(context, self.name)
-        await anyio.to_thread.run_sync(home.prepare)
+        await anyio.to_thread.run_sync(home.prepare, context.environ)
         session = await anyio.to_thread.run_sync(home.read_session)
         launch = Launch(program=program, home=home, config=config)
         invocation = await self.invocation(context, launch, instruction, session)
