@@ -1,0 +1,466 @@
+--- One Forkyard session per git repository: the LSP client that talks to `forkyard serve`
+--- for that root, and what the plugin knows from its notifications (agents, threads).
+--- Views (chat, agents list, diff) read this state and subscribe to its changes, so a
+--- notification updates every open view and nothing polls the server.
+local compat = require('forkyard.compat')
+local config = require('forkyard.config')
+
+local M = {}
+
+local CLIENT_NAME = 'forkyard'
+
+---@class forkyard.ThreadEntry
+---@field id string
+---@field role "user"|"assistant"|"event"
+---@field text string
+---@field agent_id string?
+---@field streaming boolean
+
+---@class forkyard.Thread
+---@field id string
+---@field title string?
+---@field entries forkyard.ThreadEntry[]
+---@field by_id table<string, forkyard.ThreadEntry>
+---@field turn {id: string, state: string, error: string?}?
+
+---@class forkyard.Session
+---@field root string
+---@field client_id integer?
+---@field ready boolean
+---@field pending fun()[]
+---@field agents table<string, table>  agent id -> Agent (wire format)
+---@field threads table<string, forkyard.Thread>
+---@field last_thread_id string?
+---@field capabilities table  experimental.forkyard of the initialize result
+---@field listeners table<string, table<any, fun(...)>>
+local Session = {}
+Session.__index = Session
+
+---@type table<string, forkyard.Session>
+local sessions = {}
+
+local function normalize(path)
+  return vim.fs.normalize(path)
+end
+
+--- The git repository that holds `path` (a file or a directory), if any.
+---@param path string?
+---@return string?
+function M.repo_root(path)
+  if not path or path == '' then
+    return nil
+  end
+  local root = vim.fs.root(path, '.git')
+  return root and normalize(root) or nil
+end
+
+---@param root string
+---@return forkyard.Session
+local function new_session(root)
+  local self = setmetatable({
+    root = root,
+    client_id = nil,
+    ready = false,
+    pending = {},
+    agents = {},
+    threads = {},
+    last_thread_id = nil,
+    capabilities = {},
+    listeners = {},
+  }, Session)
+  sessions[root] = self
+  return self
+end
+
+--- Every session the plugin has, by root.
+function M.all()
+  return sessions
+end
+
+---@param root string
+---@return forkyard.Session?
+function M.get(root)
+  return sessions[normalize(root)]
+end
+
+---@param root string
+---@return forkyard.Session
+function M.for_root(root)
+  root = normalize(root)
+  return sessions[root] or new_session(root)
+end
+
+--- The session the user means from where they are: a plugin buffer knows its root; a
+--- file buffer is in a repository; else the working directory's repository; else the
+--- only session there is.
+---@param bufnr integer?
+---@return forkyard.Session?, string?
+function M.current(bufnr)
+  bufnr = (bufnr == nil or bufnr == 0) and vim.api.nvim_get_current_buf() or bufnr
+  local root = vim.b[bufnr].forkyard_root
+  if not root and vim.bo[bufnr].buftype == '' then
+    local name = vim.api.nvim_buf_get_name(bufnr)
+    root = name ~= '' and M.repo_root(vim.fs.dirname(name)) or nil
+  end
+  root = root or M.repo_root(vim.fn.getcwd())
+  if root then
+    return M.for_root(root), nil
+  end
+  local only, count = nil, 0
+  for _, session in pairs(sessions) do
+    only, count = session, count + 1
+  end
+  if count == 1 then
+    return only, nil
+  end
+  return nil, 'not inside a git repository (open a file of one, or :cd into it)'
+end
+
+-- --- events -------------------------------------------------------------------------
+
+--- Subscribe `fn` to `event` ("agent", "thread", "ready"); `key` identifies the
+--- subscriber so that a view subscribes once and can leave.
+function Session:on(event, key, fn)
+  self.listeners[event] = self.listeners[event] or {}
+  self.listeners[event][key] = fn
+end
+
+function Session:off(event, key)
+  if self.listeners[event] then
+    self.listeners[event][key] = nil
+  end
+end
+
+function Session:emit(event, ...)
+  for _, fn in pairs(self.listeners[event] or {}) do
+    local ok, err = pcall(fn, ...)
+    if not ok then
+      vim.notify('forkyard: ' .. tostring(err), vim.log.levels.ERROR)
+    end
+  end
+end
+
+-- --- the client -----------------------------------------------------------------------
+
+---@return vim.lsp.Client?
+function Session:client()
+  local client = self.client_id and vim.lsp.get_client_by_id(self.client_id)
+  if client and not compat.is_stopped(client) then
+    return client
+  end
+  return nil
+end
+
+local function reuse(client, cfg)
+  return client.name == CLIENT_NAME
+    and not compat.is_stopped(client)
+    and normalize(compat.root_dir(client) or '') == normalize(cfg.root_dir)
+end
+
+--- The LSP client configuration for this repository.
+function Session:client_config()
+  local opts = config.options
+  local cmd = opts.cmd
+  if type(cmd) == 'function' then
+    cmd = cmd(self.root)
+  end
+  return {
+    name = CLIENT_NAME,
+    cmd = cmd,
+    cmd_env = opts.cmd_env,
+    root_dir = self.root,
+    workspace_folders = { { uri = vim.uri_from_fname(self.root), name = vim.fs.basename(self.root) } },
+    init_options = config.initialization_options(),
+    handlers = self:handlers(),
+    on_init = function(client, result)
+      self:_on_init(client, result)
+    end,
+    on_exit = function(_, _, client_id)
+      if self.client_id == client_id then
+        self.client_id, self.ready = nil, false
+      end
+    end,
+  }
+end
+
+--- Start the server for this repository, or reuse the running one; attach `bufnr` to
+--- it when given.
+---@param bufnr integer?
+---@return integer? client_id
+function Session:start(bufnr)
+  local cfg = self:client_config()
+  local client_id
+  if bufnr then
+    client_id = vim.lsp.start(cfg, { bufnr = bufnr, reuse_client = reuse })
+  else
+    client_id = compat.start_detached(cfg, reuse)
+  end
+  if client_id and client_id ~= self.client_id then
+    self.client_id, self.ready = client_id, false
+    local client = vim.lsp.get_client_by_id(client_id)
+    if client and client.initialized then
+      -- Reused a client started elsewhere (e.g. by a buffer before a restart of ours).
+      self:_on_init(client, { capabilities = client.server_capabilities })
+    end
+  end
+  return client_id
+end
+
+function Session:_on_init(client, result)
+  self.client_id = client.id
+  self.ready = true
+  local experimental = vim.tbl_get(result or {}, 'capabilities', 'experimental', 'forkyard')
+  self.capabilities = type(experimental) == 'table' and experimental or {}
+  local queued = self.pending
+  self.pending = {}
+  for _, fn in ipairs(queued) do
+    fn()
+  end
+  -- Agents from earlier sessions of the server (the store survives restarts).
+  self:request('forkyard/agent/list', vim.empty_dict(), function(err, res)
+    if not err and res then
+      for _, agent in ipairs(res.agents or {}) do
+        self:_set_agent(agent)
+      end
+    end
+  end)
+  self:emit('ready', self)
+end
+
+--- Send a request once the server is initialized; `callback(err, result)` runs on the
+--- main loop. Never blocks.
+---@param method string
+---@param params table
+---@param callback fun(err: table?, result: any)?
+function Session:request(method, params, callback)
+  callback = callback or function() end
+  local function send()
+    local client = self:client()
+    if not client then
+      callback({ code = -32803, message = 'the Forkyard server is not running' }, nil)
+      return
+    end
+    local ok = compat.request(client, method, params, function(err, result)
+      callback(err, result)
+    end)
+    if not ok then
+      callback({ code = -32803, message = 'the Forkyard server is not running' }, nil)
+    end
+  end
+  if not self:client() then
+    self:start(nil)
+  end
+  if self.ready and self:client() then
+    send()
+  else
+    table.insert(self.pending, send)
+  end
+end
+
+--- A request answered before returning, for the few places that must (completion,
+--- health). Waits at most `timeout_ms`.
+function Session:request_sync(method, params, timeout_ms)
+  if not self:client() then
+    self:start(nil)
+  end
+  local ok = vim.wait(timeout_ms, function()
+    return self.ready and self:client() ~= nil
+  end, 10)
+  if not ok then
+    return nil, 'the Forkyard server did not start in time'
+  end
+  local response, err = compat.request_sync(self:client(), method, params, timeout_ms)
+  if not response then
+    return nil, err or 'no answer'
+  end
+  if response.err then
+    return nil, response.err.message or vim.inspect(response.err)
+  end
+  return response.result, nil
+end
+
+--- `workspace/executeCommand` on the server.
+function Session:execute(command, arguments, callback)
+  self:request('workspace/executeCommand', { command = command, arguments = arguments }, callback)
+end
+
+-- --- agents -------------------------------------------------------------------------------
+
+function Session:_set_agent(agent)
+  local previous = self.agents[agent.id]
+  if previous and previous.updatedAt and agent.updatedAt and previous.updatedAt > agent.updatedAt then
+    return -- an older snapshot (agent/list answered after a newer notification)
+  end
+  self.agents[agent.id] = agent
+  self:emit('agent', agent, previous and previous.state or nil)
+end
+
+--- Agents, newest first.
+---@return table[]
+function Session:agent_list()
+  local list = vim.tbl_values(self.agents)
+  table.sort(list, function(a, b)
+    return a.number > b.number
+  end)
+  return list
+end
+
+--- The agent a person means by "3", "#3" or an id.
+---@param ref string|integer
+---@return table?
+function Session:agent(ref)
+  ref = tostring(ref):gsub('^#', '')
+  if self.agents[ref] then
+    return self.agents[ref]
+  end
+  local number = tonumber(ref)
+  for _, agent in pairs(self.agents) do
+    if agent.number == number then
+      return agent
+    end
+  end
+  return nil
+end
+
+-- --- threads --------------------------------------------------------------------------------
+
+---@param thread_id string
+---@return forkyard.Thread
+function Session:thread(thread_id)
+  local thread = self.threads[thread_id]
+  if not thread then
+    thread = { id = thread_id, entries = {}, by_id = {}, turn = nil }
+    self.threads[thread_id] = thread
+  end
+  return thread
+end
+
+local function add_entry(thread, message, streaming)
+  local entry = {
+    id = message.id,
+    role = message.role,
+    text = message.text or '',
+    agent_id = message.agentId ~= vim.NIL and message.agentId or nil,
+    streaming = streaming,
+  }
+  table.insert(thread.entries, entry)
+  thread.by_id[entry.id] = entry
+  return entry
+end
+
+function Session:_on_delta(params)
+  local thread = self:thread(params.threadId)
+  local entry = thread.by_id[params.messageId]
+  if entry then
+    entry.text = entry.text .. params.delta
+  else
+    entry = add_entry(thread, { id = params.messageId, role = 'assistant', text = params.delta }, true)
+  end
+  self:emit('thread', thread.id, entry)
+end
+
+function Session:_on_message(message)
+  local thread = self:thread(message.threadId)
+  local entry = thread.by_id[message.id]
+  if entry then
+    entry.text, entry.streaming = message.text, false
+  else
+    entry = add_entry(thread, message, false)
+  end
+  self.last_thread_id = message.threadId
+  self:emit('thread', thread.id, entry)
+end
+
+function Session:_on_turn(params)
+  local thread = self:thread(params.threadId)
+  local error_text = params.error ~= vim.NIL and params.error or nil
+  thread.turn = { id = params.turnId, state = params.state, error = error_text }
+  self:emit('thread', thread.id, nil)
+end
+
+--- Load a thread's stored messages (once), merged with what streamed meanwhile.
+function Session:load_thread(thread_id, callback)
+  self:request('forkyard/thread/read', { threadId = thread_id }, function(err, result)
+    if err then
+      return callback(err)
+    end
+    local thread = self:thread(thread_id)
+    thread.title = result.thread and result.thread.title or thread.title
+    local streamed = thread.entries
+    thread.entries, thread.by_id = {}, {}
+    for _, message in ipairs(result.messages or {}) do
+      add_entry(thread, message, false)
+    end
+    for _, entry in ipairs(streamed) do
+      local stored = thread.by_id[entry.id]
+      if not stored then
+        table.insert(thread.entries, entry)
+        thread.by_id[entry.id] = entry
+      elseif entry.streaming and #entry.text > #stored.text then
+        stored.text, stored.streaming = entry.text, true
+      end
+    end
+    self:emit('thread', thread_id, nil)
+    callback(nil, thread)
+  end)
+end
+
+-- --- handlers of what the server sends ----------------------------------------------------------
+
+local DONE_ACTIONS = { 'Show diff', 'Apply', 'Discard' }
+
+local function is_done_question(params)
+  local titles = vim.tbl_map(function(action)
+    return action.title
+  end, params.actions or {})
+  return vim.deep_equal(titles, DONE_ACTIONS)
+end
+
+function Session:handlers()
+  local default_request_handler = vim.lsp.handlers['window/showMessageRequest']
+  return {
+    ['forkyard/agent/changed'] = function(_, params)
+      if params and params.agent then
+        self:_set_agent(params.agent)
+      end
+    end,
+    ['forkyard/chat/delta'] = function(_, params)
+      self:_on_delta(params)
+    end,
+    ['forkyard/chat/message'] = function(_, params)
+      self:_on_message(params.message)
+    end,
+    ['forkyard/chat/turn'] = function(_, params)
+      self:_on_turn(params)
+    end,
+    -- A done agent is announced with "Show diff / Apply / Discard". Answering must not
+    -- wait for the user (the default handler's inputlist() would), so by default this
+    -- notifies and answers nothing; the user reviews with :Forkyard or code actions.
+    -- Approvals of agents' tool use still go to Neovim's own handler.
+    ['window/showMessageRequest'] = function(err, params, ctx, cfg)
+      if not is_done_question(params) then
+        return default_request_handler(err, params, ctx, cfg)
+      end
+      local number = params.message:match('agent #(%d+)')
+      if config.options.ask_on_done then
+        local answer = default_request_handler(err, params, ctx, cfg)
+        if type(answer) == 'table' and answer.title == 'Show diff' and number then
+          -- Our diff view rather than the server's patch file.
+          vim.schedule(function()
+            require('forkyard.diff').open(self, number)
+          end)
+          return vim.NIL
+        end
+        return answer
+      end
+      if config.options.notify_on_done then
+        local hint = number and ('  :Forkyard diff %s | apply %s | discard %s'):format(number, number, number) or ''
+        vim.notify(params.message .. hint, vim.log.levels.INFO, { title = 'forkyard' })
+      end
+      return vim.NIL
+    end,
+  }
+end
+
+M.Session = Session
+return M
