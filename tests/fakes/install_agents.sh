@@ -30,6 +30,11 @@ version_is() {
   [ -x "$1" ] && "$1" --version 2>/dev/null | grep -qF "$2"
 }
 
+# log_tail FILE: the last meaningful lines of an installer's log, short, on one line.
+log_tail() {
+  grep -v "is ignored: it is neither a file nor a directory" "$1" | tail -n 2 | cut -c1-300 | tr '\n' ' '
+}
+
 record() { # record NAME OK|ERROR-TEXT
   if [ "$2" = OK ]; then
     rm -f "$DIR/$1.install-error"
@@ -57,13 +62,13 @@ install_npm_programs() {
   local log="$DIR/npm-install.log"
   if ! npm install --prefix "$DIR" --no-fund --no-audit --no-update-notifier \
     "@openai/codex@$CODEX_VERSION" "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >"$log" 2>&1; then
-    tail -n 5 "$log" >&2
+    log_tail "$log" >&2
   fi
   if version_is "$bin/codex" "$CODEX_VERSION"; then record codex OK; else
-    record codex "npm install @openai/codex@$CODEX_VERSION failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+    record codex "npm install @openai/codex@$CODEX_VERSION failed: $(log_tail "$log")"
   fi
   if version_is "$bin/claude" "$CLAUDE_CODE_VERSION"; then record claude OK; else
-    record claude "npm install @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+    record claude "npm install @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION failed: $(log_tail "$log")"
   fi
 }
 
@@ -78,16 +83,17 @@ install_aider() {
   local log="$DIR/aider-install.log"
   rm -rf "$venv"
   # uv is several times faster than pip here; aider-chat supports Python 3.10 to 3.12.
-  if command -v uv >/dev/null; then
-    { uv venv --quiet --python 3.11 "$venv" &&
-      uv pip install --quiet --python "$venv/bin/python" "aider-chat==$AIDER_VERSION"; } >"$log" 2>&1
-  else
-    { python3 -m venv "$venv" &&
-      "$venv/bin/pip" install --quiet "aider-chat==$AIDER_VERSION"; } >"$log" 2>&1
-  fi
+  # Without uv, or where uv finds no such Python, the venv module and pip do it.
+  {
+    command -v uv >/dev/null &&
+      uv venv --quiet --python 3.11 "$venv" &&
+      uv pip install --quiet --python "$venv/bin/python" "aider-chat==$AIDER_VERSION"
+  } >"$log" 2>&1 || {
+    rm -rf "$venv"
+    python3 -m venv "$venv" && "$venv/bin/pip" install --quiet "aider-chat==$AIDER_VERSION"
+  } >>"$log" 2>&1
   if version_is "$venv/bin/aider" "$AIDER_VERSION"; then record aider OK; else
-    tail -n 5 "$log" >&2
-    record aider "installing aider-chat==$AIDER_VERSION failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+    record aider "installing aider-chat==$AIDER_VERSION failed: $(log_tail "$log")"
   fi
 }
 
