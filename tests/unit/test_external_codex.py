@@ -169,3 +169,20 @@ async def test_a_model_error_fails_the_run_with_codexs_message(
     reported = context.log_text("error").splitlines()[-1]
     assert reported in outcome.error, "the error should be codex's own message"
     assert model.responses_requests, "codex never reached the fake model"
+
+
+async def test_commands_codex_runs_have_no_network_although_codex_has(
+    workspace: Workspace, model: ResponsesModelServer
+) -> None:
+    # The model endpoint is reachable (codex talks to it); the command the model asks
+    # for may not reach it, or anything else: codex's own sandbox stays on inside ours.
+    probe = f"bash -c 'echo hi > /dev/tcp/127.0.0.1/{model.port}' && echo CONNECTED"
+    model.script(shell(probe), Reply(text="done"))
+    context = codex_context(workspace, model)
+
+    outcome = await CodexBackend().run(context, "Call home")
+
+    assert outcome.ok
+    command_output = json.dumps(model.responses_requests[-1].body["input"][-1])
+    assert "Operation not permitted" in command_output
+    assert "CONNECTED" not in command_output

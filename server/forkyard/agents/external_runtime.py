@@ -1,5 +1,5 @@
 """What every external agent program backend shares: finding the program, its private
-home, its environment, the sandbox, and turning its output into log lines and an outcome.
+home, its environment, the sandbox and the run (reading its output: `external_output`).
 
 Forkyard's guarantees hold whatever the program does:
 
