@@ -69,6 +69,7 @@ class FakeAgentContext:
     role: RoleConfig = field(default_factory=lambda: BUILTIN_ROLES["worker"])
     agent_number: int = 1
     approval: ApprovalAnswer = "deny"
+    extra_env: Mapping[str, str] = field(default_factory=lambda: {"FORKYARD_PORT_BASE": "20010"})
     logs: list[tuple[str, str]] = field(default_factory=list)
     progress_reports: list[tuple[str, int | None]] = field(default_factory=list)
     followups: list[str] = field(default_factory=list)

@@ -73,7 +73,8 @@ async def test_the_program_sees_only_the_named_variables_and_secrets_are_redacte
 ) -> None:
     context = command_context(
         workspace,
-        'echo "secret=$FORKYARD_TEST_SECRET setting=$MY_SETTING token=$MY_TOKEN home=$HOME"',
+        'echo "secret=$FORKYARD_TEST_SECRET setting=$MY_SETTING token=$MY_TOKEN home=$HOME"'
+        ' "port=$FORKYARD_PORT_BASE"',
         env=["MY_SETTING", "MY_TOKEN"],
     )
 
@@ -84,6 +85,7 @@ async def test_the_program_sees_only_the_named_variables_and_secrets_are_redacte
     assert "secret= " in line, "a variable the settings do not name must not pass"
     assert "setting=visible" in line
     assert "token=[redacted]" in line
+    assert "port=20010" in line, "what the server hands every agent passes too"
     assert f"home={workspace.state_dir}/agent-homes/mine/" in line
     assert "tok-0123456789" not in outcome.summary
 

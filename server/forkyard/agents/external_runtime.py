@@ -223,10 +223,13 @@ def program_env(
     extra: Mapping[str, str],
 ) -> dict[str, str]:
     """The program's whole environment: the base allow-list and the variables the
-    settings name, taken from the server's environment, then what the backend sets."""
+    settings name, taken from the server's environment; what the server hands every
+    agent (its ports); then what the backend sets."""
     names = BASE_ENV_NAMES | set(config.env)
     env = {name: value for name, value in context.environ.items() if name in names}
     env.update(PLAIN_OUTPUT_ENV)
+    # Contexts from before agents had their own ports have no `extra_env`.
+    env.update(getattr(context, "extra_env", None) or {})
     env["HOME"] = str(home.path)
     env.update(extra)
     return env
