@@ -1,0 +1,299 @@
+// What a user does to agents: dispatch, review, apply, discard, cancel, follow up. Each
+// command takes a tree node, an agent id or number (from chat links), or nothing (then
+// it asks with a quick pick of the agents it applies to).
+import * as vscode from "vscode";
+import { type ForkyardConnection, showError } from "../connection";
+import type { Agent, AgentApplyResult } from "../protocol";
+import { openAgentChanges, openFileDiff } from "./files";
+import { type AgentAction, agentActions, agentDescription, agentLabel } from "./model";
+import type { AgentStore } from "./store";
+import type { AgentNode } from "./view";
+
+type AgentArgument = AgentNode | Agent | string | undefined;
+
+export class AgentActions {
+  constructor(
+    private readonly connection: ForkyardConnection,
+    private readonly store: AgentStore,
+    private readonly reveal: (agent: Agent) => Promise<void>,
+  ) {}
+
+  register(): vscode.Disposable[] {
+    const command = (name: string, run: (...args: never[]) => Promise<unknown>) =>
+      vscode.commands.registerCommand(name, (...args: never[]) => run(...args).catch(showError));
+    return [
+      command("forkyard.dispatchAgent", () => this.dispatch()),
+      command("forkyard.runInWorktree", () => this.runCommand()),
+      command("forkyard.applyAgent", (arg: AgentArgument) => this.apply(arg)),
+      command("forkyard.applyAgentFile", (arg: AgentArgument) => this.applyFile(arg)),
+      command("forkyard.discardAgent", (arg: AgentArgument) => this.discard(arg)),
+      command("forkyard.cancelAgent", (arg: AgentArgument) => this.cancel(arg)),
+      command("forkyard.showAgentDiff", (arg: AgentArgument) => this.showDiff(arg)),
+      command("forkyard.sendFollowUp", (arg: AgentArgument) => this.followUp(arg)),
+      command("forkyard.showAgentLog", (arg: AgentArgument) => this.showLog(arg)),
+      command("forkyard.openAgent", (arg: AgentArgument) => this.openAgent(arg)),
+      command("forkyard.openAgentFile", (arg: AgentArgument) => this.openFile(arg)),
+      // The same actions with short titles, for the Agents view's menus.
+      command("forkyard.agent.apply", (arg: AgentArgument) => this.apply(arg)),
+      command("forkyard.agent.applyFile", (arg: AgentArgument) => this.applyFile(arg)),
+      command("forkyard.agent.diff", (arg: AgentArgument) => this.showDiff(arg)),
+      command("forkyard.agent.discard", (arg: AgentArgument) => this.discard(arg)),
+      command("forkyard.agent.cancel", (arg: AgentArgument) => this.cancel(arg)),
+      command("forkyard.agent.followUp", (arg: AgentArgument) => this.followUp(arg)),
+      command("forkyard.agent.log", (arg: AgentArgument) => this.showLog(arg)),
+    ];
+  }
+
+  /** The agent a command is about, asking the user when nothing says it. */
+  private async pick(arg: AgentArgument, action: AgentAction, verb: string): Promise<Agent | undefined> {
+    if (typeof arg === "string") {
+      const known = this.store.get(arg);
+      if (known) return known;
+      const { agent } = await this.connection.request("forkyard/agent/read", { agentId: arg });
+      this.store.update(agent);
+      return agent;
+    }
+    if (arg && "kind" in arg) {
+      if (arg.kind !== "group") return arg.agent;
+      arg = undefined;
+    }
+    if (arg && "id" in arg) return arg;
+    await this.connection.ready();
+    const candidates = this.store
+      .all()
+      .filter((agent) => agentActions(agent).includes(action))
+      .sort((a, b) => b.number - a.number);
+    if (candidates.length === 0) {
+      void vscode.window.showInformationMessage(`Forkyard: no agent to ${verb}.`);
+      return undefined;
+    }
+    const picked = await vscode.window.showQuickPick(
+      candidates.map((agent) => ({ label: agentLabel(agent), description: agentDescription(agent), agent })),
+      { placeHolder: `Agent to ${verb}` },
+    );
+    return picked?.agent;
+  }
+
+  async dispatch(): Promise<void> {
+    await this.connection.ready();
+    const task = await vscode.window.showInputBox({
+      title: "Forkyard: Dispatch agent",
+      prompt: "What should the agent do? It works in its own worktree; you review its diff.",
+      placeHolder: "Add type hints to the payment module",
+      ignoreFocusOut: true,
+    });
+    if (!task?.trim()) return;
+    const capabilities = this.connection.capabilities;
+    const roles = capabilities?.roles?.length ? capabilities.roles : ["worker", "explorer", "default"];
+    const role = await vscode.window.showQuickPick(
+      roles.map((name) => ({
+        label: name,
+        description:
+          name === "worker"
+            ? "writes in its own worktree"
+            : name === "explorer"
+              ? "reads your checkout, writes nothing"
+              : undefined,
+      })),
+      { title: "Role of the agent", placeHolder: "worker" },
+    );
+    if (!role) return;
+    const details = capabilities?.backendDetails ?? [];
+    let backend: string | undefined;
+    const usable = details.filter((b) => b.available && b.name !== "command");
+    if (usable.length > 1) {
+      const picked = await vscode.window.showQuickPick(
+        details
+          .filter((b) => b.name !== "command")
+          .map((b) => ({ label: b.name, description: b.available ? undefined : `unavailable: ${b.reason ?? ""}` })),
+        { title: "Backend" },
+      );
+      if (!picked) return;
+      backend = picked.label;
+    }
+    const { agent } = await this.connection.request("forkyard/agent/dispatch", {
+      task: task.trim(),
+      role: role.label,
+      ...(backend ? { backend } : {}),
+    });
+    this.store.update(agent);
+    void this.reveal(agent);
+  }
+
+  async runCommand(): Promise<void> {
+    await this.connection.ready();
+    const command = await vscode.window.showInputBox({
+      title: "Forkyard: Run command in background worktree",
+      prompt: "A shell command, run in a new worktree of your checkout (sandboxed); its changes come back as a diff.",
+      placeHolder: "npm test -- --update-snapshots",
+      ignoreFocusOut: true,
+    });
+    if (!command?.trim()) return;
+    const { agent } = await this.connection.request("forkyard/agent/dispatch", {
+      task: command.trim(),
+      role: "worker",
+      backend: "command",
+    });
+    this.store.update(agent);
+    void this.reveal(agent);
+  }
+
+  async apply(arg: AgentArgument, paths?: string[]): Promise<void> {
+    const agent = await this.pick(arg, "apply", "apply");
+    if (!agent) return;
+    const result = await applyAndSave(this.connection, agent, paths);
+    reportApply(agent, result);
+  }
+
+  async applyFile(arg: AgentArgument): Promise<void> {
+    if (arg && typeof arg === "object" && "kind" in arg && arg.kind === "file") {
+      await this.apply(arg.agent, [arg.change.path]);
+      return;
+    }
+    const agent = await this.pick(arg, "apply", "apply a file of");
+    if (!agent) return;
+    const diff = await this.store.diff(agent);
+    const file = await vscode.window.showQuickPick(
+      diff.files.map((f) => ({ label: f.path, description: `+${f.additions ?? 0} −${f.deletions ?? 0}` })),
+      { placeHolder: "File to apply" },
+    );
+    if (file) await this.apply(agent, [file.label]);
+  }
+
+  async discard(arg: AgentArgument): Promise<void> {
+    const agent = await this.pick(arg, "discard", "discard");
+    if (!agent) return;
+    const answer = await vscode.window.showWarningMessage(
+      `Discard agent #${agent.number} (${agent.title})? Its worktree and branch are removed; ` +
+        `the work stays under refs/forkyard/discarded/${agent.number}.`,
+      { modal: true },
+      "Discard",
+    );
+    if (answer !== "Discard") return;
+    const result = await this.connection.request("forkyard/agent/discard", { agentId: agent.id });
+    this.store.update(result.agent);
+  }
+
+  async cancel(arg: AgentArgument): Promise<void> {
+    const agent = await this.pick(arg, "cancel", "cancel");
+    if (!agent) return;
+    const result = await this.connection.request("forkyard/agent/cancel", { agentId: agent.id });
+    this.store.update(result.agent);
+  }
+
+  async showDiff(arg: AgentArgument): Promise<void> {
+    const agent = await this.pick(arg, "diff", "review");
+    if (!agent) return;
+    const diff = await this.store.diff(agent);
+    await openAgentChanges(agent, diff.files);
+  }
+
+  async openFile(arg: AgentArgument): Promise<void> {
+    if (arg && typeof arg === "object" && "kind" in arg && arg.kind === "file") {
+      await openFileDiff(arg.agent, arg.change);
+    } else {
+      await this.showDiff(arg);
+    }
+  }
+
+  async followUp(arg: AgentArgument): Promise<void> {
+    const agent = await this.pick(arg, "followUp", "send a follow-up to");
+    if (!agent) return;
+    const text = await vscode.window.showInputBox({
+      title: `Follow-up for agent #${agent.number}`,
+      prompt:
+        agent.state === "running"
+          ? "The agent gets it at its next step."
+          : "The agent runs again in the same worktree with this instruction.",
+      ignoreFocusOut: true,
+    });
+    if (!text?.trim()) return;
+    const result = await this.connection.request("forkyard/agent/message", { agentId: agent.id, text: text.trim() });
+    this.store.update(result.agent);
+  }
+
+  async showLog(arg: AgentArgument): Promise<void> {
+    const agent = await this.pick(arg, "log", "show the log of");
+    if (!agent) return;
+    const uri = vscode.Uri.from({ scheme: "forkyard-log", path: `/agent-${agent.number}.log`, query: agent.id });
+    const document = await vscode.workspace.openTextDocument(uri);
+    await vscode.window.showTextDocument(document, { preview: true });
+  }
+
+  /** From a chat link: show the agent in the tree and what can be done with it. */
+  async openAgent(arg: AgentArgument): Promise<void> {
+    const agent = await this.pick(arg, "log", "open");
+    if (!agent) return;
+    void this.reveal(agent);
+    const labels: Partial<Record<AgentAction, string>> = {
+      diff: "$(diff) Show diff",
+      apply: "$(check) Apply",
+      followUp: "$(comment) Send follow-up…",
+      cancel: "$(debug-stop) Cancel",
+      discard: "$(trash) Discard",
+      log: "$(output) Show log",
+    };
+    const actions = agentActions(agent);
+    const choice = await vscode.window.showQuickPick(
+      (Object.keys(labels) as AgentAction[])
+        .filter((action) => actions.includes(action))
+        .map((action) => ({ label: labels[action] ?? action, action })),
+      { title: `${agentLabel(agent)} — ${agentDescription(agent)}` },
+    );
+    if (!choice) return;
+    const run: Record<AgentAction, (a: Agent) => Promise<void>> = {
+      diff: (a) => this.showDiff(a),
+      apply: (a) => this.apply(a),
+      followUp: (a) => this.followUp(a),
+      cancel: (a) => this.cancel(a),
+      discard: (a) => this.discard(a),
+      log: (a) => this.showLog(a),
+    };
+    await run[choice.action](agent);
+  }
+}
+
+/** Applies through the server (which edits the buffers with workspace/applyEdit), then
+ * saves the files that had no unsaved changes before, so applying lands on disk like a
+ * merge would; a buffer the user was editing keeps the change unsaved, for them to see. */
+export async function applyAndSave(
+  connection: ForkyardConnection,
+  agent: Agent,
+  paths?: string[],
+): Promise<AgentApplyResult> {
+  const dirtyBefore = new Set(vscode.workspace.textDocuments.filter((d) => d.isDirty).map((d) => d.uri.toString()));
+  const result = await connection.request("forkyard/agent/apply", {
+    agentId: agent.id,
+    ...(paths ? { paths } : {}),
+  });
+  const save = vscode.workspace.getConfiguration("forkyard").get<boolean>("saveAfterApply", true);
+  if (result.applied && save) {
+    const root = vscode.workspace.workspaceFolders?.[0]?.uri;
+    for (const path of result.paths) {
+      if (!root) break;
+      const uri = vscode.Uri.joinPath(root, path);
+      const document = vscode.workspace.textDocuments.find((d) => d.uri.toString() === uri.toString());
+      if (document?.isDirty && !dirtyBefore.has(uri.toString())) await document.save();
+    }
+  }
+  return result;
+}
+
+function reportApply(agent: Agent, result: AgentApplyResult): void {
+  if (!result.applied) {
+    void vscode.window.showWarningMessage(`Forkyard: agent #${agent.number} was not applied.`);
+    return;
+  }
+  if (result.conflicts.length > 0) {
+    const list = result.conflicts.map((c) => `${c.path}: ${c.reason}`).join("; ");
+    void vscode.window.showWarningMessage(
+      `Forkyard applied agent #${agent.number} to ${result.paths.length} file(s); not applied, ` +
+        `your version changed there: ${list}`,
+    );
+    return;
+  }
+  vscode.window.setStatusBarMessage(
+    `$(check) Forkyard applied agent #${agent.number} to ${result.paths.length} file(s)`,
+    5000,
+  );
+}

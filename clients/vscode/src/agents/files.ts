@@ -1,0 +1,94 @@
+// The agent's version of a file as a read-only document (`forkyard-agent:` URIs over
+// `forkyard/agent/file`), and the diffs that put it beside the user's own file.
+import * as vscode from "vscode";
+import type { ForkyardConnection } from "../connection";
+import type { Agent, FileChange } from "../protocol";
+import type { AgentStore } from "./store";
+
+export const AGENT_SCHEME = "forkyard-agent";
+
+/** The agent's side: the path keeps the file's name so VS Code picks its language. */
+export function agentFileUri(agent: Agent, path: string): vscode.Uri {
+  return vscode.Uri.from({
+    scheme: AGENT_SCHEME,
+    path: `/${path}`,
+    query: new URLSearchParams({ agent: agent.id, n: String(agent.number) }).toString(),
+  });
+}
+
+/** An empty document standing for a file that does not exist on one side. */
+export function emptyUri(path: string): vscode.Uri {
+  return vscode.Uri.from({ scheme: AGENT_SCHEME, path: `/${path}`, query: "empty=1" });
+}
+
+export class AgentFileProvider implements vscode.TextDocumentContentProvider, vscode.Disposable {
+  private readonly changedEmitter = new vscode.EventEmitter<vscode.Uri>();
+  private readonly open = new Map<string, vscode.Uri>();
+  private readonly subscription: vscode.Disposable;
+  readonly onDidChange = this.changedEmitter.event;
+
+  constructor(
+    private readonly connection: ForkyardConnection,
+    store: AgentStore,
+  ) {
+    // A follow-up changes the agent's files: refresh the documents shown of it.
+    this.subscription = store.onDidChange((agent) => {
+      for (const uri of this.open.values()) {
+        const id = new URLSearchParams(uri.query).get("agent");
+        if (!agent || id === agent.id) this.changedEmitter.fire(uri);
+      }
+    });
+  }
+
+  async provideTextDocumentContent(uri: vscode.Uri): Promise<string> {
+    const query = new URLSearchParams(uri.query);
+    const agentId = query.get("agent");
+    if (!agentId) return "";
+    this.open.set(uri.toString(), uri);
+    const { text } = await this.connection.request("forkyard/agent/file", {
+      agentId,
+      path: uri.path.replace(/^\//, ""),
+    });
+    return text ?? "";
+  }
+
+  dispose(): void {
+    this.subscription.dispose();
+    this.changedEmitter.dispose();
+  }
+}
+
+/** [label resource, left, right] of one file: the user's file against the agent's. */
+export function diffSides(agent: Agent, change: FileChange): [vscode.Uri, vscode.Uri, vscode.Uri] {
+  const userFile = vscode.Uri.parse(change.uri);
+  const left = change.status === "added" ? emptyUri(change.path) : userFile;
+  const right = change.status === "deleted" ? emptyUri(change.path) : agentFileUri(agent, change.path);
+  return [userFile, left, right];
+}
+
+export async function openFileDiff(agent: Agent, change: FileChange): Promise<void> {
+  const [, left, right] = diffSides(agent, change);
+  const title = `${change.path} ↔ agent #${agent.number}`;
+  await vscode.commands.executeCommand("vscode.diff", left, right, title, { preview: true });
+}
+
+/** All files of an agent in VS Code's multi-file diff editor. */
+export async function openAgentChanges(agent: Agent, files: FileChange[]): Promise<void> {
+  if (files.length === 0) {
+    void vscode.window.showInformationMessage(`Forkyard: agent #${agent.number} changed no files.`);
+    return;
+  }
+  if (files.length === 1) {
+    await openFileDiff(agent, files[0]);
+    return;
+  }
+  try {
+    await vscode.commands.executeCommand(
+      "vscode.changes",
+      `Agent #${agent.number}: ${agent.title}`,
+      files.map((change) => diffSides(agent, change)),
+    );
+  } catch {
+    await openFileDiff(agent, files[0]);
+  }
+}

@@ -1,0 +1,199 @@
+// What the Agents view and the status bar show, computed from the server's agents. Pure:
+// the vscode-facing classes only turn these into TreeItems, so the grouping, labels and
+// actions offered are unit-tested.
+import type { Agent, AgentState, FileChange } from "../protocol";
+
+export type GroupId = "running" | "queued" | "review" | "attention" | "finished";
+
+export interface GroupSpec {
+  id: GroupId;
+  label: string;
+  icon: string;
+  states: readonly AgentState[];
+}
+
+/** Ordered as a user looks at them: what is moving, what waits for a decision, the rest. */
+export const GROUPS: readonly GroupSpec[] = [
+  { id: "running", label: "Running", icon: "sync", states: ["starting", "running"] },
+  { id: "queued", label: "Queued", icon: "clock", states: ["queued"] },
+  { id: "review", label: "To review", icon: "diff", states: ["done"] },
+  { id: "attention", label: "Failed or interrupted", icon: "warning", states: ["failed", "interrupted"] },
+  { id: "finished", label: "Finished", icon: "archive", states: ["applied", "discarded", "cancelled"] },
+];
+
+export interface AgentGroup {
+  spec: GroupSpec;
+  agents: Agent[];
+}
+
+/** Non-empty groups, newest agent first inside each. */
+export function groupAgents(agents: Iterable<Agent>): AgentGroup[] {
+  const all = [...agents].sort((a, b) => b.number - a.number);
+  return GROUPS.map((spec) => ({ spec, agents: all.filter((a) => spec.states.includes(a.state)) })).filter(
+    (group) => group.agents.length > 0,
+  );
+}
+
+export function groupOf(agent: Agent): GroupSpec {
+  return GROUPS.find((g) => g.states.includes(agent.state)) ?? GROUPS[GROUPS.length - 1];
+}
+
+export function agentLabel(agent: Agent): string {
+  return `#${agent.number} ${agent.title}`;
+}
+
+export function changesText(agent: Agent): string {
+  const c = agent.changes ?? {};
+  const files = c.files ?? 0;
+  if (files === 0) return "no changes";
+  return `${files} file${files === 1 ? "" : "s"} +${c.additions ?? 0} −${c.deletions ?? 0}`;
+}
+
+/** The grey text after the label: progress while it works, the diff's size after. */
+export function agentDescription(agent: Agent): string {
+  switch (agent.state) {
+    case "queued":
+      return "queued";
+    case "starting":
+    case "running": {
+      const p = agent.progress;
+      if (!p) return agent.state;
+      return p.percentage != null ? `${p.percentage}% ${p.message}` : p.message;
+    }
+    case "done":
+      return changesText(agent);
+    case "failed":
+      return agent.error ? `failed: ${firstLine(agent.error)}` : "failed";
+    default:
+      return agent.state;
+  }
+}
+
+export interface IconSpec {
+  id: string;
+  color?: string;
+}
+
+const ICONS: Record<AgentState, IconSpec> = {
+  queued: { id: "clock" },
+  starting: { id: "loading~spin" },
+  running: { id: "sync~spin", color: "charts.blue" },
+  done: { id: "git-pull-request", color: "charts.green" },
+  applied: { id: "pass-filled", color: "charts.green" },
+  discarded: { id: "trash" },
+  failed: { id: "error", color: "errorForeground" },
+  cancelled: { id: "circle-slash" },
+  interrupted: { id: "debug-pause", color: "charts.yellow" },
+};
+
+export function agentIcon(agent: Agent): IconSpec {
+  return ICONS[agent.state];
+}
+
+export type AgentAction = "apply" | "discard" | "cancel" | "diff" | "followUp" | "log";
+
+/** What may be done to an agent in its state; the tree's menus are keyed on these. */
+export function agentActions(agent: Agent): AgentAction[] {
+  const actions: AgentAction[] = ["log"];
+  const changed = (agent.changes?.files ?? 0) > 0;
+  switch (agent.state) {
+    case "queued":
+    case "starting":
+    case "running":
+      actions.push("cancel", "followUp");
+      if (changed) actions.push("diff");
+      break;
+    case "done":
+      actions.push("diff", "followUp", "discard");
+      if (changed) actions.push("apply");
+      break;
+    case "failed":
+    case "cancelled":
+    case "interrupted":
+      actions.push("followUp", "discard");
+      if (changed) actions.push("diff", "apply");
+      break;
+    case "applied":
+      actions.push("diff", "followUp", "discard");
+      break;
+    case "discarded":
+      break;
+  }
+  return actions;
+}
+
+/** `contextValue` of an agent's tree item: `when` clauses match words in it with
+ * `viewItem =~ /\bapply\b/`. */
+export function agentContextValue(agent: Agent): string {
+  return ["agent", `state-${agent.state}`, ...agentActions(agent)].join(" ");
+}
+
+export function fileContextValue(agent: Agent): string {
+  return ["agentFile", ...agentActions(agent).filter((a) => a === "apply")].join(" ");
+}
+
+export interface FileRow {
+  label: string;
+  description: string;
+  tooltip: string;
+}
+
+export function fileRow(change: FileChange): FileRow {
+  const slash = change.path.lastIndexOf("/");
+  const name = change.path.slice(slash + 1);
+  const directory = slash >= 0 ? change.path.slice(0, slash) : "";
+  const counts = change.binary ? "binary" : `+${change.additions ?? 0} −${change.deletions ?? 0}`;
+  const status = change.status === "modified" ? "" : ` ${change.status}`;
+  const renamed = change.oldPath ? ` (from ${change.oldPath})` : "";
+  return {
+    label: name,
+    description: [directory, counts + status].filter(Boolean).join(" · "),
+    tooltip: `${change.path}${renamed}: ${change.status}, ${counts}`,
+  };
+}
+
+export interface StatusText {
+  text: string;
+  tooltip: string;
+}
+
+/** The status bar item: how many agents run and how many wait for review. */
+export function statusBarText(agents: Iterable<Agent>): StatusText {
+  let running = 0;
+  let queued = 0;
+  let review = 0;
+  for (const agent of agents) {
+    if (agent.state === "running" || agent.state === "starting") running += 1;
+    else if (agent.state === "queued") queued += 1;
+    else if (agent.state === "done") review += 1;
+  }
+  const parts = [`$(${running > 0 ? "sync~spin" : "rocket"}) ${running}`];
+  if (queued > 0) parts.push(`$(clock) ${queued}`);
+  parts.push(`$(git-pull-request) ${review}`);
+  const tooltip =
+    `Forkyard: ${running} running, ${queued} queued, ${review} to review. ` + "Click to show the agents.";
+  return { text: parts.join(" "), tooltip };
+}
+
+export function agentTooltip(agent: Agent): string {
+  const lines = [
+    `**#${agent.number} ${escapeMarkdown(agent.title)}** — ${agent.state}`,
+    "",
+    `Task: ${escapeMarkdown(agent.task)}`,
+    `Role: ${agent.role} · backend: ${agent.backend}`,
+  ];
+  if (agent.branch) lines.push(`Branch: \`${agent.branch}\``);
+  if (agent.state === "done" || agent.state === "applied") lines.push(`Changes: ${changesText(agent)}`);
+  if (agent.summary) lines.push("", escapeMarkdown(agent.summary));
+  if (agent.error) lines.push("", `Error: ${escapeMarkdown(agent.error)}`);
+  return lines.join("  \n");
+}
+
+function firstLine(text: string): string {
+  const line = text.split("\n", 1)[0];
+  return line.length > 80 ? `${line.slice(0, 79)}…` : line;
+}
+
+function escapeMarkdown(text: string): string {
+  return text.replace(/[\\`*_{}[\]<>()#+!|]/g, "\\$&");
+}

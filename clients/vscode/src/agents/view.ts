@@ -1,0 +1,125 @@
+// The Agents tree: groups by state, agents, and each agent's changed files.
+import * as vscode from "vscode";
+import type { Agent, FileChange } from "../protocol";
+import {
+  agentContextValue,
+  agentDescription,
+  agentIcon,
+  agentLabel,
+  agentTooltip,
+  fileContextValue,
+  fileRow,
+  type GroupSpec,
+  groupAgents,
+  groupOf,
+} from "./model";
+import type { AgentStore } from "./store";
+
+export type AgentNode =
+  | { kind: "group"; spec: GroupSpec; count: number }
+  | { kind: "agent"; agent: Agent }
+  | { kind: "file"; agent: Agent; change: FileChange }
+  | { kind: "note"; agent: Agent; text: string };
+
+export class AgentsTreeProvider implements vscode.TreeDataProvider<AgentNode>, vscode.Disposable {
+  private readonly changedEmitter = new vscode.EventEmitter<AgentNode | undefined>();
+  private readonly subscription: vscode.Disposable;
+  readonly onDidChangeTreeData = this.changedEmitter.event;
+
+  constructor(private readonly store: AgentStore) {
+    // Group membership and counts move with any change, so the whole tree refreshes;
+    // VS Code keeps expansion by the items' ids.
+    this.subscription = store.onDidChange(() => this.changedEmitter.fire(undefined));
+  }
+
+  getChildren(node?: AgentNode): AgentNode[] | Promise<AgentNode[]> {
+    if (!node) {
+      return groupAgents(this.store.all()).map(({ spec, agents }) => ({ kind: "group", spec, count: agents.length }));
+    }
+    if (node.kind === "group") {
+      const group = groupAgents(this.store.all()).find((g) => g.spec.id === node.spec.id);
+      return (group?.agents ?? []).map((agent) => ({ kind: "agent", agent }));
+    }
+    if (node.kind === "agent") return this.files(node.agent);
+    return [];
+  }
+
+  private async files(agent: Agent): Promise<AgentNode[]> {
+    try {
+      const diff = await this.store.diff(agent);
+      if (diff.files.length === 0) return [{ kind: "note", agent, text: "no changes" }];
+      return diff.files.map((change) => ({ kind: "file", agent, change }));
+    } catch (error) {
+      return [{ kind: "note", agent, text: `diff unavailable: ${error instanceof Error ? error.message : error}` }];
+    }
+  }
+
+  getParent(node: AgentNode): AgentNode | undefined {
+    if (node.kind === "agent") {
+      const spec = groupOf(node.agent);
+      return { kind: "group", spec, count: 0 };
+    }
+    if (node.kind === "file" || node.kind === "note") return { kind: "agent", agent: node.agent };
+    return undefined;
+  }
+
+  getTreeItem(node: AgentNode): vscode.TreeItem {
+    switch (node.kind) {
+      case "group": {
+        const item = new vscode.TreeItem(node.spec.label, vscode.TreeItemCollapsibleState.Expanded);
+        item.id = `group:${node.spec.id}`;
+        item.description = String(node.count || "");
+        item.iconPath = new vscode.ThemeIcon(node.spec.icon);
+        item.contextValue = `group group-${node.spec.id}`;
+        return item;
+      }
+      case "agent": {
+        const { agent } = node;
+        const changed = (agent.changes?.files ?? 0) > 0;
+        const expandable = changed || agent.state === "done";
+        const item = new vscode.TreeItem(
+          agentLabel(agent),
+          !expandable
+            ? vscode.TreeItemCollapsibleState.None
+            : agent.state === "done"
+              ? vscode.TreeItemCollapsibleState.Expanded
+              : vscode.TreeItemCollapsibleState.Collapsed,
+        );
+        // The state is part of the id so that an agent reaching `done` opens its files.
+        item.id = `agent:${agent.id}:${groupOf(agent).id}`;
+        item.description = agentDescription(agent);
+        item.tooltip = new vscode.MarkdownString(agentTooltip(agent));
+        const icon = agentIcon(agent);
+        item.iconPath = new vscode.ThemeIcon(icon.id, icon.color ? new vscode.ThemeColor(icon.color) : undefined);
+        item.contextValue = agentContextValue(agent);
+        item.accessibilityInformation = { label: `agent ${agent.number}, ${agent.title}, ${agent.state}` };
+        return item;
+      }
+      case "file": {
+        const row = fileRow(node.change);
+        const item = new vscode.TreeItem(row.label, vscode.TreeItemCollapsibleState.None);
+        item.id = `file:${node.agent.id}:${node.agent.updatedAt}:${node.change.path}`;
+        item.description = row.description;
+        item.tooltip = row.tooltip;
+        item.resourceUri = vscode.Uri.parse(node.change.uri);
+        item.contextValue = fileContextValue(node.agent);
+        item.command = {
+          command: "forkyard.openAgentFile",
+          title: "Open diff",
+          arguments: [node],
+        };
+        return item;
+      }
+      case "note": {
+        const item = new vscode.TreeItem(node.text, vscode.TreeItemCollapsibleState.None);
+        item.contextValue = "note";
+        return item;
+      }
+    }
+  }
+
+  dispose(): void {
+    this.subscription.dispose();
+    this.changedEmitter.dispose();
+  }
+}

@@ -1,0 +1,197 @@
+// The language client: starts `forkyard serve`, passes the settings, and gives the rest of
+// the extension typed requests and notifications of the Forkyard protocol.
+import * as fs from "node:fs";
+import * as vscode from "vscode";
+import {
+  DidChangeConfigurationNotification,
+  LanguageClient,
+  type LanguageClientOptions,
+  RevealOutputChannelOn,
+  type ServerOptions,
+  State,
+  TransportKind,
+} from "vscode-languageclient/node";
+import type { ForkyardNotifications, ParamsOf, RequestMethod, ResultOf, ServerCapabilities } from "./protocol";
+import { resolveServerCommand } from "./serverCommand";
+import { secretLikeModelKeys, serverSettings } from "./settings";
+
+type NotificationHandler<M extends keyof ForkyardNotifications> = (params: ForkyardNotifications[M]) => void;
+
+function isExecutable(file: string): boolean {
+  try {
+    fs.accessSync(file, fs.constants.X_OK);
+    return fs.statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
+export function currentServerSettings(): Record<string, unknown> {
+  const config = vscode.workspace.getConfiguration("forkyard");
+  return serverSettings((key) => config.inspect(key));
+}
+
+export class ForkyardConnection implements vscode.Disposable {
+  private client: LanguageClient | undefined;
+  private starting: Promise<LanguageClient> | undefined;
+  private readonly handlers = new Map<string, Set<(params: unknown) => void>>();
+  private readonly readyEmitter = new vscode.EventEmitter<void>();
+  private readonly disposables: vscode.Disposable[] = [];
+  /** Fires each time a server (re)starts and is initialized. */
+  readonly onReady = this.readyEmitter.event;
+  capabilities: ServerCapabilities | undefined;
+
+  constructor(
+    private readonly output: vscode.OutputChannel,
+    private readonly extensionUri: vscode.Uri,
+  ) {
+    this.disposables.push(
+      vscode.workspace.onDidChangeConfiguration((event) => this.configurationChanged(event)),
+    );
+  }
+
+  get running(): boolean {
+    return this.client?.state === State.Running;
+  }
+
+  /** The started client; starts it on first use. Rejects with a message for the user. */
+  ready(): Promise<LanguageClient> {
+    if (!this.starting) {
+      this.starting = this.start().catch((error: unknown) => {
+        this.starting = undefined;
+        throw error;
+      });
+    }
+    return this.starting;
+  }
+
+  private async start(): Promise<LanguageClient> {
+    const folder = vscode.workspace.workspaceFolders?.[0];
+    if (!folder || folder.uri.scheme !== "file") {
+      throw new Error("Forkyard needs a folder of a git repository open in VS Code.");
+    }
+    const setting = vscode.workspace.getConfiguration("forkyard").get<unknown>("server.command");
+    const resolved = resolveServerCommand(setting, process.env, isExecutable);
+    if (!resolved.ok) {
+      void this.offerFix(resolved.message);
+      throw new Error(resolved.message);
+    }
+    const settings = currentServerSettings();
+    this.warnAboutSecrets(settings);
+    const serverOptions: ServerOptions = {
+      command: resolved.command,
+      args: resolved.args,
+      transport: TransportKind.stdio,
+      options: { cwd: folder.uri.fsPath },
+    };
+    const clientOptions: LanguageClientOptions = {
+      // Every file: the server reads open buffers to place an agent's hunks on the user's
+      // current text and to apply without overwriting unsaved edits.
+      documentSelector: [{ scheme: "file" }],
+      workspaceFolder: folder,
+      initializationOptions: settings,
+      outputChannel: this.output,
+      revealOutputChannelOn: RevealOutputChannelOn.Never,
+      // The `connectionOptions.maxRestartCount` default (4 in 3 minutes) is fine.
+    };
+    const client = new LanguageClient("forkyard", "Forkyard", serverOptions, clientOptions);
+    for (const [method, handlers] of this.handlers) {
+      client.onNotification(method, (params: unknown) => handlers.forEach((handler) => handler(params)));
+    }
+    this.output.appendLine(`starting ${resolved.command} ${resolved.args.join(" ")} in ${folder.uri.fsPath}`);
+    // Running again after a crash and an automatic restart too: views reload then.
+    client.onDidChangeState((change) => {
+      if (change.newState === State.Running) {
+        this.readCapabilities(client);
+        this.readyEmitter.fire();
+      }
+    });
+    try {
+      await client.start();
+    } catch (error) {
+      void client.dispose();
+      throw new Error(`Forkyard's language server did not start: ${String(error)}. See the Forkyard output.`);
+    }
+    this.client = client;
+    return client;
+  }
+
+  private readCapabilities(client: LanguageClient): void {
+    const experimental = client.initializeResult?.capabilities.experimental as
+      | { forkyard?: ServerCapabilities }
+      | undefined;
+    this.capabilities = experimental?.forkyard;
+  }
+
+  async restart(): Promise<void> {
+    const client = this.client;
+    this.client = undefined;
+    this.starting = undefined;
+    if (client) await client.dispose(2000).catch(() => undefined);
+    await this.ready();
+  }
+
+  async request<M extends RequestMethod>(method: M, params: ParamsOf<M>): Promise<ResultOf<M>> {
+    const client = await this.ready();
+    return client.sendRequest<ResultOf<M>>(method, params);
+  }
+
+  /** Registered for every client this connection starts, including after a restart. */
+  onNotification<M extends keyof ForkyardNotifications>(method: M, handler: NotificationHandler<M>): vscode.Disposable {
+    let set = this.handlers.get(method);
+    if (!set) {
+      set = new Set();
+      this.handlers.set(method, set);
+      this.client?.onNotification(method, (params: unknown) => set?.forEach((h) => h(params)));
+    }
+    const untyped = handler as (params: unknown) => void;
+    set.add(untyped);
+    return new vscode.Disposable(() => set?.delete(untyped));
+  }
+
+  private configurationChanged(event: vscode.ConfigurationChangeEvent): void {
+    if (!event.affectsConfiguration("forkyard")) return;
+    if (event.affectsConfiguration("forkyard.server.command")) {
+      void vscode.window
+        .showInformationMessage("Restart Forkyard's language server to use the new command?", "Restart")
+        .then((choice) => (choice === "Restart" ? this.restart().catch(showError) : undefined));
+      return;
+    }
+    const client = this.client;
+    if (!client || !this.running) return;
+    const settings = currentServerSettings();
+    this.warnAboutSecrets(settings);
+    void client.sendNotification(DidChangeConfigurationNotification.type, { settings: { forkyard: settings } });
+  }
+
+  private warnAboutSecrets(settings: Record<string, unknown>): void {
+    const keys = secretLikeModelKeys(settings.models);
+    if (keys.length > 0) {
+      void vscode.window.showWarningMessage(
+        `Forkyard reads API keys from environment variables only: remove ${keys.join(", ")} from ` +
+          "your settings and name the variable in apiKeyEnv instead.",
+      );
+    }
+  }
+
+  private async offerFix(message: string): Promise<void> {
+    const choice = await vscode.window.showErrorMessage(message, "Open Settings", "How to install");
+    if (choice === "Open Settings") {
+      await vscode.commands.executeCommand("workbench.action.openSettings", "forkyard.server.command");
+    } else if (choice === "How to install") {
+      const readme = vscode.Uri.joinPath(this.extensionUri, "README.md");
+      await vscode.commands.executeCommand("markdown.showPreview", readme);
+    }
+  }
+
+  dispose(): void {
+    this.disposables.forEach((d) => d.dispose());
+    void this.client?.dispose(2000);
+    this.readyEmitter.dispose();
+  }
+}
+
+export function showError(error: unknown): void {
+  const message = error instanceof Error ? error.message : String(error);
+  void vscode.window.showErrorMessage(message.startsWith("Forkyard") ? message : `Forkyard: ${message}`);
+}

@@ -1,0 +1,291 @@
+// GENERATED from protocol/schema/forkyard.schema.json by scripts/gen-protocol.mjs.
+// Do not edit: change the Python models, run `uv run forkyard schema`, then
+// `npm run gen:protocol` in clients/vscode.
+/* eslint-disable */
+
+export const PROTOCOL_VERSION = 1;
+
+export interface ForkyardProtocolObjects {
+  Agent?: Agent;
+  AgentApplyParams?: AgentApplyParams;
+  AgentApplyResult?: AgentApplyResult;
+  AgentChangedNotification?: AgentChangedNotification;
+  AgentDiffResult?: AgentDiffResult;
+  AgentDispatchParams?: AgentDispatchParams;
+  AgentFileParams?: AgentFileParams;
+  AgentFileResult?: AgentFileResult;
+  AgentListResult?: AgentListResult;
+  AgentMessageParams?: AgentMessageParams;
+  AgentReadResult?: AgentReadResult;
+  AgentRef?: AgentRef;
+  AgentResult?: AgentResult;
+  BackendInfo?: BackendInfo;
+  ChangeCounts?: ChangeCounts;
+  ChatContext?: ChatContext;
+  ChatDeltaNotification?: ChatDeltaNotification;
+  ChatInterruptParams?: ChatInterruptParams;
+  ChatMessageNotification?: ChatMessageNotification;
+  ChatParams?: ChatParams;
+  ChatResult?: ChatResult;
+  ChatTurnNotification?: ChatTurnNotification;
+  Conflict?: Conflict;
+  Empty?: Empty;
+  FileChange?: FileChange;
+  ForkyardCapabilities?: ForkyardCapabilities;
+  Hunk?: Hunk;
+  LogEntry?: LogEntry;
+  Message?: Message;
+  Position?: Position;
+  Progress?: Progress;
+  Range?: Range;
+  ServerStatsParams?: ServerStatsParams;
+  ServerStatsResult?: ServerStatsResult;
+  Thread?: Thread;
+  ThreadListResult?: ThreadListResult;
+  ThreadReadParams?: ThreadReadParams;
+  ThreadReadResult?: ThreadReadResult;
+}
+export interface Agent {
+  backend: string;
+  baseRef: string;
+  branch?: string | null;
+  changes?: ChangeCounts;
+  createdAt: string;
+  error?: string | null;
+  id: string;
+  number: number;
+  progress?: Progress | null;
+  role: string;
+  state:
+    | "queued"
+    | "starting"
+    | "running"
+    | "done"
+    | "applied"
+    | "discarded"
+    | "failed"
+    | "cancelled"
+    | "interrupted";
+  summary?: string | null;
+  task: string;
+  threadId?: string | null;
+  title: string;
+  updatedAt: string;
+  worktree?: string | null;
+}
+export interface ChangeCounts {
+  additions?: number;
+  deletions?: number;
+  files?: number;
+}
+export interface Progress {
+  message: string;
+  percentage?: number | null;
+}
+export interface AgentApplyParams {
+  agentId: string;
+  hunkIds?: string[] | null;
+  paths?: string[] | null;
+}
+export interface AgentApplyResult {
+  applied: boolean;
+  conflicts: Conflict[];
+  paths: string[];
+}
+export interface Conflict {
+  path: string;
+  reason: string;
+}
+export interface AgentChangedNotification {
+  agent: Agent;
+}
+export interface AgentDiffResult {
+  agentId: string;
+  baseRef: string;
+  files: FileChange[];
+  patch: string;
+}
+export interface FileChange {
+  additions?: number;
+  binary?: boolean;
+  deletions?: number;
+  hunks?: Hunk[];
+  oldPath?: string | null;
+  path: string;
+  status: "added" | "modified" | "deleted" | "renamed";
+  uri: string;
+}
+export interface Hunk {
+  header: string;
+  id: string;
+  newLines: number;
+  newStart: number;
+  oldLines: number;
+  oldStart: number;
+  text: string;
+}
+export interface AgentDispatchParams {
+  backend?: string | null;
+  baseRef?: string;
+  includeUncommitted?: boolean;
+  role?: string;
+  task: string;
+  threadId?: string | null;
+  title?: string | null;
+}
+export interface AgentFileParams {
+  agentId: string;
+  path: string;
+}
+export interface AgentFileResult {
+  text: string | null;
+}
+export interface AgentListResult {
+  agents: Agent[];
+}
+export interface AgentMessageParams {
+  agentId: string;
+  text: string;
+}
+export interface AgentReadResult {
+  agent: Agent;
+  log: LogEntry[];
+}
+export interface LogEntry {
+  kind: string;
+  text: string;
+  time: string;
+}
+/**
+ * Params of every method that names one agent: its id, or its number as a string.
+ */
+export interface AgentRef {
+  agentId: string;
+}
+export interface AgentResult {
+  agent: Agent;
+}
+/**
+ * One entry of `experimental.forkyard.backends`: an addition to PROTOCOL.md so that a
+ * client can tell the user why a backend cannot be used.
+ */
+export interface BackendInfo {
+  available: boolean;
+  name: string;
+  reason?: string | null;
+}
+export interface ChatContext {
+  range?: Range | null;
+  uri: string;
+}
+export interface Range {
+  end: Position;
+  start: Position;
+}
+export interface Position {
+  character: number;
+  line: number;
+}
+export interface ChatDeltaNotification {
+  delta: string;
+  messageId: string;
+  threadId: string;
+  turnId: string;
+}
+export interface ChatInterruptParams {
+  threadId: string;
+}
+export interface ChatMessageNotification {
+  message: Message;
+}
+export interface Message {
+  agentId?: string | null;
+  createdAt: string;
+  id: string;
+  role: "user" | "assistant" | "event";
+  text: string;
+  threadId: string;
+  turnId?: string | null;
+}
+export interface ChatParams {
+  context?: ChatContext | null;
+  text: string;
+  threadId?: string | null;
+  workDoneToken?: string | number | null;
+}
+export interface ChatResult {
+  messageId: string;
+  threadId: string;
+  turnId: string;
+}
+export interface ChatTurnNotification {
+  error?: string | null;
+  state: "queued" | "running" | "completed" | "failed" | "interrupted";
+  threadId: string;
+  turnId: string;
+}
+/**
+ * `{}`: params of list methods and the result of interrupt.
+ */
+export interface Empty {}
+export interface ForkyardCapabilities {
+  backendDetails?: BackendInfo[];
+  backends: string[];
+  roles: string[];
+  version?: number;
+}
+export interface ServerStatsParams {
+  reset?: boolean;
+}
+/**
+ * An addition to PROTOCOL.md: health figures, for benchmarks and `:checkhealth`.
+ */
+export interface ServerStatsResult {
+  agentsQueued: number;
+  agentsRunning: number;
+  maxLoopStallMs: number;
+  uptimeSeconds: number;
+  version: string;
+}
+export interface Thread {
+  createdAt: string;
+  id: string;
+  title: string;
+  updatedAt: string;
+}
+export interface ThreadListResult {
+  threads: Thread[];
+}
+export interface ThreadReadParams {
+  threadId: string;
+}
+export interface ThreadReadResult {
+  messages: Message[];
+  thread: Thread;
+}
+
+/** Every request of the protocol: method -> params and result. */
+export interface ForkyardRequests {
+  "forkyard/agent/apply": { params: AgentApplyParams; result: AgentApplyResult };
+  "forkyard/agent/cancel": { params: AgentRef; result: AgentResult };
+  "forkyard/agent/diff": { params: AgentRef; result: AgentDiffResult };
+  "forkyard/agent/discard": { params: AgentRef; result: AgentResult };
+  "forkyard/agent/dispatch": { params: AgentDispatchParams; result: AgentResult };
+  "forkyard/agent/file": { params: AgentFileParams; result: AgentFileResult };
+  "forkyard/agent/list": { params: Empty; result: AgentListResult };
+  "forkyard/agent/message": { params: AgentMessageParams; result: AgentResult };
+  "forkyard/agent/read": { params: AgentRef; result: AgentReadResult };
+  "forkyard/chat": { params: ChatParams; result: ChatResult };
+  "forkyard/chat/interrupt": { params: ChatInterruptParams; result: Empty };
+  "forkyard/server/stats": { params: ServerStatsParams; result: ServerStatsResult };
+  "forkyard/thread/list": { params: Empty; result: ThreadListResult };
+  "forkyard/thread/read": { params: ThreadReadParams; result: ThreadReadResult };
+}
+
+/** Every server-to-client notification of the protocol: method -> params. */
+export interface ForkyardNotifications {
+  "forkyard/agent/changed": AgentChangedNotification;
+  "forkyard/chat/delta": ChatDeltaNotification;
+  "forkyard/chat/message": ChatMessageNotification;
+  "forkyard/chat/turn": ChatTurnNotification;
+}

@@ -1,0 +1,80 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { secretLikeModelKeys, serverSettings, type Inspection } from "../../src/settings";
+import { resolveServerCommand } from "../../src/serverCommand";
+
+function inspector(values: Record<string, Inspection>) {
+  return (key: string) => values[key];
+}
+
+test("only settings the user set are sent, so .forkyard.toml is not overridden by defaults", () => {
+  const settings = serverSettings(
+    inspector({
+      maxParallelAgents: { globalValue: 2 },
+      commandTimeoutSeconds: {},
+      models: {
+        globalValue: { default: { provider: "openai", model: "a" } },
+        workspaceValue: { default: { provider: "openai", model: "b", baseUrl: "http://127.0.0.1:1/v1" } },
+      },
+      stateDir: { globalValue: "" },
+    }),
+  );
+  assert.deepEqual(settings, {
+    maxParallelAgents: 2,
+    models: { default: { provider: "openai", model: "b", baseUrl: "http://127.0.0.1:1/v1" } },
+  });
+});
+
+test("the most specific scope wins", () => {
+  const settings = serverSettings(
+    inspector({ maxParallelAgents: { globalValue: 2, workspaceValue: 3, workspaceFolderValue: 4 } }),
+  );
+  assert.deepEqual(settings, { maxParallelAgents: 4 });
+});
+
+test("client-only settings never reach the server", () => {
+  const settings = serverSettings((key) =>
+    key.startsWith("server") || key === "saveAfterApply" ? { globalValue: ["x"] } : undefined,
+  );
+  assert.deepEqual(settings, {});
+});
+
+test("a key in the models table is flagged: keys come from the environment", () => {
+  assert.deepEqual(secretLikeModelKeys({ default: { model: "m", apiKey: "sk-1" }, other: { api_key: "x" } }), [
+    "default.apiKey",
+    "other.api_key",
+  ]);
+  assert.deepEqual(secretLikeModelKeys({ default: { model: "m", apiKeyEnv: "OPENAI_API_KEY" } }), []);
+});
+
+test("the server command is found on PATH, then in ~/.local/bin", () => {
+  const exists = new Set(["/opt/bin/forkyard", "/home/u/.local/bin/forkyard"]);
+  assert.deepEqual(resolveServerCommand(undefined, { PATH: "/usr/bin:/opt/bin" }, (f) => exists.has(f)), {
+    ok: true,
+    command: "/opt/bin/forkyard",
+    args: ["serve"],
+  });
+  assert.deepEqual(
+    resolveServerCommand(["forkyard", "serve"], { PATH: "/usr/bin", HOME: "/home/u" }, (f) => exists.has(f)),
+    { ok: true, command: "/home/u/.local/bin/forkyard", args: ["serve"] },
+  );
+});
+
+test("a missing server gives a message that says how to fix it", () => {
+  const result = resolveServerCommand(["forkyard", "serve"], { PATH: "/usr/bin" }, () => false);
+  assert.equal(result.ok, false);
+  assert.match(!result.ok ? result.message : "", /`forkyard` was not found on PATH/);
+  assert.match(!result.ok ? result.message : "", /forkyard\.server\.command/);
+  const absolute = resolveServerCommand(["/nope/forkyard", "serve"], {}, () => false);
+  assert.match(!absolute.ok ? absolute.message : "", /\/nope\/forkyard does not exist/);
+  const bad = resolveServerCommand("forkyard serve", {}, () => true);
+  assert.match(!bad.ok ? bad.message : "", /must be a list of strings/);
+});
+
+test("an absolute command and ~ are taken as they are", () => {
+  assert.deepEqual(resolveServerCommand(["~/venv/bin/forkyard", "serve", "--log"], { HOME: "/h" }, () => true), {
+    ok: true,
+    command: "/h/venv/bin/forkyard",
+    args: ["serve", "--log"],
+  });
+});
