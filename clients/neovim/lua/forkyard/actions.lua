@@ -30,7 +30,8 @@ end
 ---@param callback fun(agent: table?)?
 function M.dispatch(session, task, opts, callback)
   opts = opts or {}
-  local params = { task = task, role = opts.role, backend = opts.backend, title = opts.title, threadId = opts.threadId }
+  local params =
+    { task = task, role = opts.role, backend = opts.backend, title = opts.title, threadId = opts.threadId }
   session:request('forkyard/agent/dispatch', params, function(err, result)
     if err then
       failed('dispatch', err)
@@ -69,7 +70,11 @@ function M.apply(session, ref, paths, callback)
         table.insert(lines, ('  %s: %s'):format(conflict.path, conflict.reason))
       end
       notify(
-        ('agent #%s applied to %s; not applied:\n%s'):format(ref, table.concat(result.paths, ', '), table.concat(lines, '\n')),
+        ('agent #%s applied to %s; not applied:\n%s'):format(
+          ref,
+          table.concat(result.paths, ', '),
+          table.concat(lines, '\n')
+        ),
         vim.log.levels.WARN
       )
     else
@@ -82,7 +87,9 @@ function M.apply(session, ref, paths, callback)
   end)
 end
 
-local function agent_request(method, verb)
+--- `quiet`: the server tells the outcome itself (a cancelled agent is announced with
+--- `window/showMessage`), so saying it again would only repeat it.
+local function agent_request(method, verb, quiet)
   return function(session, ref, callback)
     session:request(method, { agentId = agent_ref(session, ref) }, function(err, result)
       if err then
@@ -90,7 +97,9 @@ local function agent_request(method, verb)
         return callback and callback(nil)
       end
       session:_set_agent(result.agent)
-      notify(('%s %s'):format(label(result.agent), result.agent.state))
+      if not quiet then
+        notify(('%s %s'):format(label(result.agent), result.agent.state))
+      end
       if callback then
         callback(result.agent)
       end
@@ -98,23 +107,27 @@ local function agent_request(method, verb)
   end
 end
 
-M.discard = agent_request('forkyard/agent/discard', 'discard')
-M.cancel = agent_request('forkyard/agent/cancel', 'cancel')
+M.discard = agent_request('forkyard/agent/discard', 'discard', false)
+M.cancel = agent_request('forkyard/agent/cancel', 'cancel', true)
 
 --- A follow-up instruction: a running agent gets it at its next step, a finished one
 --- runs again in its worktree.
 function M.message(session, ref, text, callback)
-  session:request('forkyard/agent/message', { agentId = agent_ref(session, ref), text = text }, function(err, result)
-    if err then
-      failed('follow-up', err)
-      return callback and callback(nil)
+  session:request(
+    'forkyard/agent/message',
+    { agentId = agent_ref(session, ref), text = text },
+    function(err, result)
+      if err then
+        failed('follow-up', err)
+        return callback and callback(nil)
+      end
+      session:_set_agent(result.agent)
+      notify(('%s got the follow-up (%s)'):format(label(result.agent), result.agent.state))
+      if callback then
+        callback(result.agent)
+      end
     end
-    session:_set_agent(result.agent)
-    notify(('%s got the follow-up (%s)'):format(label(result.agent), result.agent.state))
-    if callback then
-      callback(result.agent)
-    end
-  end)
+  )
 end
 
 --- Ask for a follow-up with `vim.ui.input`, then send it.

@@ -250,7 +250,11 @@ function M.details(session, ref)
       ('- role: %s, backend: %s'):format(agent.role, agent.backend),
       ('- branch: %s'):format(value(agent.branch)),
       ('- worktree: %s'):format(value(agent.worktree)),
-      ('- changes: %s +%d -%d'):format(plural(agent.changes.files, 'file'), agent.changes.additions, agent.changes.deletions),
+      ('- changes: %s +%d -%d'):format(
+        plural(agent.changes.files, 'file'),
+        agent.changes.additions,
+        agent.changes.deletions
+      ),
       '',
       '## Task',
       '',

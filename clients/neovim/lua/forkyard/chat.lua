@@ -46,9 +46,26 @@ local function split_text(text)
   return vim.split(text or '', '\n', { plain = true })
 end
 
---- The markdown lines of one message.
+--- How an assistant reply's turn ended, when that is worth a line under it.
+---@param thread forkyard.Thread
 ---@param entry forkyard.ThreadEntry
-local function entry_lines(entry)
+local function turn_note(thread, entry)
+  local turn = entry.role == 'assistant' and entry.turn_id and thread.turn_states[entry.turn_id]
+  if not turn then
+    return nil
+  end
+  if turn.state == 'interrupted' then
+    return '_(interrupted)_'
+  elseif turn.state == 'failed' and vim.trim(entry.text) == '' then
+    return '> **The turn failed:** ' .. (turn.error or 'no reason given')
+  end
+  return nil
+end
+
+--- The markdown lines of one message.
+---@param thread forkyard.Thread
+---@param entry forkyard.ThreadEntry
+local function entry_lines(thread, entry)
   local lines = {}
   if entry.role == 'event' then
     for _, line in ipairs(split_text(entry.text)) do
@@ -58,27 +75,29 @@ local function entry_lines(entry)
     table.insert(lines, entry.role == 'user' and '### You' or '### Forkyard')
     table.insert(lines, '')
     vim.list_extend(lines, split_text(entry.text))
+    local note = turn_note(thread, entry)
+    if note then
+      vim.list_extend(lines, { '', note })
+    end
   end
   table.insert(lines, '')
   return lines
 end
 
+--- What an entry's lines depend on, to tell whether they must be drawn again.
+local function drawn(thread, entry)
+  return entry.text .. '\0' .. (turn_note(thread, entry) or '')
+end
+
 local TURN_FOOTER = {
   queued = '_queued…_',
   running = '_thinking…_',
-  interrupted = '_(interrupted)_',
 }
 
+--- A line at the end while the latest turn waits or runs.
 ---@param thread forkyard.Thread?
 local function footer_lines(thread)
-  local turn = thread and thread.turn
-  if not turn then
-    return {}
-  end
-  if turn.state == 'failed' then
-    return { '> **The turn failed:** ' .. (turn.error or 'no reason given') }
-  end
-  local text = TURN_FOOTER[turn.state]
+  local text = thread and thread.turn and TURN_FOOTER[thread.turn.state]
   return text and { text } or {}
 end
 
@@ -167,14 +186,20 @@ function View:render()
     return
   end
   local thread = self:thread()
-  local title = (thread and thread.title) or (self.thread_id and 'Forkyard chat') or 'Forkyard chat (new thread)'
+  local title = (thread and thread.title)
+    or (self.thread_id and 'Forkyard chat')
+    or 'Forkyard chat (new thread)'
   local header = { '# ' .. title, '' }
   local entries = thread and thread.entries or {}
   local from = 1
   if self.drawn_title == title then
     -- Entries before the first one that differs from what was drawn stay as they are.
-    while from <= #entries and self.spans[from] and self.spans[from].id == entries[from].id
-      and self.spans[from].text == entries[from].text do
+    while
+      from <= #entries
+      and self.spans[from]
+      and self.spans[from].id == entries[from].id
+      and self.spans[from].drawn == drawn(thread, entries[from])
+    do
       from = from + 1
     end
   end
@@ -186,8 +211,9 @@ function View:render()
   end
   local line = first_line + #lines
   for i = from, #entries do
-    local entry_text = entry_lines(entries[i])
-    self.spans[i] = { first = line, last = line + #entry_text, id = entries[i].id, text = entries[i].text }
+    local entry_text = entry_lines(thread, entries[i])
+    self.spans[i] =
+      { first = line, last = line + #entry_text, id = entries[i].id, drawn = drawn(thread, entries[i]) }
     line = line + #entry_text
     vim.list_extend(lines, entry_text)
   end

@@ -82,7 +82,10 @@ function M.set(opts)
   for key, types in pairs(expected) do
     local value = opts[key]
     if value ~= nil and not vim.tbl_contains(types, type(value)) then
-      error(('forkyard.setup: %s must be a %s, got %s'):format(key, table.concat(types, ' or '), type(value)), 3)
+      error(
+        ('forkyard.setup: %s must be a %s, got %s'):format(key, table.concat(types, ' or '), type(value)),
+        3
+      )
     end
   end
   M.options = vim.tbl_deep_extend('force', vim.deepcopy(M.defaults), opts)

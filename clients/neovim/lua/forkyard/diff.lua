@@ -94,7 +94,13 @@ local function render_list(state)
     local marker = i == state.index and '>' or ' '
     table.insert(
       lines,
-      ('%s%s %s +%d -%d'):format(marker, STATUS_LETTER[file.status] or '?', file.path, file.additions, file.deletions)
+      ('%s%s %s +%d -%d'):format(
+        marker,
+        STATUS_LETTER[file.status] or '?',
+        file.path,
+        file.additions,
+        file.deletions
+      )
     )
   end
   local buf = state.list_buf
@@ -222,7 +228,10 @@ local function new_tab(session, agent, files)
     seq = 0,
   }
   state.list_buf = vim.api.nvim_get_current_buf()
-  vim.api.nvim_buf_set_name(state.list_buf, ('forkyard://diff/%s/%d'):format(vim.fs.basename(session.root), agent.number))
+  vim.api.nvim_buf_set_name(
+    state.list_buf,
+    ('forkyard://diff/%s/%d'):format(vim.fs.basename(session.root), agent.number)
+  )
   vim.bo[state.list_buf].buftype = 'nofile'
   vim.bo[state.list_buf].bufhidden = 'wipe'
   vim.bo[state.list_buf].swapfile = false

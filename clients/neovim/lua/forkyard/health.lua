@@ -77,7 +77,11 @@ end
 function M.known_models(root)
   local models = {}
   local xdg = os.getenv('XDG_CONFIG_HOME')
-  local user_file = vim.fs.joinpath(xdg and xdg ~= '' and xdg or vim.fs.joinpath(vim.uv.os_homedir(), '.config'), 'forkyard', 'config.toml')
+  local user_file = vim.fs.joinpath(
+    xdg and xdg ~= '' and xdg or vim.fs.joinpath(vim.uv.os_homedir(), '.config'),
+    'forkyard',
+    'config.toml'
+  )
   merge_models(models, M.read_toml_models(user_file), user_file)
   if root then
     local repo_file = vim.fs.joinpath(root, '.forkyard.toml')
@@ -135,15 +139,23 @@ local function check_server()
     })
     return nil
   end
-  health.ok(('server command found: %s'):format(table.concat(vim.list_extend({ exe }, vim.list_slice(cmd, 2)), ' ')))
+  health.ok(
+    ('server command found: %s'):format(table.concat(vim.list_extend({ exe }, vim.list_slice(cmd, 2)), ' '))
+  )
   local session, why = sessions.current()
   if not session then
-    health.warn('cannot start the server here: ' .. why, { 'Run :checkhealth forkyard inside a git repository' })
+    health.warn(
+      'cannot start the server here: ' .. why,
+      { 'Run :checkhealth forkyard inside a git repository' }
+    )
     return nil
   end
   local stats, err = session:request_sync('forkyard/server/stats', vim.empty_dict(), SERVER_TIMEOUT_MS)
   if not stats then
-    health.error(('the server did not answer: %s'):format(err), { 'See :LspLog, or run `forkyard serve` in a shell' })
+    health.error(
+      ('the server did not answer: %s'):format(err),
+      { 'See :LspLog, or run `forkyard serve` in a shell' }
+    )
     return nil
   end
   local protocol = session.capabilities.version
@@ -170,7 +182,7 @@ local function check_sandbox(session)
   local bwrap = vim.fn.exepath('bwrap')
   if bwrap == '' then
     health.warn('bwrap (bubblewrap) not found: agents cannot run commands sandboxed', {
-      'apt-get install bubblewrap (or your distribution\'s package)',
+      "apt-get install bubblewrap (or your distribution's package)",
       'or allow unsandboxed commands: allow_unsandboxed_commands = true',
     })
   else
@@ -218,7 +230,12 @@ local function check_models(session, stats)
     local model = models[name]
     local provider = model.provider or 'openai'
     local url = model.base_url or DEFAULT_URLS[provider]
-    local label = ('model %q (%s %s, from %s)'):format(name, provider, model.model or '?', model.source or '?')
+    local label = ('model %q (%s %s, from %s)'):format(
+      name,
+      provider,
+      model.model or '?',
+      model.source or '?'
+    )
     if not url then
       health.warn(label .. ': unknown provider ' .. provider)
     else
@@ -235,9 +252,12 @@ local function check_models(session, stats)
     if key_env and key_env ~= '' then
       local in_cmd_env = config.options.cmd_env and config.options.cmd_env[key_env]
       if (os.getenv(key_env) or '') == '' and not in_cmd_env then
-        health.warn(('%s: the environment variable %s is not set in Neovim\'s environment'):format(label, key_env), {
-          'Export it in the shell that starts Neovim: the server inherits it',
-        })
+        health.warn(
+          ("%s: the environment variable %s is not set in Neovim's environment"):format(label, key_env),
+          {
+            'Export it in the shell that starts Neovim: the server inherits it',
+          }
+        )
       else
         health.ok(('%s: %s is set'):format(label, key_env))
       end

@@ -44,9 +44,24 @@ function M.attach(bufnr)
 end
 
 local KEYMAP_ACTIONS = {
-  chat = { function() M.chat() end, 'Forkyard: chat' },
-  agents = { function() M.agents() end, 'Forkyard: agents' },
-  stop = { function() M.stop() end, 'Forkyard: interrupt the chat' },
+  chat = {
+    function()
+      M.chat()
+    end,
+    'Forkyard: chat',
+  },
+  agents = {
+    function()
+      M.agents()
+    end,
+    'Forkyard: agents',
+  },
+  stop = {
+    function()
+      M.stop()
+    end,
+    'Forkyard: interrupt the chat',
+  },
   dispatch = {
     function()
       vim.ui.input({ prompt = 'Forkyard task: ' }, function(task)

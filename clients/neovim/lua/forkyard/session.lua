@@ -15,13 +15,15 @@ local CLIENT_NAME = 'forkyard'
 ---@field text string
 ---@field agent_id string?
 ---@field streaming boolean
+---@field turn_id string?
 
 ---@class forkyard.Thread
 ---@field id string
 ---@field title string?
 ---@field entries forkyard.ThreadEntry[]
 ---@field by_id table<string, forkyard.ThreadEntry>
----@field turn {id: string, state: string, error: string?}?
+---@field turn {id: string, state: string, error: string?}? the latest turn
+---@field turn_states table<string, {state: string, error: string?}> turn id -> state
 
 ---@class forkyard.Session
 ---@field root string
@@ -329,7 +331,7 @@ end
 function Session:thread(thread_id)
   local thread = self.threads[thread_id]
   if not thread then
-    thread = { id = thread_id, entries = {}, by_id = {}, turn = nil }
+    thread = { id = thread_id, entries = {}, by_id = {}, turn = nil, turn_states = {} }
     self.threads[thread_id] = thread
   end
   return thread
@@ -341,6 +343,7 @@ local function add_entry(thread, message, streaming)
     role = message.role,
     text = message.text or '',
     agent_id = message.agentId ~= vim.NIL and message.agentId or nil,
+    turn_id = message.turnId ~= vim.NIL and message.turnId or nil,
     streaming = streaming,
   }
   table.insert(thread.entries, entry)
@@ -354,7 +357,11 @@ function Session:_on_delta(params)
   if entry then
     entry.text = entry.text .. params.delta
   else
-    entry = add_entry(thread, { id = params.messageId, role = 'assistant', text = params.delta }, true)
+    entry = add_entry(
+      thread,
+      { id = params.messageId, role = 'assistant', text = params.delta, turnId = params.turnId },
+      true
+    )
   end
   self:emit('thread', thread.id, entry)
 end
@@ -375,6 +382,7 @@ function Session:_on_turn(params)
   local thread = self:thread(params.threadId)
   local error_text = params.error ~= vim.NIL and params.error or nil
   thread.turn = { id = params.turnId, state = params.state, error = error_text }
+  thread.turn_states[params.turnId] = thread.turn
   self:emit('thread', thread.id, nil)
 end
 
@@ -407,6 +415,13 @@ end
 
 -- --- handlers of what the server sends ----------------------------------------------------------
 
+local MESSAGE_LEVELS = {
+  [1] = vim.log.levels.ERROR,
+  [2] = vim.log.levels.WARN,
+  [3] = vim.log.levels.INFO,
+  [4] = vim.log.levels.DEBUG,
+}
+
 local DONE_ACTIONS = { 'Show diff', 'Apply', 'Discard' }
 
 local function is_done_question(params)
@@ -433,6 +448,13 @@ function Session:handlers()
     ['forkyard/chat/turn'] = function(_, params)
       self:_on_turn(params)
     end,
+    -- Agents that fail or are cancelled, and settings problems: Neovim's own handler
+    -- echoes them; vim.notify lets notification plugins show them.
+    ['window/showMessage'] = function(_, params)
+      local level = MESSAGE_LEVELS[params.type] or vim.log.levels.INFO
+      vim.notify(params.message, level, { title = 'forkyard' })
+      return vim.NIL
+    end,
     -- A done agent is announced with "Show diff / Apply / Discard". Answering must not
     -- wait for the user (the default handler's inputlist() would), so by default this
     -- notifies and answers nothing; the user reviews with :Forkyard or code actions.
@@ -454,7 +476,8 @@ function Session:handlers()
         return answer
       end
       if config.options.notify_on_done then
-        local hint = number and ('  :Forkyard diff %s | apply %s | discard %s'):format(number, number, number) or ''
+        local hint = number and ('  :Forkyard diff %s | apply %s | discard %s'):format(number, number, number)
+          or ''
         vim.notify(params.message .. hint, vim.log.levels.INFO, { title = 'forkyard' })
       end
       return vim.NIL
