@@ -12,6 +12,7 @@ from anyio.abc import TaskGroup
 
 from forkyard.agents.base import Availability, Backend
 from forkyard.agents.command import CommandBackend
+from forkyard.agents.external import external_backends
 from forkyard.agents.llm import LlmBackend
 from forkyard.conversation.commands import ChatCommands
 from forkyard.conversation.history import ModelHandle
@@ -61,7 +62,7 @@ class ForkyardApp:
             repository,
             store,
             lambda: self.settings,
-            builtin_backends(),
+            {**external_backends(loaded.settings), **builtin_backends()},
             state_dir,
             environ,
         )
