@@ -20,6 +20,7 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from forkyard.agents.external_config import ExternalBackendConfig
 from forkyard.models.config import ModelConfig
 
 ToolPolicy = Literal["allow", "ask", "deny"]
@@ -41,6 +42,10 @@ class RoleConfig(BaseModel):
     policy: dict[str, ToolPolicy] = Field(default_factory=dict)
     #: Name of a `[models.NAME]` table for this role's llm agents; None: `agent_model`.
     model: str | None = None
+    #: Folders this role works in: its worktrees are sparse (git's cone mode) and hold
+    #: only these, the files at the top level, and their parents' files. A dispatch that
+    #: names `paths` overrides them. None: whole worktrees.
+    paths: list[str] | None = None
 
     @property
     def can_write(self) -> bool:
@@ -71,6 +76,50 @@ class AgentLimits(BaseModel):
     repeated_failure_limit: int = Field(default=3, ge=1)
 
 
+class WorktreeSettings(BaseModel):
+    """How agents' worktrees are made, set up and cleaned up (`[worktree]`).
+
+    Starting an agent must feel instant even on a big repository, a new worktree must
+    have what the user's checkout has beyond git (`.env`, installed dependencies), agents
+    running dev servers side by side must not fight over ports, and old worktrees must
+    not fill the disk, without ever losing work."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    #: Worktrees kept checked out in advance, per repository; a dispatch takes one and
+    #: only moves it to its exact base. 0 turns the pool off (each costs a checkout's
+    #: disk space).
+    pool_size: int = Field(default=2, ge=0, le=16)
+    #: `checkout.workers` for the checkouts Forkyard makes: 0 is one per core, 1 is
+    #: git's sequential checkout.
+    checkout_workers: int = Field(default=0, ge=0, le=64)
+    #: Ignored files of the user's checkout copied into every new worktree (`.env`,
+    #: `config/*.local`): gitignore-style globs relative to the repository root.
+    copy_files: list[str] = Field(default_factory=list, alias="copy")
+    #: Like `copy`, for large directories (`node_modules`, `.venv`): linked instead of
+    #: copied, so agents read the user's copy and cannot change it.
+    link: list[str] = Field(default_factory=list)
+    #: Read `.worktreeinclude` (gitignore syntax, the files to copy) when the repository
+    #: has one.
+    worktreeinclude: bool = True
+    #: A shell command run in each new worktree before its agent starts (`uv sync`),
+    #: sandboxed like agents' commands; its failure fails the agent.
+    setup: str | None = None
+    setup_timeout_seconds: float = Field(default=900.0, gt=0)
+    #: Setup commands usually download dependencies: they get the network, which
+    #: agents' own commands never do.
+    setup_network: bool = True
+    #: Each agent gets `ports_per_agent` ports of its own from `port_base` up, exported
+    #: as FORKYARD_PORT_BASE (also FORKYARD_PORT) and FORKYARD_PORTS.
+    port_base: int = Field(default=20_000, ge=1024, le=60_000)
+    ports_per_agent: int = Field(default=10, ge=1, le=100)
+    #: Worktrees of applied or discarded agents are removed this long after that
+    #: (their work kept in a ref); other agents' only when the user says so.
+    gc_grace_seconds: float = Field(default=3 * 24 * 3600.0, ge=0)
+    #: How often the server collects them; 0: only `forkyard gc`.
+    gc_interval_seconds: float = Field(default=3600.0, ge=0)
+
+
 class Settings(BaseModel):
     """Everything a user can configure. Field names are the TOML keys."""
 
@@ -86,6 +135,9 @@ class Settings(BaseModel):
     #: The `[models.NAME]` the llm backend uses unless the role names another.
     agent_model: str = "default"
     agent: AgentLimits = Field(default_factory=AgentLimits)
+    #: External agent programs (`[backends.NAME]`: codex, claude, aider, or a command).
+    backends: dict[str, ExternalBackendConfig] = Field(default_factory=dict)
+    worktree: WorktreeSettings = Field(default_factory=WorktreeSettings)
 
     def role(self, name: str) -> RoleConfig | None:
         """A configured role, else a built-in one, else None."""
@@ -127,7 +179,7 @@ class SettingsSource:
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])([A-Z])")
 # Keys under these are names the user chose (model and role names), not field names.
-_NAMED_TABLES = {"models", "roles", "policy"}
+_NAMED_TABLES = {"models", "roles", "policy", "backends"}
 
 
 def _snake(key: str) -> str:

@@ -1,0 +1,446 @@
+"""Worktrees made fast: a warm pool per repository, and the checkouts behind it.
+
+A fresh worktree of a big repository costs a full checkout (seconds for 20,000 files),
+which users feel as an agent that takes ages to start. So a few worktrees are checked
+out in advance, in the background, detached at the user's HEAD of the moment. A
+dispatch takes one: under the repository's write lock it moves the folder to the
+agent's name and creates the agent's branch (two metadata writes, milliseconds), then,
+outside the lock, points HEAD at the branch and runs a two-way `read-tree -m -u` from
+the pooled commit to the agent's base, which rewrites only the files that differ. Since
+nothing ever writes into a pooled worktree, its index and files agree with its commit,
+and the result is the same tree a fresh checkout of the base would give. The pool then
+refills behind it.
+
+Rules that keep this invisible to everything else:
+
+- Pool work holds `Repository.write_lock` only for single short metadata commands;
+  checkouts, refreshes and deletions run outside it, at a lower CPU priority.
+- Folders are removed by renaming them into a trash folder (atomic, instant) and pruning
+  git's record of them, then deleted outside any lock.
+- A checkout leaves "racily clean" index entries (files written in the second the index
+  was written), which git would re-read in full on the next status; a pooled worktree
+  is refreshed once that second has passed, so its first real use only stats files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from forkyard.settings import WorktreeSettings
+from forkyard.workspace.git import GitError, GitResult, Repository, run_git
+
+logger = logging.getLogger(__name__)
+
+POOL_DIR_NAME = ".pool"
+TRASH_DIR_NAME = ".trash"
+#: git's index timestamps have one-second granularity: entries of files written less
+#: than this long before the index are racily clean until the index is written again.
+SETTLE_SECONDS = 1.1
+#: Background checkouts yield the CPU to agents and the chat.
+BACKGROUND_NICENESS = "10"
+#: Attributes decide how blobs become files (eol, filters): when they differ between
+#: two commits, unchanged blobs may need different files, so the pool is not used.
+_ATTRIBUTES_PATHSPEC = ":(glob)**/.gitattributes"
+
+
+@dataclass
+class PooledWorktree:
+    """A pristine worktree, detached at `base`, waiting in the pool."""
+
+    path: Path
+    base: str
+
+
+def checkout_options(workers: int) -> tuple[str, ...]:
+    """`-c checkout.workers=N`: git's parallel checkout (0: one worker per core)."""
+    return ("-c", f"checkout.workers={workers}")
+
+
+async def background_git(repository: Repository, *args: str, cwd: Path) -> GitResult:
+    """git at a lower CPU priority, for work nobody waits on."""
+    nice = await anyio.to_thread.run_sync(shutil.which, "nice")
+    if nice is None:
+        return await repository.git(*args, cwd=cwd)
+    command = [nice, "-n", BACKGROUND_NICENESS, "git", "-c", "core.quotepath=off", *args]
+    done = await anyio.run_process(command, cwd=cwd, env=repository.env, check=False)
+    stderr = done.stderr.decode("utf-8", errors="replace")
+    if done.returncode != 0:
+        raise GitError(
+            f"`git {' '.join(args)}` failed (exit {done.returncode}) in {cwd}: "
+            f"{stderr.strip() or '(no message)'}",
+            returncode=done.returncode,
+            stderr=stderr,
+        )
+    return GitResult(tuple(args), done.stdout, stderr, done.returncode)
+
+
+async def add_worktree(
+    repository: Repository,
+    path: Path,
+    *,
+    commit: str,
+    branch: str | None,
+    trash_dir: Path,
+    sparse_paths: Sequence[str] = (),
+    checkout_workers: int = 0,
+    background: bool = False,
+) -> None:
+    """A new worktree at `path` checked out at `commit`, on a new branch (None: detached).
+
+    With `sparse_paths`, a sparse worktree in git's cone mode: only those folders (and
+    the files along the way) are checked out; git marks the rest skip-worktree, so
+    they count as unchanged rather than deleted. Only the registration holds the write
+    lock; a failed or cancelled checkout removes the half-made worktree (and the new
+    branch) again.
+    """
+    await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+    target = ("-b", branch) if branch else ("--detach",)
+    async with repository.write_lock:
+        await repository.git(
+            "worktree", "add", "--quiet", "--no-checkout", *target, str(path), commit
+        )
+    try:
+        if sparse_paths:
+            # The first sparse worktree turns on extensions.worktreeConfig in the
+            # repository's shared config: a write like any other.
+            async with repository.write_lock:
+                await repository.git(
+                    "sparse-checkout", "set", "--cone", "--", *sparse_paths, cwd=path
+                )
+        checkout = (*checkout_options(checkout_workers), "reset", "--hard", "--quiet")
+        checkout += ("--no-recurse-submodules",)
+        if background:
+            await background_git(repository, *checkout, cwd=path)
+        else:
+            await repository.git(*checkout, cwd=path)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await discard_folder(repository, path, trash_dir)
+            if branch is not None:
+                async with repository.write_lock:
+                    await run_git(
+                        "branch", "-D", branch, cwd=repository.root, env=repository.env, check=False
+                    )
+        raise
+
+
+async def discard_folder(repository: Repository, path: Path, trash_dir: Path) -> None:
+    """Remove a worktree that holds nothing worth keeping (a pooled or half-made one):
+    its folder is renamed into the trash, git's record of it pruned, and the files
+    deleted outside the lock. Whatever else `git worktree prune` drops (worktrees whose
+    folder vanished) is logged."""
+    trashed = await move_to_trash(path, trash_dir)
+    async with repository.write_lock:
+        await prune_worktrees(repository)
+    if trashed is not None:
+        await empty_trash_folder(trashed)
+
+
+async def move_to_trash(path: Path, trash_dir: Path) -> Path | None:
+    """Rename `path` into the trash folder (same file system: instant); None if gone."""
+    if not await anyio.Path(path).exists():
+        return None
+    await anyio.Path(trash_dir).mkdir(parents=True, exist_ok=True)
+    trashed = trash_dir / f"{path.name}-{uuid.uuid4().hex[:8]}"
+    await anyio.Path(path).rename(trashed)
+    return trashed
+
+
+async def empty_trash_folder(path: Path) -> None:
+    await anyio.to_thread.run_sync(_remove_tree, path)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def prune_worktrees(repository: Repository) -> list[str]:
+    """`git worktree prune`, logging each entry it drops; the caller holds the lock."""
+    dropped = await repository.git("worktree", "prune", "--verbose")
+    lines = [line for line in dropped.text.splitlines() if line.strip()]
+    for line in lines:
+        logger.info("git worktree prune: %s", line)
+    return lines
+
+
+async def attributes_differ(repository: Repository, old: str, new: str) -> bool:
+    found = await run_git(
+        "diff", "--quiet", old, new, "--", _ATTRIBUTES_PATHSPEC,
+        cwd=repository.root, env=repository.env, check=False,
+    )  # fmt: skip
+    if found.returncode > 1:
+        raise GitError(f"cannot compare .gitattributes of {old} and {new}: {found.stderr}")
+    return found.returncode == 1
+
+
+class WorktreePool:
+    """Prepared worktrees of one repository, kept at `settings().pool_size`.
+
+    `run` is the filler, started once in the orchestrator's task group; `take` hands a
+    pooled worktree to a dispatch. Both run on the event loop, so the list of ready
+    worktrees changes only between awaits: a worktree being refreshed or retired is
+    never in it, and `take` never sees one half-way.
+    """
+
+    def __init__(
+        self,
+        repository: Repository,
+        directory: Path,
+        trash_dir: Path,
+        settings: Callable[[], WorktreeSettings],
+        *,
+        settle_seconds: float = SETTLE_SECONDS,
+    ) -> None:
+        self.repository = repository
+        self.directory = directory
+        self.trash_dir = trash_dir
+        self._settings = settings
+        self.settle_seconds = settle_seconds
+        self._ready: list[PooledWorktree] = []
+        self._wake = anyio.Event()
+        self._changed = anyio.Event()
+        self._idle = anyio.Event()
+        #: Why the last fill failed (None when it did not): shown by `forkyard status`.
+        self.last_error: str | None = None
+
+    @property
+    def ready(self) -> list[PooledWorktree]:
+        return list(self._ready)
+
+    def wake(self) -> None:
+        """Ask the filler to look again: a worktree was taken, the settings changed."""
+        self._wake.set()
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+
+    async def wait_idle(self) -> None:
+        """Until the filler has done all it was asked and waits for more."""
+        await self._idle.wait()
+
+    async def wait_ready(self, count: int) -> None:
+        """Until at least `count` worktrees are ready (for tests and benchmarks)."""
+        while len(self._ready) < count:
+            await self._changed.wait()
+
+    def _announce(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # --- the filler ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Adopt what the last server left, then keep the pool full, forever."""
+        await self._adopt()
+        while True:
+            try:
+                await self._fill()
+                self.last_error = None
+            except (GitError, OSError) as exc:
+                # A repository without commits, a full disk: agents still start fresh.
+                self.last_error = str(exc)
+                logger.warning("worktree pool of %s: %s", self.repository.root, exc)
+            self._announce()
+            if not self._wake.is_set():
+                self._idle.set()
+            await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def _fill(self) -> None:
+        while len(self._ready) > self._settings().pool_size:
+            extra = self._ready.pop(0)
+            logger.info("worktree pool: removing %s (pool size lowered)", extra.path)
+            await discard_folder(self.repository, extra.path, self.trash_dir)
+        if self._settings().pool_size == 0:
+            return
+        head = await self.repository.resolve("HEAD")
+        for entry in list(self._ready):
+            if entry.base != head and entry in self._ready:
+                self._ready.remove(entry)
+                await self._move_pooled(entry, head)
+        while len(self._ready) < self._settings().pool_size:
+            path = self.directory / uuid.uuid4().hex[:12]
+            await add_worktree(
+                self.repository,
+                path,
+                commit=head,
+                branch=None,
+                trash_dir=self.trash_dir,
+                checkout_workers=self._settings().checkout_workers,
+                background=True,
+            )
+            await self._settle(path)
+            self._ready.append(PooledWorktree(path, head))
+            self._announce()
+
+    async def _move_pooled(self, entry: PooledWorktree, head: str) -> None:
+        """Bring a pooled worktree to the user's current HEAD, so that the next take has
+        little to check out even after the user switched branches."""
+        try:
+            await self._switch(entry.path, entry.base, head, background=True)
+            await run_git(
+                "update-ref", "--no-deref", "HEAD", head, cwd=entry.path, env=self.repository.env
+            )
+            await self._settle(entry.path)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await discard_folder(self.repository, entry.path, self.trash_dir)
+            raise
+        self._ready.append(PooledWorktree(entry.path, head))
+        self._announce()
+
+    async def _settle(self, path: Path) -> None:
+        """Rewrite the index once its entries can no longer be racily clean."""
+        await anyio.sleep(self.settle_seconds)
+        await background_git(self.repository, "update-index", "-q", "--refresh", cwd=path)
+
+    async def _switch(self, path: Path, old: str, new: str, *, background: bool) -> None:
+        """Two-way checkout of a pristine worktree from `old` to `new`: only the files
+        that differ are written."""
+        if old == new:
+            return
+        args = (*checkout_options(self._settings().checkout_workers), "read-tree", "-m", "-u")
+        args += (old, new)
+        if background:
+            await background_git(self.repository, *args, cwd=path)
+        else:
+            await self.repository.git(*args, cwd=path)
+
+    async def _adopt(self) -> None:
+        """Reuse the pooled worktrees a previous server left if they are pristine;
+        remove the rest (half-made ones, stray folders)."""
+        try:
+            listed = await self.repository.list_worktrees()
+        except GitError as exc:
+            self.last_error = str(exc)
+            return
+        directory = await anyio.to_thread.run_sync(_resolved, self.directory)
+        registered: set[Path] = set()
+        for info in listed:
+            path = await anyio.to_thread.run_sync(_resolved, info.path)
+            if not path.is_relative_to(directory):
+                continue
+            registered.add(path)
+            clean = (
+                not info.prunable
+                and info.detached
+                and info.head is not None
+                and len(self._ready) < self._settings().pool_size
+                and await self._pristine(info.path)
+            )
+            if clean and info.head is not None:
+                self._ready.append(PooledWorktree(info.path, info.head))
+            else:
+                logger.info("worktree pool: removing leftover %s", info.path)
+                await discard_folder(self.repository, info.path, self.trash_dir)
+        for stray in await anyio.to_thread.run_sync(_children, self.directory):
+            if stray not in registered:
+                logger.info("worktree pool: removing stray folder %s", stray)
+                trashed = await move_to_trash(stray, self.trash_dir)
+                if trashed is not None:
+                    await empty_trash_folder(trashed)
+        self._announce()
+
+    async def _pristine(self, path: Path) -> bool:
+        status = await run_git(
+            "status", "--porcelain", "-z", "--untracked-files=all",
+            cwd=path, env=self.repository.env, check=False,
+        )  # fmt: skip
+        return status.returncode == 0 and not status.stdout
+
+    # --- taking ----------------------------------------------------------------------
+
+    async def take(self, target: Path, branch: str, commit: str) -> bool:
+        """Make `target` a worktree on the new branch `branch` at `commit` from a pooled
+        one. False when the pool cannot serve (empty, attributes changed, a git error):
+        the caller then makes a fresh worktree, which reports any real problem itself.
+        """
+        if not self._ready:
+            self.wake()
+            return False
+        entry = self._ready.pop()
+        try:
+            return await self._take(entry, target, branch, commit)
+        finally:
+            self.wake()
+
+    async def _take(self, entry: PooledWorktree, target: Path, branch: str, commit: str) -> bool:
+        repository = self.repository
+        try:
+            if entry.base != commit and await attributes_differ(repository, entry.base, commit):
+                await discard_folder(repository, entry.path, self.trash_dir)
+                return False
+        except GitError:
+            self._ready.append(entry)
+            return False
+        await anyio.Path(target.parent).mkdir(parents=True, exist_ok=True)
+        branch_made = moved = False
+        try:
+            async with repository.write_lock:
+                made = await run_git(
+                    "update-ref", "-m", "forkyard: agent branch", f"refs/heads/{branch}",
+                    commit, "", cwd=repository.root, env=repository.env, check=False,
+                )  # fmt: skip
+                if made.returncode != 0:
+                    # Taken already: the fresh path will say so in its own words.
+                    self._ready.append(entry)
+                    return False
+                branch_made = True
+                await repository.git("worktree", "move", str(entry.path), str(target))
+                moved = True
+            await run_git(
+                "symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=target, env=repository.env
+            )
+            await self._switch(target, entry.base, commit, background=False)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                logger.info("worktree pool: %s could not start at %s: %s", target, commit, exc)
+                await discard_folder(repository, target if moved else entry.path, self.trash_dir)
+                if branch_made:
+                    async with repository.write_lock:
+                        await run_git(
+                            "branch", "-D", branch,
+                            cwd=repository.root, env=repository.env, check=False,
+                        )  # fmt: skip
+            if isinstance(exc, GitError):
+                return False
+            raise
+        return True
+
+
+def _resolved(path: Path) -> Path:
+    return path.resolve()
+
+
+def _children(directory: Path) -> list[Path]:
+    """The folders in `directory`, symlinks resolved."""
+    if not directory.is_dir():
+        return []
+    return sorted(child.resolve() for child in directory.iterdir() if child.is_dir())
+
+
+def pool_directory(worktrees_dir: Path) -> Path:
+    return worktrees_dir / POOL_DIR_NAME
+
+
+def trash_directory(worktrees_dir: Path) -> Path:
+    return worktrees_dir / TRASH_DIR_NAME
+
+
+def is_internal(path: Path, worktrees_dir: Path) -> bool:
+    """Whether `path` is the pool's or the trash's, not an agent's worktree. Resolves
+    symlinks on disk: call it from a worker thread."""
+    resolved = Path(os.path.realpath(path))
+    root = Path(os.path.realpath(worktrees_dir))
+    return any(resolved.is_relative_to(root / name) for name in (POOL_DIR_NAME, TRASH_DIR_NAME))
