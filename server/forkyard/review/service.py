@@ -10,6 +10,7 @@ kept here until it is applied, discarded or runs again.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +20,13 @@ import anyio
 from forkyard.errors import InvalidRequest
 from forkyard.orchestrator.orchestrator import Orchestrator
 from forkyard.workspace.apply import FilePlan, paths_to_read, plan_change_apply
-from forkyard.workspace.diff import file_at, file_in_commit
+from forkyard.workspace.diff import files_in_commit
 from forkyard.workspace.hunks import LocatedHunk, locate_hunks
 from forkyard_protocol.models import Agent, Conflict, FileChange
 
 logger = logging.getLogger(__name__)
 
 CurrentText = Callable[[str], Awaitable[str | None]]
-#: Files of one agent read at once when its review loads (git subprocesses).
-LOAD_CONCURRENCY = 8
 
 
 @dataclass
@@ -82,6 +81,28 @@ class ApplyPlan:
     """True when, once applied, nothing of the agent's change is left to apply."""
 
 
+def _read_texts(worktree: Path | None, paths: list[str]) -> dict[str, str | None]:
+    """The agent's version of each file (blocking: run in a worker thread). Paths come
+    from git's own diff of the worktree, so they are inside it."""
+    texts: dict[str, str | None] = {}
+    root = worktree.resolve() if worktree else None
+    for path in paths:
+        texts[path] = None
+        if worktree is None or root is None:
+            continue
+        target = worktree / path
+        try:
+            if target.is_symlink():
+                # git stores a symlink as its target path; never follow it (it may
+                # point outside the worktree).
+                texts[path] = os.readlink(target)
+            elif target.resolve().is_relative_to(root):
+                texts[path] = target.read_text(encoding="utf-8", errors="replace")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            pass
+    return texts
+
+
 class ReviewService:
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orchestrator = orchestrator
@@ -102,26 +123,17 @@ class ReviewService:
         root = self.orchestrator.repository.root
         diff = await self.orchestrator.diff(agent.id)
         review = AgentReview(agent)
-        limiter = anyio.CapacityLimiter(LOAD_CONCURRENCY)
-
-        async def load_file(change: FileChange) -> None:
-            async with limiter:
-                base_text = None
-                if change.status != "added":
-                    base_text = await file_in_commit(
-                        root, agent.base_ref, change.old_path or change.path
-                    )
-                agent_text = None
-                if change.status != "deleted" and agent.worktree:
-                    agent_text = await file_at(Path(agent.worktree), change.path)
-            review.files[change.path] = FileReview(change, base_text, agent_text)
-
-        async with anyio.create_task_group() as group:
-            for change in diff.files if diff else []:
-                group.start_soon(load_file, change)
-        # Keep the diff's order (the task group finishes files in any order).
-        order = [c.path for c in diff.files] if diff else []
-        review.files = {path: review.files[path] for path in order}
+        changes = diff.files if diff else []
+        base_paths = [c.old_path or c.path for c in changes if c.status != "added"]
+        base_texts = await files_in_commit(root, agent.base_ref, base_paths)
+        worktree = Path(agent.worktree) if agent.worktree else None
+        agent_paths = [c.path for c in changes if c.status != "deleted"]
+        agent_texts = await anyio.to_thread.run_sync(_read_texts, worktree, agent_paths)
+        for change in changes:
+            base_text = (
+                None if change.status == "added" else base_texts.get(change.old_path or change.path)
+            )
+            review.files[change.path] = FileReview(change, base_text, agent_texts.get(change.path))
         self._reviews[agent.id] = review
         return review
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -155,6 +155,46 @@ async def file_in_commit(
     if len(parts) != 3 or parts[1] != b"blob":
         return None  # "<name> missing", or a folder or submodule rather than a file
     return rest[: int(parts[2])].decode("utf-8", errors="replace")
+
+
+async def files_in_commit(
+    repo_root: Path, commit: str, paths: Sequence[str], env: Mapping[str, str] | None = None
+) -> dict[str, str | None]:
+    """`file_in_commit` for many paths with one `git cat-file --batch`: loading a large
+    agent's review must not start a git process per file."""
+    if not paths:
+        return {}
+    if any("\n" in path for path in paths):
+        return {path: await file_in_commit(repo_root, commit, path, env) for path in paths}
+    environment = git_environment(env)
+    found = await run_git(
+        "rev-parse", "--verify", "--quiet", "--end-of-options", f"{commit}^{{commit}}",
+        cwd=repo_root, env=environment, check=False,
+    )  # fmt: skip
+    if found.returncode != 0:
+        raise GitError(f"unknown revision: {commit!r} is not a commit in {repo_root}")
+    request = "".join(f"{found.line}:{_checked_relative(p).as_posix()}\n" for p in paths)
+    batch = await run_git(
+        "cat-file", "--batch", cwd=repo_root, env=environment, input=request.encode()
+    )
+    return await anyio.to_thread.run_sync(_split_batch, batch.stdout, list(paths))
+
+
+def _split_batch(output: bytes, paths: list[str]) -> dict[str, str | None]:
+    texts: dict[str, str | None] = {}
+    position = 0
+    for path in paths:
+        end = output.index(b"\n", position)
+        parts = output[position:end].split()
+        position = end + 1
+        if len(parts) == 3 and parts[1] in (b"blob", b"tree", b"commit", b"tag"):
+            size = int(parts[2])
+            body = output[position : position + size]
+            position += size + 1
+            texts[path] = body.decode("utf-8", errors="replace") if parts[1] == b"blob" else None
+        else:
+            texts[path] = None  # "<name> missing"
+    return texts
 
 
 def unquote_git_path(text: str) -> str:
