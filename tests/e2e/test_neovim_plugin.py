@@ -84,6 +84,10 @@ def test_run_list_diff_apply_and_chat(tmp_path: Path, server_env: dict[str, str]
     assert result["list_line_at_open"].startswith("#1 ")
     assert GREETING_TASK in result["list_line_at_open"]
     assert "done" in result["list_line_done"] and "1 file +1 -1" in result["list_line_done"]
+    details = result["details"]
+    assert details[0] == f"# agent #1: {GREETING_TASK}"
+    assert "- state: `done`" in details
+    assert any(GREETING_TASK in line for line in details[details.index("## Log") :])
     assert result["completion_diff"] == ["1"]
     assert {"chat", "run", "dispatch", "agents", "diff", "apply"} <= set(
         result["completion_subcommands"]
@@ -156,6 +160,7 @@ def test_chat_streams_stops_and_shows_agent_events(
     fake_model_server.script(
         Reply(text=hello, delay_per_chunk=0.05),
         Reply(text="one two three four five six seven", hold=True, hold_after_chunks=2),
+        Reply(text="It returns the greeting."),
         Reply(tool_calls=[("finish", {"summary": "The greeting is in app.py."})]),
     )
     repo = make_repo(tmp_path / "repo", {"app.py": APP})
@@ -167,6 +172,12 @@ def test_chat_streams_stops_and_shows_agent_events(
     partial = [s for s in result["snapshots"] if "Hello" in s and hello not in s]
     assert partial, "the reply shows while it streams"
     assert fake_model_server.requests[0].text.count("Say hello") >= 1
+
+    asked = fake_model_server.requests[2].text
+    lines_of_app = APP.splitlines()
+    assert "What does this line do?" in asked
+    selected_line = json.dumps(lines_of_app[1])[1:-1]  # as it is spelled inside the JSON
+    assert "app.py lines 2-2" in asked and selected_line in asked, asked
 
     interrupted = result["interrupted_lines"]
     assert "_(interrupted)_" in interrupted
@@ -181,12 +192,22 @@ def test_chat_streams_stops_and_shows_agent_events(
 
 
 @needs_nvim
-def test_checkhealth_reports_ok(
+def test_checkhealth_reports_ok_and_help_is_found(
     tmp_path: Path, server_env: dict[str, str], fake_model_server: FakeModelServer
 ) -> None:
     repo = make_repo(tmp_path / "repo", {"app.py": APP})
+    help_dir = tmp_path / "installed"
+    (help_dir / "doc").mkdir(parents=True)
+    shutil.copy(PLUGIN / "doc" / "forkyard.txt", help_dir / "doc")
+    tags = ["forkyard", "forkyard-setup", ":Forkyard-run", "forkyard-review", "forkyard.setup()"]
     result = run_scenario(
-        "checkhealth", tmp_path, server_env, repo, model_url=fake_model_server.openai_base_url
+        "checkhealth",
+        tmp_path,
+        server_env,
+        repo,
+        model_url=fake_model_server.openai_base_url,
+        help_dir=str(help_dir),
+        help_tags=tags,
     )
     assert result["health_filetype"] == "checkhealth"
     text = "\n".join(result["health"])
@@ -203,3 +224,21 @@ def test_checkhealth_reports_ok(
     ):
         assert expected in text, text
     assert "WARNING" not in text and "ERROR" not in text, text
+
+    for tag in tags:
+        found = result["help"][tag]
+        assert found["file"] == "forkyard.txt", (tag, found)
+        assert f"*{tag}" in found["line"] or tag == "forkyard", (tag, found)
+
+
+@needs_nvim
+def test_a_missing_server_is_reported(tmp_path: Path, server_env: dict[str, str]) -> None:
+    repo = make_repo(tmp_path / "repo", {"app.py": APP})
+    missing = str(tmp_path / "no-such-forkyard")
+    result = run_scenario("no_server", tmp_path, server_env, repo, missing_cmd=missing)
+
+    assert result["clients"] == 0
+    messages = [n["message"] for n in result["notifications"]]
+    assert any(f"{missing} is not executable" in m for m in messages), messages
+    health = "\n".join(result["health"])
+    assert f"ERROR server command not found: {missing}" in health, health

@@ -56,6 +56,15 @@ H.run(function()
   H.result.interrupted_lines = H.lines(view.transcript)
   H.step('interrupted')
 
+  -- A question about the lines selected in a file window: they go along as context.
+  vim.cmd('wincmd t')
+  vim.cmd('2,2Forkyard chat')
+  view:send('What does this line do?')
+  H.wait_for('the answer about the selection', function()
+    return turn_state(view) == 'completed' and has_line(view.transcript, 'It returns the greeting')
+  end)
+  H.step('context')
+
   -- From a file window, as a user would type it.
   vim.cmd('wincmd t')
   vim.cmd('Forkyard dispatch --role explorer Find the greeting')

@@ -135,7 +135,8 @@ local function check_server()
   local exe = vim.fn.exepath(cmd[1])
   if exe == '' then
     health.error(('server command not found: %s'):format(cmd[1]), {
-      'Install Forkyard (`uv tool install forkyard` or `pipx install forkyard`), or set `cmd` in setup()',
+      'Install Forkyard so that `forkyard` is on PATH (`uv tool install /path/to/forkyard`)',
+      'or set `cmd` in setup(), e.g. { "uv", "run", "--project", "/path/to/forkyard", "forkyard", "serve" }',
     })
     return nil
   end

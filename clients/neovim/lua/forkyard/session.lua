@@ -29,7 +29,7 @@ local CLIENT_NAME = 'forkyard'
 ---@field root string
 ---@field client_id integer?
 ---@field ready boolean
----@field pending fun()[]
+---@field pending {send: fun(), fail: fun(why: string)}[]
 ---@field agents table<string, table>  agent id -> Agent (wire format)
 ---@field threads table<string, forkyard.Thread>
 ---@field last_thread_id string?
@@ -177,9 +177,15 @@ function Session:client_config()
     on_init = function(client, result)
       self:_on_init(client, result)
     end,
-    on_exit = function(_, _, client_id)
-      if self.client_id == client_id then
-        self.client_id, self.ready = nil, false
+    on_exit = function(code, _, client_id)
+      if self.client_id ~= client_id then
+        return
+      end
+      self.client_id, self.ready = nil, false
+      local queued = self.pending
+      self.pending = {}
+      for _, item in ipairs(queued) do
+        item.fail(('the Forkyard server exited (code %s) before it was ready'):format(code))
       end
     end,
   }
@@ -191,6 +197,15 @@ end
 ---@return integer? client_id
 function Session:start(bufnr)
   local cfg = self:client_config()
+  local exe = type(cfg.cmd) == 'table' and cfg.cmd[1] or nil
+  if exe and vim.fn.executable(exe) ~= 1 then
+    -- Said once, not at every buffer opened; commands say it again when used.
+    if not self.told_missing then
+      self.told_missing = true
+      vim.notify('Forkyard: ' .. self:_start_failure(), vim.log.levels.WARN, { title = 'forkyard' })
+    end
+    return nil
+  end
   local client_id
   if bufnr then
     client_id = vim.lsp.start(cfg, { bufnr = bufnr, reuse_client = reuse })
@@ -215,8 +230,8 @@ function Session:_on_init(client, result)
   self.capabilities = type(experimental) == 'table' and experimental or {}
   local queued = self.pending
   self.pending = {}
-  for _, fn in ipairs(queued) do
-    fn()
+  for _, item in ipairs(queued) do
+    item.send()
   end
   -- Agents from earlier sessions of the server (the store survives restarts).
   self:request('forkyard/agent/list', vim.empty_dict(), function(err, res)
@@ -236,34 +251,47 @@ end
 ---@param callback fun(err: table?, result: any)?
 function Session:request(method, params, callback)
   callback = callback or function() end
+  local function not_running(why)
+    callback({ code = -32803, message = why or 'the Forkyard server is not running' }, nil)
+  end
   local function send()
     local client = self:client()
     if not client then
-      callback({ code = -32803, message = 'the Forkyard server is not running' }, nil)
-      return
+      return not_running()
     end
     local ok = compat.request(client, method, params, function(err, result)
       callback(err, result)
     end)
     if not ok then
-      callback({ code = -32803, message = 'the Forkyard server is not running' }, nil)
+      not_running()
     end
   end
-  if not self:client() then
-    self:start(nil)
+  if not self:client() and not self:start(nil) then
+    return not_running(self:_start_failure())
   end
   if self.ready and self:client() then
     send()
   else
-    table.insert(self.pending, send)
+    -- Answered when the server has initialized, or failed when it exits before that.
+    table.insert(self.pending, { send = send, fail = not_running })
   end
+end
+
+--- Why the server cannot be started, as far as we can tell.
+function Session:_start_failure()
+  local cmd = self:client_config().cmd
+  local exe = type(cmd) == 'table' and cmd[1] or nil
+  if exe and vim.fn.executable(exe) ~= 1 then
+    return ('cannot start the Forkyard server: %s is not executable (see :checkhealth forkyard)'):format(exe)
+  end
+  return 'cannot start the Forkyard server (see :checkhealth forkyard and :LspLog)'
 end
 
 --- A request answered before returning, for the few places that must (completion,
 --- health). Waits at most `timeout_ms`.
 function Session:request_sync(method, params, timeout_ms)
-  if not self:client() then
-    self:start(nil)
+  if not self:client() and not self:start(nil) then
+    return nil, self:_start_failure()
   end
   local ok = vim.wait(timeout_ms, function()
     return self.ready and self:client() ~= nil

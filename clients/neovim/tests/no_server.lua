@@ -1,0 +1,26 @@
+-- A server command that does not exist: commands say so through vim.notify instead of
+-- failing silently or hanging, and :checkhealth forkyard reports it as an error.
+local H = dofile(vim.fs.joinpath(vim.fs.dirname(debug.getinfo(1, 'S').source:sub(2)), 'harness.lua'))
+local c = H.config
+
+H.run(function()
+  H.capture_notifications()
+  H.setup({ cmd = { c.missing_cmd, 'serve' } })
+  vim.cmd.edit(vim.fn.fnameescape(c.file))
+  H.result.clients = #vim.lsp.get_clients({ name = 'forkyard' })
+  vim.cmd('Forkyard run true')
+  H.wait_for('the failure to be told', function()
+    return H.notified('not executable')
+  end)
+  vim.cmd('Forkyard bogus')
+  H.wait_for('the unknown subcommand to be told', function()
+    return H.notified('unknown subcommand')
+  end)
+  vim.cmd('Forkyard diff')
+  H.wait_for('the usage to be told', function()
+    return H.notified('usage: :Forkyard diff')
+  end)
+  vim.cmd('checkhealth forkyard')
+  H.result.health = H.lines(vim.api.nvim_get_current_buf())
+  H.step('told')
+end)
