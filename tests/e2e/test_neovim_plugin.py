@@ -123,7 +123,7 @@ def test_run_list_diff_apply_and_chat(tmp_path: Path, server_env: dict[str, str]
 
 
 @needs_nvim
-def test_hunk_by_stock_code_action_then_discard_and_cancel(
+def test_hunk_by_stock_code_action_then_discard_cancel_and_follow_up(
     tmp_path: Path, server_env: dict[str, str]
 ) -> None:
     repo = make_repo(tmp_path / "repo", {"app.py": APP})
@@ -148,6 +148,11 @@ def test_hunk_by_stock_code_action_then_discard_and_cancel(
     assert result["buffer_after_discard"] == AGENT_APP, "discarding leaves applied work"
     assert result["cancel_completion"] == ["2"], "only running agents to cancel"
     assert result["cancelled_state"] == "cancelled"
+    assert result["follow_up"] == {
+        "state": "done",
+        "changes": {"files": 1, "additions": 1, "deletions": 0},
+    }
+    assert result["apply_file_completion"] == ["hi.txt"]
     messages = [n["message"] for n in result["notifications"]]
     assert any("agent #2" in m and "cancelled" in m for m in messages), "through vim.notify"
 
@@ -238,6 +243,11 @@ def test_a_missing_server_is_reported(tmp_path: Path, server_env: dict[str, str]
     result = run_scenario("no_server", tmp_path, server_env, repo, missing_cmd=missing)
 
     assert result["clients"] == 0
+    assert result["follow_up"] == {
+        "state": "done",
+        "changes": {"files": 1, "additions": 1, "deletions": 0},
+    }
+    assert result["apply_file_completion"] == ["hi.txt"]
     messages = [n["message"] for n in result["notifications"]]
     assert any(f"{missing} is not executable" in m for m in messages), messages
     health = "\n".join(result["health"])

@@ -1,6 +1,7 @@
 -- Review with Neovim's own tools: a done agent's hunks show as vim.diagnostic hints, the
 -- stock vim.lsp.buf.code_action{apply=true} applies one hunk into the buffer; then
--- :Forkyard discard clears the rest, and :Forkyard cancel stops a running agent.
+-- :Forkyard discard clears the rest, :Forkyard cancel stops a running agent, and
+-- :Forkyard follow runs it again.
 local H = dofile(vim.fs.joinpath(vim.fs.dirname(debug.getinfo(1, 'S').source:sub(2)), 'harness.lua'))
 local c = H.config
 
@@ -72,4 +73,14 @@ H.run(function()
     end
   end)
   H.step('cancelled')
+
+  -- A follow-up to the cancelled agent runs again in its worktree.
+  vim.cmd('Forkyard follow 2 echo hi > hi.txt')
+  H.wait_for('agent #2 to run again', function()
+    return H.agent(2).state ~= 'cancelled'
+  end)
+  local again = H.wait_agent_state(2, { 'done', 'failed' })
+  H.result.follow_up = { state = again.state, changes = again.changes }
+  H.result.apply_file_completion = vim.fn.getcompletion('Forkyard apply 2 ', 'cmdline')
+  H.step('followed up')
 end)

@@ -4,26 +4,11 @@
 --- notification updates every open view and nothing polls the server.
 local compat = require('forkyard.compat')
 local config = require('forkyard.config')
+local threads = require('forkyard.threads')
 
 local M = {}
 
 local CLIENT_NAME = 'forkyard'
-
----@class forkyard.ThreadEntry
----@field id string
----@field role "user"|"assistant"|"event"
----@field text string
----@field agent_id string?
----@field streaming boolean
----@field turn_id string?
-
----@class forkyard.Thread
----@field id string
----@field title string?
----@field entries forkyard.ThreadEntry[]
----@field by_id table<string, forkyard.ThreadEntry>
----@field turn {id: string, state: string, error: string?}? the latest turn
----@field turn_states table<string, {state: string, error: string?}> turn id -> state
 
 ---@class forkyard.Session
 ---@field root string
@@ -354,88 +339,32 @@ end
 
 -- --- threads --------------------------------------------------------------------------------
 
----@param thread_id string
----@return forkyard.Thread
 function Session:thread(thread_id)
-  local thread = self.threads[thread_id]
-  if not thread then
-    thread = { id = thread_id, entries = {}, by_id = {}, turn = nil, turn_states = {} }
-    self.threads[thread_id] = thread
-  end
-  return thread
-end
-
-local function add_entry(thread, message, streaming)
-  local entry = {
-    id = message.id,
-    role = message.role,
-    text = message.text or '',
-    agent_id = message.agentId ~= vim.NIL and message.agentId or nil,
-    turn_id = message.turnId ~= vim.NIL and message.turnId or nil,
-    streaming = streaming,
-  }
-  table.insert(thread.entries, entry)
-  thread.by_id[entry.id] = entry
-  return entry
+  return threads.get(self.threads, thread_id)
 end
 
 function Session:_on_delta(params)
-  local thread = self:thread(params.threadId)
-  local entry = thread.by_id[params.messageId]
-  if entry then
-    entry.text = entry.text .. params.delta
-  else
-    entry = add_entry(
-      thread,
-      { id = params.messageId, role = 'assistant', text = params.delta, turnId = params.turnId },
-      true
-    )
-  end
+  local thread, entry = threads.delta(self.threads, params)
   self:emit('thread', thread.id, entry)
 end
 
 function Session:_on_message(message)
-  local thread = self:thread(message.threadId)
-  local entry = thread.by_id[message.id]
-  if entry then
-    entry.text, entry.streaming = message.text, false
-  else
-    entry = add_entry(thread, message, false)
-  end
-  self.last_thread_id = message.threadId
+  local thread, entry = threads.message(self.threads, message)
+  self.last_thread_id = thread.id
   self:emit('thread', thread.id, entry)
 end
 
 function Session:_on_turn(params)
-  local thread = self:thread(params.threadId)
-  local error_text = params.error ~= vim.NIL and params.error or nil
-  thread.turn = { id = params.turnId, state = params.state, error = error_text }
-  thread.turn_states[params.turnId] = thread.turn
-  self:emit('thread', thread.id, nil)
+  self:emit('thread', threads.turn(self.threads, params).id, nil)
 end
 
---- Load a thread's stored messages (once), merged with what streamed meanwhile.
+--- Load a thread's stored messages, merged with what streamed meanwhile.
 function Session:load_thread(thread_id, callback)
   self:request('forkyard/thread/read', { threadId = thread_id }, function(err, result)
     if err then
       return callback(err)
     end
-    local thread = self:thread(thread_id)
-    thread.title = result.thread and result.thread.title or thread.title
-    local streamed = thread.entries
-    thread.entries, thread.by_id = {}, {}
-    for _, message in ipairs(result.messages or {}) do
-      add_entry(thread, message, false)
-    end
-    for _, entry in ipairs(streamed) do
-      local stored = thread.by_id[entry.id]
-      if not stored then
-        table.insert(thread.entries, entry)
-        thread.by_id[entry.id] = entry
-      elseif entry.streaming and #entry.text > #stored.text then
-        stored.text, stored.streaming = entry.text, true
-      end
-    end
+    local thread = threads.merge_stored(self.threads, thread_id, result)
     self:emit('thread', thread_id, nil)
     callback(nil, thread)
   end)
