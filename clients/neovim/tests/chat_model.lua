@@ -47,7 +47,7 @@ H.run(function()
 
   view:send('Count slowly')
   H.wait_for('the held reply to start streaming', function()
-    return has_line(view.transcript, 'one')
+    return has_line(view.transcript, '^one')
   end)
   vim.cmd('Forkyard stop')
   H.wait_for('the turn to be interrupted', function()
