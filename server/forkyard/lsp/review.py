@@ -63,26 +63,33 @@ class Review:
         return (self.root / path).as_uri()
 
     def _document(self, path: str) -> Any:
+        return self._documents().get(path)
+
+    def _documents(self) -> dict[str, Any]:
+        """Open documents by repository path."""
+        found: dict[str, Any] = {}
         for uri, document in self.server.workspace.text_documents.items():
-            if self.path_of(uri) == path:
-                return document
-        return None
+            if (path := self.path_of(uri)) is not None:
+                found[path] = document
+        return found
 
     async def current_text(self, path: str) -> str | None:
         """The user's text of a file: the open buffer, else the file on disk."""
-        document = self._document(path)
-        if document is not None:
-            source: str = document.source
-            return source
-        target = self.root / path
+        return (await self.current_texts([path]))[path]
 
-        def read() -> str | None:
-            try:
-                return target.read_text(encoding="utf-8", errors="replace")
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                return None
-
-        return await anyio.to_thread.run_sync(read)
+    async def current_texts(self, paths: list[str]) -> dict[str, str | None]:
+        """Many files' current texts, with one worker thread for those read from disk."""
+        documents = self._documents()
+        texts: dict[str, str | None] = {}
+        on_disk: list[str] = []
+        for path in paths:
+            if (document := documents.get(path)) is not None:
+                texts[path] = document.source
+            else:
+                on_disk.append(path)
+        if on_disk:
+            texts |= await anyio.to_thread.run_sync(_read_disk_texts, self.root, on_disk)
+        return texts
 
     @property
     def encoding(self) -> str:
@@ -92,50 +99,37 @@ class Review:
     # --- diagnostics ------------------------------------------------------------------
 
     async def diagnostics_for(self, path: str) -> list[types.Diagnostic]:
-        text = await self.current_text(path)
-        if text is None:
-            return []
-        lines = split_lines(text)
-        found: list[types.Diagnostic] = []
-        for review, file in self.app.review.for_path(path):
-            located = await file.located_async(text)
-            hunks = {h.id: h for h in file.change.hunks}
-            for hunk in located:
-                if not hunk.applies:
-                    continue
-                start_line, start_char, end_line, end_char = diagnostic_range(
-                    hunk,
-                    lines,
-                    self.encoding,  # type: ignore[arg-type]
-                )
-                source_hunk = hunks[hunk.hunk_id]
-                added = sum(1 for line in source_hunk.text.splitlines() if line.startswith("+"))
-                removed = sum(1 for line in source_hunk.text.splitlines() if line.startswith("-"))
-                agent = review.agent
-                found.append(
-                    types.Diagnostic(
-                        range=types.Range(
-                            start=types.Position(line=start_line, character=start_char),
-                            end=types.Position(line=end_line, character=end_char),
-                        ),
-                        severity=types.DiagnosticSeverity.Hint,
-                        source=SOURCE,
-                        message=f"agent #{agent.number}: {agent.title} (+{added} -{removed})",
-                        data={"agentId": agent.id, "hunkId": hunk.hunk_id},
-                    )
-                )
-        return found
+        return (await self.diagnostics_for_paths([path]))[path]
+
+    async def diagnostics_for_paths(self, paths: list[str]) -> dict[str, list[types.Diagnostic]]:
+        """Diagnostics of many files in one worker thread: an agent that changed hundreds
+        of files must not cost the event loop hundreds of thread hops."""
+        texts = await self.current_texts(paths)
+        pairs = {path: self.app.review.for_path(path) for path in paths}
+        encoding = self.encoding
+
+        def compute() -> dict[str, list[types.Diagnostic]]:
+            return {
+                path: _diagnostics(text, pairs[path], encoding) if text is not None else []
+                for path, text in texts.items()
+            }
+
+        return await anyio.to_thread.run_sync(compute)
 
     async def publish(self, path: str) -> None:
-        diagnostics = await self.diagnostics_for(path)
-        if diagnostics or path in self._published:
-            self.server.text_document_publish_diagnostics(
-                types.PublishDiagnosticsParams(uri=self.uri_of(path), diagnostics=diagnostics)
-            )
-        if diagnostics:
-            self._published.add(path)
-        else:
-            self._published.discard(path)
+        await self.publish_paths([path])
+
+    async def publish_paths(self, paths: list[str]) -> None:
+        found = await self.diagnostics_for_paths(paths)
+        for path, diagnostics in found.items():
+            if diagnostics or path in self._published:
+                self.server.text_document_publish_diagnostics(
+                    types.PublishDiagnosticsParams(uri=self.uri_of(path), diagnostics=diagnostics)
+                )
+            if diagnostics:
+                self._published.add(path)
+            else:
+                self._published.discard(path)
 
     def refresh_soon(self, path: str) -> None:
         """Coalesce bursts of edits into one recomputation."""
@@ -168,9 +162,7 @@ class Review:
         except Exception:
             logger.exception("cannot load the review of agent #%s", agent.number)
             return
-        async with anyio.create_task_group() as group:
-            for path in review.files:
-                group.start_soon(self.publish, path)
+        await self.publish_paths(list(review.files))
         if self.supports_message_actions():
             await self._ask_what_next(review)
 
@@ -348,6 +340,52 @@ class Review:
                     _action(f"Discard agent #{n}", SOURCE_KIND, agent, None, None, [], lazy),
                 ]
         return actions
+
+
+def _read_disk_texts(root: Path, paths: list[str]) -> dict[str, str | None]:
+    texts: dict[str, str | None] = {}
+    for path in paths:
+        try:
+            texts[path] = (root / path).read_text(encoding="utf-8", errors="replace")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            texts[path] = None
+    return texts
+
+
+def _diagnostics(
+    text: str, pairs: list[tuple[AgentReview, FileReview]], encoding: str
+) -> list[types.Diagnostic]:
+    """Hint diagnostics over every applicable hunk of every agent changing this file.
+    Pure and blocking: runs in a worker thread."""
+    lines = split_lines(text)
+    found: list[types.Diagnostic] = []
+    for review, file in pairs:
+        hunks = {h.id: h for h in file.change.hunks}
+        agent = review.agent
+        for hunk in file.located(text):
+            if not hunk.applies:
+                continue
+            start_line, start_char, end_line, end_char = diagnostic_range(
+                hunk,
+                lines,
+                encoding,  # type: ignore[arg-type]
+            )
+            hunk_lines = hunks[hunk.hunk_id].text.splitlines()
+            added = sum(1 for line in hunk_lines if line.startswith("+"))
+            removed = sum(1 for line in hunk_lines if line.startswith("-"))
+            found.append(
+                types.Diagnostic(
+                    range=types.Range(
+                        start=types.Position(line=start_line, character=start_char),
+                        end=types.Position(line=end_line, character=end_char),
+                    ),
+                    severity=types.DiagnosticSeverity.Hint,
+                    source=SOURCE,
+                    message=f"agent #{agent.number}: {agent.title} (+{added} -{removed})",
+                    data={"agentId": agent.id, "hunkId": hunk.hunk_id},
+                )
+            )
+    return found
 
 
 def _wanted(kind: str, only: Sequence[str] | None) -> bool:

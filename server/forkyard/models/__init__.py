@@ -5,11 +5,9 @@ yields `TextDelta`s then one `Completion`; every failure is a `ModelError` whose
 is fit to show the user.
 """
 
-from forkyard.models.anthropic_provider import AnthropicChatModel
 from forkyard.models.config import ModelConfig
 from forkyard.models.errors import ModelError, ModelErrorKind
 from forkyard.models.factory import PLACEHOLDER_API_KEY, create_chat_model
-from forkyard.models.openai_provider import OpenAIChatModel
 from forkyard.models.types import (
     ChatMessage,
     ChatModel,
@@ -48,3 +46,16 @@ __all__ = [
     "estimate_message_tokens",
     "estimate_tokens",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The provider classes load their SDK, which is slow: import them on first use."""
+    if name == "AnthropicChatModel":
+        from forkyard.models.anthropic_provider import AnthropicChatModel
+
+        return AnthropicChatModel
+    if name == "OpenAIChatModel":
+        from forkyard.models.openai_provider import OpenAIChatModel
+
+        return OpenAIChatModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

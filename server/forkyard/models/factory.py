@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from forkyard.models.anthropic_provider import ANTHROPIC_DEFAULT_BASE_URL, AnthropicChatModel
 from forkyard.models.config import ModelConfig
 from forkyard.models.errors import missing_key_error
-from forkyard.models.openai_provider import OPENAI_DEFAULT_BASE_URL, OpenAIChatModel
 from forkyard.models.types import ChatModel
 
 #: Sent when no key is configured: local servers (Ollama, llama.cpp, vLLM) ignore it,
@@ -23,6 +21,14 @@ def create_chat_model(config: ModelConfig, environ: Mapping[str, str]) -> ChatMo
     settings alone decide which endpoint and which key a model uses. Raises `ModelError`
     when a configured key variable is not set for a provider that needs one.
     """
+    # The SDKs are imported here, not at the top: loading them takes a second or two,
+    # which a server without a configured model should not pay at every start.
+    from forkyard.models.anthropic_provider import (
+        ANTHROPIC_DEFAULT_BASE_URL,
+        AnthropicChatModel,
+    )
+    from forkyard.models.openai_provider import OPENAI_DEFAULT_BASE_URL, OpenAIChatModel
+
     api_key = _api_key(config, environ)
     if config.provider == "anthropic":
         return AnthropicChatModel(

@@ -13,7 +13,8 @@ from typing import Generic, Protocol, TypeVar
 
 import anyio
 
-from forkyard.models.errors import SDK_ERRORS, ModelError, translate_error
+from forkyard.models.errors import ModelError
+from forkyard.models.sdk_errors import SDK_ERRORS, translate_error
 
 
 class _Closable(Protocol):
