@@ -1,4 +1,4 @@
-"""`forkyard serve | demo | schema`."""
+"""`forkyard serve | demo | schema | gc | status`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from forkyard.settings import Settings
+    from forkyard.workspace.git import Repository
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "protocol" / "schema" / "forkyard.schema.json"
 
@@ -23,6 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     schema = commands.add_parser("schema", help="write the protocol's JSON Schema")
     schema.add_argument("--output", type=Path, default=SCHEMA_PATH)
     schema.add_argument("--check", action="store_true", help="fail if the file is stale")
+    gc = commands.add_parser(
+        "gc",
+        help="remove worktrees of agents applied or discarded longer than the grace period",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="report, remove nothing")
+    gc.add_argument("--repo", type=Path, default=Path("."), help="the repository (default: .)")
+    gc.add_argument(
+        "--agent",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="also remove agent #N's worktree whatever its state (its work is kept in a ref)",
+    )
+    status = commands.add_parser("status", help="agents' worktrees and the disk they use")
+    status.add_argument("--repo", type=Path, default=Path("."), help="the repository")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -31,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         from forkyard.demo import run_demo
 
         return run_demo(keep=args.keep)
+    if args.command in ("gc", "status"):
+        import anyio
+
+        if args.command == "gc":
+            return anyio.run(_gc, args.repo, args.dry_run, frozenset(args.agent))
+        return anyio.run(_status, args.repo)
     return _schema(args.output, check=args.check)
 
 
@@ -67,6 +94,96 @@ def _schema(output: Path, *, check: bool) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     print(f"wrote {output}")
+    return 0
+
+
+async def _open_repository(repo: Path) -> tuple[Repository, Settings, Path, str] | None:
+    """The repository at `repo`, its settings, state directory and store key; None (and
+    a message) when `repo` is not in a git repository."""
+    import anyio
+    import anyio.to_thread
+
+    from forkyard.orchestrator.orchestrator import repository_key
+    from forkyard.settings import current_environ, load_settings
+    from forkyard.workspace.git import GitError, Repository
+
+    environ = current_environ()
+    try:
+        repository = await Repository.discover(Path(await anyio.Path(repo).absolute()))
+    except GitError as exc:
+        print(f"forkyard: {exc}", file=sys.stderr)
+        return None
+    loaded = await anyio.to_thread.run_sync(load_settings, repository.root, environ)
+    for problem in loaded.problems:
+        print(problem, file=sys.stderr)
+    state_dir = loaded.settings.resolved_state_dir(environ)
+    return repository, loaded.settings, state_dir, repository_key(repository.root)
+
+
+async def _gc(repo: Path, dry_run: bool, forced: frozenset[int]) -> int:
+    """`forkyard gc`: the server's rules (workspace/gc.py), run on the store directly, so
+    it works whether a server runs or not."""
+    from forkyard.clock import now_iso
+    from forkyard.orchestrator.orchestrator import worktrees_directory
+    from forkyard.store import Store
+    from forkyard.workspace.gc import Removal, collect_garbage
+    from forkyard_protocol.models import Agent, LogEntry
+
+    opened = await _open_repository(repo)
+    if opened is None:
+        return 2
+    repository, settings, state_dir, key = opened
+    async with await Store.open(state_dir) as store:
+
+        async def removed(agent: Agent, removal: Removal) -> None:
+            stamp = now_iso()
+            text = (
+                f"worktree {removal.worktree} removed by `forkyard gc`; "
+                f"its work is kept at {removal.keep_ref}"
+            )
+            update = {"worktree": None, "branch": None, "updated_at": stamp}
+            await store.save_agent(key, agent.model_copy(update=update))
+            await store.append_log(agent.id, [LogEntry(time=stamp, kind="system", text=text)])
+
+        report = await collect_garbage(
+            repository,
+            await store.load_agents(key),
+            worktrees_dir=worktrees_directory(state_dir, key),
+            grace_seconds=settings.worktree.gc_grace_seconds,
+            dry_run=dry_run,
+            forced=forced,
+            on_removed=removed,
+        )
+    for line in report.lines():
+        print(line)
+    return 1 if report.errors else 0
+
+
+async def _status(repo: Path) -> int:
+    """`forkyard status`: every agent's worktree and the disk it uses, the pool's too."""
+    from forkyard.orchestrator.orchestrator import worktrees_directory
+    from forkyard.store import Store
+    from forkyard.workspace.gc import human_bytes, worktree_usage
+
+    opened = await _open_repository(repo)
+    if opened is None:
+        return 2
+    repository, _settings, state_dir, key = opened
+    async with await Store.open(state_dir) as store:
+        agents = await store.load_agents(key)
+    uses = await worktree_usage(repository, agents, worktrees_directory(state_dir, key))
+    print(f"{repository.root}: {len(agents)} agent(s), worktrees under {state_dir}")
+    for use in uses:
+        if use.agent is not None:
+            name = f"#{use.agent.number} {use.agent.state}"
+            where = use.path if use.exists else f"{use.path} (folder missing)"
+            print(f"  {name:<18} {human_bytes(use.disk_bytes):>10}  {where}  {use.agent.title}")
+        else:
+            print(f"  {use.kind:<18} {human_bytes(use.disk_bytes):>10}  {use.path}")
+    for info in await repository.list_worktrees():
+        if info.prunable:
+            print(f"  vanished           {'':>10}  {info.path} (`forkyard gc` prunes it)")
+    print(f"  {'total':<18} {human_bytes(sum(use.disk_bytes for use in uses)):>10}")
     return 0
 
 

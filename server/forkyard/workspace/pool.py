@@ -30,7 +30,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import anyio
 import anyio.to_thread
@@ -361,6 +361,30 @@ class WorktreePool:
 
     # --- taking ----------------------------------------------------------------------
 
+    async def make_worktree(
+        self, path: Path, *, branch: str, commit: str, sparse_paths: Sequence[str] = ()
+    ) -> str:
+        """An agent's worktree at `path` on the new branch `branch` at `commit`: taken
+        from the pool when it can serve, else checked out fresh (sparse ones always
+        are). Returns how, with the time it took, for the agent's log."""
+        started = anyio.current_time()
+        pooled = not sparse_paths and await self.take(path, branch, commit)
+        if not pooled:
+            await add_worktree(
+                self.repository,
+                path,
+                commit=commit,
+                branch=branch,
+                trash_dir=self.trash_dir,
+                sparse_paths=sparse_paths,
+                checkout_workers=self._settings().checkout_workers,
+            )
+        elapsed_ms = (anyio.current_time() - started) * 1000
+        how = "pooled" if pooled else "fresh"
+        if sparse_paths:
+            how += ", sparse: " + ", ".join(sparse_paths)
+        return f"prepared worktree in {elapsed_ms:.0f} ms ({how})"
+
     async def take(self, target: Path, branch: str, commit: str) -> bool:
         """Make `target` a worktree on the new branch `branch` at `commit` from a pooled
         one. False when the pool cannot serve (empty, attributes changed, a git error):
@@ -428,6 +452,20 @@ def _children(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(child.resolve() for child in directory.iterdir() if child.is_dir())
+
+
+def sparse_folders(paths: Sequence[str]) -> list[str]:
+    """Dispatch `paths` as folders for a cone-mode sparse checkout: repo-relative POSIX
+    paths inside the repository ("." or "" alone means everything: an empty list).
+    ValueError names a path that leaves the repository."""
+    folders = []
+    for path in paths:
+        pure = PurePosixPath(path.strip())
+        if pure.is_absolute() or ".." in pure.parts or "\\" in path or "\0" in path:
+            raise ValueError(f"{path!r} is not a folder inside the repository")
+        if str(pure) != ".":
+            folders.append(str(pure))
+    return folders
 
 
 def pool_directory(worktrees_dir: Path) -> Path:
