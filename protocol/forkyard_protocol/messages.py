@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from .models import (
     Agent,
+    AgentState,
     Conflict,
     FileChange,
     LogEntry,
@@ -92,6 +93,10 @@ class AgentDispatchParams(WireModel):
     thread_id: str | None = None
     base_ref: str = "HEAD"
     include_uncommitted: bool = True
+    #: An addition to PROTOCOL.md: folders the agent works in. Its worktree is then
+    #: sparse (git's cone mode): only these folders and the files along the way are
+    #: checked out, which makes starting on a very large repository fast.
+    paths: list[str] | None = None
 
     _task_not_blank = field_validator("task")(_non_blank)
 
@@ -164,14 +169,48 @@ class ServerStatsParams(WireModel):
     reset: bool = False
 
 
+class ModelSummary(WireModel):
+    """A configured model as clients may show it: never its key, only the key's name."""
+
+    provider: str
+    base_url: str | None = None
+    model: str
+    api_key_env: str | None = None
+
+
 class ServerStatsResult(WireModel):
     """An addition to PROTOCOL.md: health figures, for benchmarks and `:checkhealth`."""
 
     version: str
+    models: dict[str, ModelSummary] = Field(default_factory=dict)
     uptime_seconds: float
     max_loop_stall_ms: float
     agents_running: int
     agents_queued: int
+
+
+class WorktreeDiskUse(WireModel):
+    """One folder of Forkyard's worktrees: an agent's, a warm pool's, or one no agent
+    owns ("orphan"), and the disk it takes (its files and git's record of it)."""
+
+    path: str
+    kind: Literal["agent", "pool", "orphan"]
+    disk_bytes: int
+    exists: bool = True
+    agent_id: str | None = None
+    number: int | None = None
+    state: AgentState | None = None
+
+
+class StatusResult(WireModel):
+    """An addition to PROTOCOL.md (`forkyard/status`): worktrees and the disk they use."""
+
+    worktrees: list[WorktreeDiskUse]
+    total_disk_bytes: int
+    pool_ready: int
+    pool_size: int
+    #: Why the warm pool could not fill, if it could not (agents then start fresh).
+    pool_error: str | None = None
 
 
 # --- notifications -----------------------------------------------------------------------
@@ -219,6 +258,7 @@ REQUESTS: dict[str, tuple[type[WireModel], type[WireModel]]] = {
     "forkyard/agent/apply": (AgentApplyParams, AgentApplyResult),
     "forkyard/agent/discard": (AgentRef, AgentResult),
     "forkyard/server/stats": (ServerStatsParams, ServerStatsResult),
+    "forkyard/status": (Empty, StatusResult),
 }
 
 #: Every custom notification, server to client: method -> params model.

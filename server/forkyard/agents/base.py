@@ -57,6 +57,11 @@ class AgentContext(Protocol):
     def environ(self) -> Mapping[str, str]:
         """The server's environment, read-only; backends pass a scrubbed copy on."""
 
+    @property
+    def extra_env(self) -> Mapping[str, str]:
+        """Variables the server hands to this agent's commands whatever the sandbox's
+        allow-list says: its own ports (`FORKYARD_PORT_BASE`, `FORKYARD_PORTS`)."""
+
     async def log(self, kind: str, text: str) -> None: ...
     def progress(self, message: str, percentage: int | None = None) -> None: ...
     def take_followups(self) -> list[str]:

@@ -33,11 +33,14 @@ class CommandBackend:
 
     async def run(self, context: AgentContext, instruction: str) -> RunOutcome:
         status = await probe_sandbox()
-        # git in a worktree reads the repository's .git; it must stay visible even when
-        # the repository lives under /tmp, which the sandbox replaces.
+        # git in a worktree reads the repository's .git, and what `[worktree] link`
+        # linked into the worktree points into the checkout: both must stay visible
+        # (read-only) even when the repository lives under /tmp, which the sandbox
+        # replaces. The server's own variables for the agent (its ports) pass as well.
         policy = SandboxPolicy(
             writable=[context.cwd] if context.writable else [],
-            readable=[context.repo_root / ".git"],
+            readable=[context.repo_root],
+            extra_env=context.extra_env,
         )
         env = scrubbed_env(context.environ, policy)
         if status.available:

@@ -158,7 +158,7 @@ def parse_params(method: str, model: type[P], raw: Any) -> P:
 
 
 def create_server() -> ForkyardServer:
-    from forkyard.lsp import agents, chat, config, lifecycle, review
+    from forkyard.lsp import agents, chat, config, lifecycle, review, status
 
     server = ForkyardServer()
     lifecycle.register(server)
@@ -166,6 +166,7 @@ def create_server() -> ForkyardServer:
     agents.register(server)
     chat.register(server)
     review.register(server)
+    status.register(server)
     return server
 
 

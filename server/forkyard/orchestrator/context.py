@@ -15,12 +15,19 @@ if TYPE_CHECKING:
 
 class RunContext:
     def __init__(
-        self, orchestrator: Orchestrator, runtime: AgentRuntime, cwd: Path, role: RoleConfig
+        self,
+        orchestrator: Orchestrator,
+        runtime: AgentRuntime,
+        cwd: Path,
+        role: RoleConfig,
+        *,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self._orchestrator = orchestrator
         self._runtime = runtime
         self._cwd = cwd
         self._role = role
+        self._extra_env = dict(extra_env or {})
 
     @property
     def agent_number(self) -> int:
@@ -53,6 +60,10 @@ class RunContext:
     @property
     def environ(self) -> Mapping[str, str]:
         return self._orchestrator.environ
+
+    @property
+    def extra_env(self) -> Mapping[str, str]:
+        return self._extra_env
 
     async def log(self, kind: str, text: str) -> None:
         await self._orchestrator._log(self._runtime, kind, text)

@@ -25,7 +25,16 @@ from forkyard.orchestrator.events import Listeners, NoticeLevel, OrchestratorLis
 from forkyard.settings import RoleConfig, Settings
 from forkyard.store import Store
 from forkyard.workspace.diff import WorktreeDiff, diff_worktree, file_at
+from forkyard.workspace.gc import GcReport, Removal, WorktreeUse, collect_garbage, worktree_usage
 from forkyard.workspace.git import GitError, Repository, slugify
+from forkyard.workspace.pool import (
+    WorktreePool,
+    is_internal,
+    pool_directory,
+    sparse_folders,
+    trash_directory,
+)
+from forkyard.workspace.setup import PortRange, SetupError, port_range, set_up_worktree
 from forkyard_protocol.messages import AgentDispatchParams
 from forkyard_protocol.models import ACTIVE_STATES, Agent, ChangeCounts, LogEntry, Progress
 
@@ -36,6 +45,8 @@ PROGRESS_INTERVAL_SECONDS = 0.1
 
 Approver = Callable[[Agent, str, str], Awaitable[ApprovalAnswer]]
 LOG_FLUSH_SECONDS = 0.25
+#: How often to look at the settings again while automatic worktree gc is off.
+GC_IDLE_SECONDS = 3600.0
 FINISH_TIMEOUT_SECONDS = 60
 
 
@@ -51,6 +62,10 @@ class AgentRuntime:
     last_progress_emit: float = 0.0
     progress_flush_pending: bool = False
     pending_log: list[LogEntry] = field(default_factory=list)
+    #: Folders of a sparse worktree (dispatch `paths`, else the role's); None: all.
+    sparse_paths: list[str] | None = None
+    #: The setup step failed: a follow-up in the same worktree runs it again.
+    setup_failed: bool = False
 
 
 class Orchestrator:
@@ -72,7 +87,7 @@ class Orchestrator:
         self.state_dir = state_dir
         self.environ = environ
         self.listeners = Listeners()
-        self.repo_key = f"{repository.root.name}-{_short_hash(str(repository.root))}"
+        self.repo_key = repository_key(repository.root)
         self._agents: dict[str, AgentRuntime] = {}
         self._queue: list[AgentRuntime] = []
         self._active: set[str] = set()
@@ -81,6 +96,12 @@ class Orchestrator:
         self._state_waiters: dict[str, anyio.Event] = {}
         #: Asks the user about a tool use; set by the editor layer. None: "ask" is "deny".
         self.approver: Approver | None = None
+        self.pool = WorktreePool(
+            repository,
+            pool_directory(self.worktrees_dir),
+            trash_directory(self.worktrees_dir),
+            lambda: self.settings.worktree,
+        )
 
     @property
     def settings(self) -> Settings:
@@ -88,7 +109,7 @@ class Orchestrator:
 
     @property
     def worktrees_dir(self) -> Path:
-        return self.state_dir / "worktrees" / self.repo_key
+        return worktrees_directory(self.state_dir, self.repo_key)
 
     def add_listener(self, listener: OrchestratorListener) -> None:
         self.listeners.add(listener)
@@ -111,6 +132,8 @@ class Orchestrator:
                 )
         task_group.start_soon(self._flush_logs_forever)
         await self._report_orphans()
+        task_group.start_soon(self.pool.run, name=f"worktree pool of {self.repo_key}")
+        task_group.start_soon(self._collect_garbage_forever, name=f"gc of {self.repo_key}")
 
     async def _report_orphans(self) -> None:
         try:
@@ -129,6 +152,7 @@ class Orchestrator:
                 for w in worktrees
                 if Path(w.path).resolve().is_relative_to(resolved_root)
                 and Path(w.path).resolve() not in owned
+                and not is_internal(Path(w.path), root)
             ]
 
         orphans = await anyio.to_thread.run_sync(unowned)
@@ -210,6 +234,10 @@ class Orchestrator:
         availability = await backend.availability(settings)
         if not availability.available:
             raise InvalidRequest(f"backend: {backend_name} is unavailable: {availability.reason}")
+        try:
+            sparse_paths = sparse_folders(params.paths) if params.paths else role.paths
+        except ValueError as exc:
+            raise InvalidRequest(f"paths: {exc}") from exc
         base = await self._base_commit(params, role)
         number = await self.store.next_agent_number(self.repo_key)
         title = (params.title or _title_from_task(params.task)).strip()
@@ -228,7 +256,7 @@ class Orchestrator:
             created_at=stamp,
             updated_at=stamp,
         )
-        runtime = AgentRuntime(agent)
+        runtime = AgentRuntime(agent, sparse_paths=sparse_paths or None)
         self._agents[agent.id] = runtime
         await self._save_and_announce(runtime, None)
         self._queue.append(runtime)
@@ -336,6 +364,7 @@ class Orchestrator:
 
     def settings_changed(self) -> None:
         self._pump()
+        self.pool.wake()
 
     async def _run(self, runtime: AgentRuntime) -> None:
         scope = anyio.CancelScope()
@@ -365,9 +394,10 @@ class Orchestrator:
         backend = self.backends[agent.backend]
         try:
             await self._update(runtime, state="starting", progress=Progress(message="starting"))
-            cwd = await self._prepare(runtime, role)
+            ports = self.ports(agent.number)
+            cwd = await self._prepare(runtime, role, ports)
             await self._update(runtime, state="running", progress=Progress(message="running"))
-            context = RunContext(self, runtime, cwd, role)
+            context = RunContext(self, runtime, cwd, role, extra_env=ports.environment())
             instruction = runtime.rerun or agent.task
             runtime.rerun = None
             while True:
@@ -375,24 +405,57 @@ class Orchestrator:
                 if not outcome.ok or not runtime.followups:
                     break
                 instruction = runtime.followups.pop(0)
-        except (GitError, OSError) as exc:
+        except (GitError, OSError, SetupError) as exc:
             outcome = RunOutcome(False, "", str(exc))
         except Exception as exc:
             logger.exception("agent #%s failed", agent.number)
             outcome = RunOutcome(False, "", f"{type(exc).__name__}: {exc}")
         await self._finish(runtime, outcome, state="done" if outcome.ok else "failed")
 
-    async def _prepare(self, runtime: AgentRuntime, role: RoleConfig) -> Path:
+    def ports(self, agent_number: int) -> PortRange:
+        """The agent's own ports, the same after a restart (derived from its number)."""
+        return port_range(self.settings.worktree, agent_number, self.repo_key)
+
+    async def _prepare(self, runtime: AgentRuntime, role: RoleConfig, ports: PortRange) -> Path:
+        """The agent's worktree: from the warm pool when it can serve, else a fresh
+        (maybe sparse) checkout; then the setup step of `[worktree]`."""
         agent = runtime.agent
         if not role.worktree:
             return self.repository.root
         if agent.worktree and await _is_dir(agent.worktree):
-            return Path(agent.worktree)
+            path = Path(agent.worktree)
+            if runtime.setup_failed:
+                await self._set_up(runtime, path, ports)
+            return path
         assert agent.branch is not None
         path = self.worktrees_dir / agent.branch.removeprefix("forkyard/")
-        await self.repository.add_worktree(path, agent.branch, agent.base_ref)
+        report = await self.pool.make_worktree(
+            path,
+            branch=agent.branch,
+            commit=agent.base_ref,
+            sparse_paths=runtime.sparse_paths or (),
+        )
         await self._update(runtime, worktree=str(path))
+        await self._log(runtime, "system", report)
+        await self._log(runtime, "system", f"ports {ports} (FORKYARD_PORT_BASE, FORKYARD_PORTS)")
+        await self._set_up(runtime, path, ports)
         return path
+
+    async def _set_up(self, runtime: AgentRuntime, path: Path, ports: PortRange) -> None:
+        async def log(kind: str, text: str) -> None:
+            await self._log(runtime, kind, text)
+
+        runtime.setup_failed = True
+        await set_up_worktree(
+            path,
+            checkout=self.repository.root,
+            settings=self.settings,
+            git_env=self.repository.env,
+            environ=self.environ,
+            extra_env=ports.environment(),
+            log=log,
+        )
+        runtime.setup_failed = False
 
     async def _finish(self, runtime: AgentRuntime, outcome: RunOutcome, *, state: str) -> None:
         """Record the end of a run: the work committed to the agent's branch (so it is
@@ -434,6 +497,58 @@ class Orchestrator:
             text += f": {error}"
         if state != "interrupted":
             self.listeners.notice(level, text, runtime.agent)
+
+    # --- worktree lifecycle ----------------------------------------------------------
+
+    async def collect_garbage(
+        self, *, dry_run: bool = False, forced: frozenset[int] = frozenset()
+    ) -> GcReport:
+        """Remove worktrees of agents applied or discarded longer than the grace period
+        (and of `forced` agent numbers), their work kept in refs; see workspace/gc.py."""
+
+        async def removed(agent: Agent, removal: Removal) -> None:
+            runtime = self._agents.get(agent.id)
+            if runtime is None:
+                return
+            await self._log(
+                runtime,
+                "system",
+                f"worktree {removal.worktree} removed; its work is kept at {removal.keep_ref}",
+            )
+            await self._update(runtime, worktree=None, branch=None)
+
+        report = await collect_garbage(
+            self.repository,
+            [runtime.agent for runtime in self._agents.values()],
+            worktrees_dir=self.worktrees_dir,
+            grace_seconds=self.settings.worktree.gc_grace_seconds,
+            dry_run=dry_run,
+            forced=forced,
+            on_removed=removed,
+        )
+        if report.removed or report.vanished or report.trash or report.errors:
+            for line in report.lines():
+                logger.info("gc: %s", line)
+        return report
+
+    async def _collect_garbage_forever(self) -> None:
+        while True:
+            interval = self.settings.worktree.gc_interval_seconds
+            if interval > 0:
+                try:
+                    await self.collect_garbage()
+                except (GitError, OSError) as exc:
+                    logger.warning("worktree gc of %s failed: %s", self.repository.root, exc)
+                except Exception:
+                    # A bug here must not take the server (its task group) down.
+                    logger.exception("worktree gc of %s failed", self.repository.root)
+            await anyio.sleep(interval or GC_IDLE_SECONDS)
+
+    async def worktree_usage(self) -> list[WorktreeUse]:
+        """Disk used per agent's worktree, by the pool, and by unowned worktrees."""
+        return await worktree_usage(
+            self.repository, [r.agent for r in self._agents.values()], self.worktrees_dir
+        )
 
     # --- state, persistence, events --------------------------------------------------
 
@@ -507,6 +622,15 @@ async def _is_dir(path: str | Path) -> bool:
 
 def _short_hash(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def repository_key(root: Path) -> str:
+    """How the store and the state directory name a repository (its checkout root)."""
+    return f"{root.name}-{_short_hash(str(root))}"
+
+
+def worktrees_directory(state_dir: Path, repo_key: str) -> Path:
+    return state_dir / "worktrees" / repo_key
 
 
 def _title_from_task(task: str) -> str:
