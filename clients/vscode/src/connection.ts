@@ -12,6 +12,7 @@ import {
   TransportKind,
 } from "vscode-languageclient/node";
 import type { ForkyardNotifications, ParamsOf, RequestMethod, ResultOf, ServerCapabilities } from "./protocol";
+import { type ProgressPlacement, showServerProgress } from "./progress";
 import { resolveServerCommand } from "./serverCommand";
 import { secretLikeModelKeys, serverSettings } from "./settings";
 
@@ -112,6 +113,11 @@ export class ForkyardConnection implements vscode.Disposable {
       void client.dispose();
       throw new Error(`Forkyard's language server did not start: ${String(error)}. See the Forkyard output.`);
     }
+    this.disposables.push(
+      showServerProgress(client, () =>
+        vscode.workspace.getConfiguration("forkyard").get<ProgressPlacement>("agentProgress", "notification"),
+      ),
+    );
     this.client = client;
     return client;
   }

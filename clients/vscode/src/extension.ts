@@ -54,6 +54,7 @@ export function activate(context: vscode.ExtensionContext): void {
     const { text, tooltip } = statusBarText(store.all());
     status.text = text;
     status.tooltip = tooltip;
+    status.accessibilityInformation = { label: tooltip };
     status.command = "forkyard.showAgents";
     treeView.badge = (() => {
       const review = store.all().filter((a) => a.state === "done").length;
@@ -81,6 +82,7 @@ export function activate(context: vscode.ExtensionContext): void {
       await chat.newThread();
       await chat.focus();
     }),
+    vscode.commands.registerCommand("forkyard.showChat", () => chat.focus()),
     vscode.commands.registerCommand("forkyard.pickThread", () => chat.pickThread().catch(showError)),
     vscode.commands.registerCommand("forkyard.attachSelection", async () => {
       chat.attachSelection();

@@ -26,7 +26,7 @@ export const SERVER_SETTINGS: readonly string[] = [
 ];
 
 /** Settings only the extension reads; never sent to the server. */
-export const CLIENT_ONLY_SETTINGS: readonly string[] = ["server.command", "saveAfterApply"];
+export const CLIENT_ONLY_SETTINGS: readonly string[] = ["server.command", "saveAfterApply", "agentProgress"];
 
 function userValue(inspection: Inspection | undefined): unknown {
   if (!inspection) return undefined;

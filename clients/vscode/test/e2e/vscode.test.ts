@@ -1,0 +1,173 @@
+// The extension in a real VS Code (code-server 4.100.3 in chromium), as a user drives it:
+// dispatch a command agent from the palette, watch it in the Agents view, open its diff,
+// apply it from the tree, find the change on disk; then ask the chat for /agents, and get
+// the thread back after reloading the window.
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { after, before, test } from "node:test";
+import {
+  answerInput,
+  type Editor,
+  eventually,
+  openEditor,
+  requirements,
+  runCommand,
+} from "./codeServer";
+import { type FakeModel, startFakeModel } from "./fakeModel";
+
+const APP = 'def greet():\n    return "hello world"\n\n\ndef add(a, b):\n    return a + b\n';
+const TASK = "sed -i 's/hello world/hello forkyard/' app.py";
+
+let editor: Editor;
+let model: FakeModel;
+const missing = requirements();
+
+before(async () => {
+  if (missing.length > 0) return;
+  model = await startFakeModel();
+  // The model comes from VS Code's settings: it reaches the server as initializationOptions.
+  editor = await openEditor(
+    { "app.py": APP, "README.md": "# sample\n" },
+    { "forkyard.models": { default: { provider: "openai", baseUrl: model.baseUrl, model: "fake" } } },
+  );
+});
+
+after(async () => {
+  await editor?.close();
+  await model?.close();
+});
+
+const skip = missing.length > 0 ? `missing: ${missing.join("; ")}` : false;
+
+/** A test step that leaves a screenshot of the editor behind when it fails. */
+function step(name: string, run: () => Promise<void>): () => Promise<void> {
+  return async () => {
+    try {
+      await run();
+    } catch (error) {
+      await editor.screenshot(`failed-${name}`).catch(() => undefined);
+      throw error;
+    }
+  };
+}
+
+test("a command agent dispatched from the palette reaches done in the Agents view", { skip, timeout: 90_000 }, step("dispatch", async () => {
+  const { page } = editor;
+  await page.locator('.activitybar a.action-label[aria-label^="Forkyard"]').waitFor({ timeout: 30_000 });
+  await runCommand(page, "Forkyard: Run command in background worktree…");
+  await answerInput(page, TASK);
+  // The tree item's accessible label ends with the agent's state.
+  const done = page.locator('.monaco-list-row[aria-label^="agent 1,"][aria-label$=", done"]');
+  await done.waitFor({ timeout: 60_000 });
+  await page.locator(".monaco-list-row", { hasText: "To review" }).waitFor();
+  const file = page.locator('.monaco-list-row[aria-label="app.py: modified, +1 −1"]');
+  await file.waitFor();
+  await page.locator('.statusbar a.statusbar-item-label[aria-label^="Forkyard: 0 running, 0 queued, 1 to review."]').waitFor();
+  await editor.screenshot("agents");
+}));
+
+test("clicking a changed file opens the diff of the user's file against the agent's", { skip, timeout: 60_000 }, step("diff", async () => {
+  const { page } = editor;
+  await page.locator('.monaco-list-row[aria-label="app.py: modified, +1 −1"]').click();
+  const diff = page.locator(".monaco-diff-editor");
+  await diff.waitFor({ timeout: 20_000 });
+  await page.locator(".tab", { hasText: "app.py ↔ agent #1" }).waitFor();
+  // Both sides are rendered: the user's line on the left, the agent's on the right.
+  await diff.locator(".editor.original .view-lines", { hasText: "hello world" }).waitFor({ timeout: 20_000 });
+  await diff.locator(".editor.modified .view-lines", { hasText: "hello forkyard" }).waitFor({ timeout: 20_000 });
+  await editor.screenshot("diff");
+}));
+
+test("Apply in the Agents view brings the change to the file on disk", { skip, timeout: 60_000 }, step("apply", async () => {
+  const { page, repo } = editor;
+  const row = page.locator('.monaco-list-row[aria-label^="agent 1,"]');
+  await row.hover();
+  await row.locator('.action-label[aria-label="Apply"]').click();
+  await page.locator('.monaco-list-row[aria-label^="agent 1,"][aria-label$=", applied"]').waitFor({ timeout: 30_000 });
+  const appFile = path.join(repo, "app.py");
+  await eventually(() => fs.readFileSync(appFile, "utf8").includes("hello forkyard"), "app.py saved on disk");
+  assert.equal(fs.readFileSync(appFile, "utf8"), APP.replace("hello world", "hello forkyard"));
+}));
+
+test("/run and /agents in the chat view: the agent's events show inline, agents are linked", { skip, timeout: 60_000 }, step("chat", async () => {
+  const { page } = editor;
+  await runCommand(page, "Forkyard: New chat");
+  const chat = editor.chat();
+  const input = chat.locator("#input");
+  await input.waitFor({ timeout: 20_000 });
+  await input.fill("/run sed -i 's/a + b/b + a/' app.py");
+  await input.press("Enter");
+  // Events of the agent the chat started land in its thread, with a link to the agent.
+  const event = chat.locator(".message-event", { hasText: "agent #2" }).filter({ hasText: "is done" });
+  await event.waitFor({ timeout: 30_000 });
+  assert.equal(await event.locator("a.open-agent").count(), 1);
+  await input.click();
+  await input.pressSequentially("/ag");
+  await chat.locator(".completion", { hasText: "/agents" }).waitFor();
+  await input.press("Enter"); // completes to /agents
+  assert.equal(await input.inputValue(), "/agents");
+  await input.press("Enter"); // sends it
+  const reply = chat.locator(".message-assistant .message-body").filter({ hasText: "applied" });
+  await reply.waitFor({ timeout: 20_000 });
+  const text = await reply.innerText();
+  assert.match(text, /#1\s+sed -i 's\/hello world/);
+  assert.match(text, /#2\s+sed -i 's\/a \+ b/);
+  assert.equal(await reply.locator('a.agent-link[data-agent="1"]').count(), 1);
+  await editor.screenshot("chat");
+}));
+
+test("a reply streams in; a message sent meanwhile is queued; Stop interrupts the reply", { skip, timeout: 60_000 }, step("streaming", async () => {
+  const chat = editor.chat();
+  const input = chat.locator("#input");
+  model.script({ chunks: ["Streaming ", "**part one**"], hold: true }, { chunks: ["Second ", "answer."] });
+  await input.fill("hello model");
+  await input.press("Enter");
+  await model.holding();
+  const first = chat.locator(".message-assistant.streaming", { hasText: "Streaming part one" });
+  await first.waitFor({ timeout: 20_000 });
+  assert.equal(await first.locator("strong").innerText(), "part one", "rendered as markdown while streaming");
+  const stop = chat.locator("#stop");
+  await stop.waitFor();
+  // The input stays usable while the reply streams.
+  await input.fill("second question");
+  await input.press("Enter");
+  await chat.locator(".message-user.queued", { hasText: "second question" }).waitFor({ timeout: 10_000 });
+  await editor.screenshot("chat-streaming");
+  await stop.click();
+  const interrupted = chat.locator(".message-assistant", { hasText: "Streaming part one" });
+  await interrupted.locator(".badge", { hasText: "interrupted" }).waitFor({ timeout: 20_000 });
+  await chat.locator(".message-assistant", { hasText: "Second answer." }).waitFor({ timeout: 20_000 });
+  await stop.waitFor({ state: "hidden" });
+  assert.equal(await chat.locator(".message-user.queued").count(), 0);
+  assert.deepEqual(model.requests, ["hello model", "second question"]);
+}));
+
+test("the chat thread comes back after the window reloads", { skip, timeout: 90_000 }, step("reload", async () => {
+  const { page } = editor;
+  await page.reload();
+  await page.locator(".monaco-workbench").waitFor({ timeout: 60_000 });
+  await page.locator('.activitybar a.action-label[aria-label^="Forkyard"]').waitFor({ timeout: 30_000 });
+  await runCommand(page, "Forkyard: Show chat");
+  const chat = editor.chat();
+  await chat.locator(".message-assistant .message-body").filter({ hasText: "applied" }).waitFor({ timeout: 30_000 });
+  assert.equal(await chat.locator("#thread-title").textContent(), "/run sed -i 's/a + b/b + a/' app.py");
+  await chat.locator(".message-assistant", { hasText: "Second answer." }).waitFor();
+  await chat.locator(".message-event", { hasText: "agent #2" }).first().waitFor();
+  await editor.screenshot("chat-after-reload");
+}));
+
+test("an agent's progress shows in VS Code's progress UI, and its Cancel cancels the agent", { skip, timeout: 60_000 }, step("progress", async () => {
+  const { page } = editor;
+  await runCommand(page, "Forkyard: Run command in background worktree…");
+  await answerInput(page, "echo working; sleep 60");
+  await page.locator('.monaco-list-row[aria-label^="agent 3,"][aria-label$=", running"]').waitFor({ timeout: 30_000 });
+  // The progress's title is "agent #N: <title>"; the server's own notices say "Forkyard agent #N".
+  const notification = page.locator(".notification-toast", { hasText: "agent #3: echo working" });
+  await notification.waitFor({ timeout: 20_000 });
+  await editor.screenshot("progress");
+  await notification.hover();
+  await notification.getByRole("button", { name: "Cancel" }).click();
+  await page.locator('.monaco-list-row[aria-label^="agent 3,"][aria-label$=", cancelled"]').waitFor({ timeout: 20_000 });
+  await notification.waitFor({ state: "detached", timeout: 10_000 });
+}));
