@@ -15,7 +15,7 @@ from forkyard.app import ForkyardApp
 from forkyard.lsp.server import ForkyardServer
 from forkyard.settings import current_environ
 from forkyard.tools.sandbox import probe_sandbox
-from forkyard_protocol.messages import ServerStatsParams, ServerStatsResult
+from forkyard_protocol.messages import ModelSummary, ServerStatsParams, ServerStatsResult
 from forkyard_protocol.models import BackendInfo, ForkyardCapabilities
 
 logger = logging.getLogger(__name__)
@@ -98,8 +98,18 @@ def register(server: ForkyardServer) -> None:
     async def stats(ls: ForkyardServer, params: ServerStatsParams) -> ServerStatsResult:
         watch = ls.loop_watch
         agents = ls.app.orchestrator.agents() if ls.app else []
+        models = ls.app.settings.models if ls.app else {}
         result = ServerStatsResult(
             version=forkyard.__version__,
+            models={
+                name: ModelSummary(
+                    provider=config.provider,
+                    base_url=config.base_url,
+                    model=config.model,
+                    api_key_env=config.api_key_env,
+                )
+                for name, config in models.items()
+            },
             uptime_seconds=time.monotonic() - watch.started,
             max_loop_stall_ms=watch.max_stall * 1000,
             agents_running=sum(a.state in ("starting", "running") for a in agents),
