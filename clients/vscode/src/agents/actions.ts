@@ -4,12 +4,12 @@
 import * as vscode from "vscode";
 import { type ForkyardConnection, showError } from "../connection";
 import type { Agent, AgentApplyResult } from "../protocol";
-import { openAgentChanges, openFileDiff } from "./files";
+import { AGENT_SCHEME, openAgentChanges, openFileDiff } from "./files";
 import { type AgentAction, agentActions, agentDescription, agentLabel } from "./model";
 import type { AgentStore } from "./store";
 import type { AgentNode } from "./view";
 
-type AgentArgument = AgentNode | Agent | string | undefined;
+type AgentArgument = AgentNode | Agent | vscode.Uri | string | undefined;
 
 export class AgentActions {
   constructor(
@@ -53,6 +53,8 @@ export class AgentActions {
       this.store.update(agent);
       return agent;
     }
+    if (arg instanceof vscode.Uri) arg = new URLSearchParams(arg.query).get("agent") ?? undefined;
+    if (typeof arg === "string") return this.pick(arg, action, verb);
     if (arg && "kind" in arg) {
       if (arg.kind !== "group") return arg.agent;
       arg = undefined;
@@ -102,11 +104,20 @@ export class AgentActions {
     let backend: string | undefined;
     const usable = details.filter((b) => b.available && b.name !== "command");
     if (usable.length > 1) {
+      // The built-in loop first: it is the server's default.
+      const ordered = details
+        .filter((b) => b.name !== "command")
+        .sort((a, b) => Number(b.name === "llm") - Number(a.name === "llm") || a.name.localeCompare(b.name));
       const picked = await vscode.window.showQuickPick(
-        details
-          .filter((b) => b.name !== "command")
-          .map((b) => ({ label: b.name, description: b.available ? undefined : `unavailable: ${b.reason ?? ""}` })),
-        { title: "Backend" },
+        ordered.map((b) => ({
+          label: b.name,
+          description: !b.available
+            ? `unavailable: ${b.reason ?? ""}`
+            : b.name === "llm"
+              ? "Forkyard's own agent on your configured model"
+              : undefined,
+        })),
+        { title: "Backend", placeHolder: "Which agent program does the work" },
       );
       if (!picked) return;
       backend = picked.label;
@@ -149,6 +160,15 @@ export class AgentActions {
     if (arg && typeof arg === "object" && "kind" in arg && arg.kind === "file") {
       await this.apply(arg.agent, [arg.change.path]);
       return;
+    }
+    // From the diff editor's title bar: the agent's side of the diff names agent and file.
+    if (arg instanceof vscode.Uri && arg.scheme === AGENT_SCHEME) {
+      const agentId = new URLSearchParams(arg.query).get("agent");
+      if (agentId) {
+        const agent = await this.pick(agentId, "apply", "apply");
+        if (agent) await this.apply(agent, [arg.path.replace(/^\//, "")]);
+        return;
+      }
     }
     const agent = await this.pick(arg, "apply", "apply a file of");
     if (!agent) return;

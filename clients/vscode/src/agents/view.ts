@@ -19,7 +19,7 @@ export type AgentNode =
   | { kind: "group"; spec: GroupSpec; count: number }
   | { kind: "agent"; agent: Agent }
   | { kind: "file"; agent: Agent; change: FileChange }
-  | { kind: "note"; agent: Agent; text: string };
+  | { kind: "note"; agent: Agent; text: string; isSummary?: boolean };
 
 export class AgentsTreeProvider implements vscode.TreeDataProvider<AgentNode>, vscode.Disposable {
   private readonly changedEmitter = new vscode.EventEmitter<AgentNode | undefined>();
@@ -47,7 +47,11 @@ export class AgentsTreeProvider implements vscode.TreeDataProvider<AgentNode>, v
   private async files(agent: Agent): Promise<AgentNode[]> {
     try {
       const diff = await this.store.diff(agent);
-      if (diff.files.length === 0) return [{ kind: "note", agent, text: "no changes" }];
+      if (diff.files.length === 0) {
+        // An explorer's work is its summary: show it where the files would be.
+        const summary = agent.summary?.trim().split("\n", 1)[0];
+        return [{ kind: "note", agent, text: summary || "no changes", isSummary: Boolean(summary) }];
+      }
       return diff.files.map((change) => ({ kind: "file", agent, change }));
     } catch (error) {
       return [{ kind: "note", agent, text: `diff unavailable: ${error instanceof Error ? error.message : error}` }];
@@ -113,6 +117,11 @@ export class AgentsTreeProvider implements vscode.TreeDataProvider<AgentNode>, v
       case "note": {
         const item = new vscode.TreeItem(node.text, vscode.TreeItemCollapsibleState.None);
         item.contextValue = "note";
+        if (node.isSummary && node.agent.summary) {
+          item.iconPath = new vscode.ThemeIcon("note");
+          item.tooltip = new vscode.MarkdownString(node.agent.summary);
+          item.command = { command: "forkyard.showAgentLog", title: "Show log", arguments: [node.agent] };
+        }
         return item;
       }
     }

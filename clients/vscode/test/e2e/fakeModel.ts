@@ -14,8 +14,10 @@ export interface Reply {
 export interface FakeModel {
   baseUrl: string;
   script(...replies: Reply[]): void;
-  /** The user messages of each request, in order. */
+  /** The last user message of each request, in order. */
   requests: string[];
+  /** Each request's whole JSON body, in order. */
+  bodies: string[];
   /** Resolves when the held reply has sent its chunks. */
   holding(): Promise<void>;
   release(): void;
@@ -36,6 +38,7 @@ function chunk(delta: Record<string, unknown>, finish: string | null = null): st
 export async function startFakeModel(): Promise<FakeModel> {
   const replies: Reply[] = [];
   const requests: string[] = [];
+  const bodies: string[] = [];
   let release: (() => void) | undefined;
   let held: () => void = () => undefined;
   let holdingPromise = new Promise<void>((resolve) => (held = resolve));
@@ -48,6 +51,7 @@ export async function startFakeModel(): Promise<FakeModel> {
         response.writeHead(404).end();
         return;
       }
+      bodies.push(body);
       const messages = (JSON.parse(body) as { messages: { role: string; content: unknown }[] }).messages;
       const users = messages.filter((m) => m.role === "user");
       requests.push(String(users[users.length - 1]?.content ?? ""));
@@ -77,6 +81,7 @@ export async function startFakeModel(): Promise<FakeModel> {
   return {
     baseUrl: `http://127.0.0.1:${port}/v1`,
     requests,
+    bodies,
     script: (...more) => replies.push(...more),
     holding: () => holdingPromise,
     release: () => {

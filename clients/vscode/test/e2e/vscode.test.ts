@@ -117,6 +117,29 @@ test("/run and /agents in the chat view: the agent's events show inline, agents 
   await editor.screenshot("chat");
 }));
 
+test("in the diff, the server's quick fix applies one hunk to the user's file", { skip, timeout: 60_000 }, step("hunk", async () => {
+  const { page, repo } = editor;
+  await page.locator('.monaco-list-row[aria-label="app.py: modified, +1 −1"]').click();
+  await page.locator(".tab", { hasText: "app.py ↔ agent #2" }).waitFor({ timeout: 20_000 });
+  const diff = page.locator(".monaco-diff-editor");
+  const original = diff.locator(".editor.original");
+  await original.locator(".view-line", { hasText: "return a + b" }).click();
+  // The hint on the agent's hunk brings the server's code actions: the lightbulb.
+  await original.locator(".lightBulbWidget").click({ timeout: 20_000 });
+  // The menu blocks the mouse while it is open: choose with the keyboard.
+  const action = page.locator(".action-widget .monaco-list-row", { hasText: "Apply hunk from agent #2" });
+  await action.waitFor();
+  for (let i = 0; i < 5 && !(await action.getAttribute("class"))?.includes("focused"); i++) {
+    await page.keyboard.press("ArrowDown");
+  }
+  await page.keyboard.press("Enter");
+  await original.locator(".view-line", { hasText: "return b + a" }).waitFor({ timeout: 20_000 });
+  await editor.screenshot("hunk-applied");
+  await page.keyboard.press("Control+S");
+  await eventually(() => fs.readFileSync(path.join(repo, "app.py"), "utf8").includes("b + a"), "app.py saved");
+  await page.keyboard.press("Control+W");
+}));
+
 test("a reply streams in; a message sent meanwhile is queued; Stop interrupts the reply", { skip, timeout: 60_000 }, step("streaming", async () => {
   const chat = editor.chat();
   const input = chat.locator("#input");
@@ -141,6 +164,28 @@ test("a reply streams in; a message sent meanwhile is queued; Stop interrupts th
   await stop.waitFor({ state: "hidden" });
   assert.equal(await chat.locator(".message-user.queued").count(), 0);
   assert.deepEqual(model.requests, ["hello model", "second question"]);
+}));
+
+test("the editor's selection attached to a message reaches the model", { skip, timeout: 60_000 }, step("attach", async () => {
+  const { page } = editor;
+  await page.keyboard.press("Control+P");
+  await answerInput(page, "app.py");
+  const code = page.locator('.monaco-editor[data-uri$="/app.py"] .view-lines').first();
+  await code.waitFor({ timeout: 20_000 });
+  await code.click();
+  await page.keyboard.press("Control+A");
+  await runCommand(page, "Forkyard: Attach selection to chat");
+  const chat = editor.chat();
+  await chat.locator("#attachment-label", { hasText: "app.py:1-" }).waitFor({ timeout: 10_000 });
+  model.script({ chunks: ["It greets."] });
+  const input = chat.locator("#input");
+  await input.fill("what does this do?");
+  await input.press("Enter");
+  await chat.locator(".message-assistant", { hasText: "It greets." }).waitFor({ timeout: 20_000 });
+  await chat.locator("#attachment").waitFor({ state: "hidden" });
+  const body = model.bodies[model.bodies.length - 1];
+  assert.match(body, /what does this do\?/);
+  assert.match(body, /return \\"hello forkyard\\"/, "the selected code went with the message");
 }));
 
 test("the chat thread comes back after the window reloads", { skip, timeout: 90_000 }, step("reload", async () => {
@@ -170,4 +215,23 @@ test("an agent's progress shows in VS Code's progress UI, and its Cancel cancels
   await notification.getByRole("button", { name: "Cancel" }).click();
   await page.locator('.monaco-list-row[aria-label^="agent 3,"][aria-label$=", cancelled"]').waitFor({ timeout: 20_000 });
   await notification.waitFor({ state: "detached", timeout: 10_000 });
+}));
+
+test("Dispatch agent… asks for the task and the role, and the agent runs on the model", { skip, timeout: 60_000 }, step("dispatch-llm", async () => {
+  const { page } = editor;
+  model.script({ chunks: ["The sample has two functions: greet and add."] });
+  await runCommand(page, "Forkyard: Dispatch agent…");
+  await answerInput(page, "Describe the sample");
+  await answerInput(page, "explorer");
+  const done = page.locator('.monaco-list-row[aria-label^="agent 4,"][aria-label$=", done"]');
+  // Where other agent programs (codex, claude, aider) are installed, a backend is asked too.
+  const backendPick = page.locator(".quick-input-title", { hasText: "Backend" });
+  await backendPick.or(done).first().waitFor({ timeout: 30_000 });
+  if (await backendPick.isVisible()) await answerInput(page, "llm");
+  await done.waitFor({ timeout: 30_000 });
+  assert.match(model.requests[model.requests.length - 1], /Describe the sample/);
+  // Its events go to the latest thread, the summary with them.
+  const event = editor.chat().locator(".message-event", { hasText: "agent #4" }).filter({ hasText: "greet and add" });
+  await event.waitFor({ timeout: 10_000 });
+  await editor.screenshot("dispatched");
 }));
