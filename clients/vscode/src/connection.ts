@@ -130,10 +130,7 @@ export class ForkyardConnection implements vscode.Disposable {
   }
 
   async restart(): Promise<void> {
-    const client = this.client;
-    this.client = undefined;
-    this.starting = undefined;
-    if (client) await client.dispose(2000).catch(() => undefined);
+    await this.stop();
     await this.ready();
   }
 
@@ -190,9 +187,17 @@ export class ForkyardConnection implements vscode.Disposable {
     }
   }
 
+  /** Ends the server politely (shutdown, exit); VS Code waits for it on deactivation. */
+  async stop(): Promise<void> {
+    const client = this.client;
+    this.client = undefined;
+    this.starting = undefined;
+    if (client) await client.dispose(2000).catch(() => undefined);
+  }
+
   dispose(): void {
     this.disposables.forEach((d) => d.dispose());
-    void this.client?.dispose(2000);
+    void this.stop();
     this.readyEmitter.dispose();
   }
 }

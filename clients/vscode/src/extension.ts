@@ -30,9 +30,12 @@ class AgentLogProvider implements vscode.TextDocumentContentProvider {
   }
 }
 
+let activeConnection: ForkyardConnection | undefined;
+
 export function activate(context: vscode.ExtensionContext): void {
   const output = vscode.window.createOutputChannel("Forkyard");
   const connection = new ForkyardConnection(output, context.extensionUri);
+  activeConnection = connection;
   const store = new AgentStore(connection);
   const tree = new AgentsTreeProvider(store);
   const treeView = vscode.window.createTreeView<AgentNode>(AGENTS_VIEW, {
@@ -105,7 +108,8 @@ export function activate(context: vscode.ExtensionContext): void {
   });
 }
 
-export function deactivate(): void {
-  // The connection is disposed with the context's subscriptions; vscode-languageclient
-  // sends shutdown and exit there.
+/** VS Code waits for the returned promise: the server gets shutdown and exit, and marks
+ * its running agents interrupted with their logs on disk, before the window goes. */
+export function deactivate(): Promise<void> | undefined {
+  return activeConnection?.stop();
 }

@@ -35,15 +35,18 @@ export interface ForkyardProtocolObjects {
   Hunk?: Hunk;
   LogEntry?: LogEntry;
   Message?: Message;
+  ModelSummary?: ModelSummary;
   Position?: Position;
   Progress?: Progress;
   Range?: Range;
   ServerStatsParams?: ServerStatsParams;
   ServerStatsResult?: ServerStatsResult;
+  StatusResult?: StatusResult;
   Thread?: Thread;
   ThreadListResult?: ThreadListResult;
   ThreadReadParams?: ThreadReadParams;
   ThreadReadResult?: ThreadReadResult;
+  WorktreeDiskUse?: WorktreeDiskUse;
 }
 export interface Agent {
   backend: string;
@@ -128,6 +131,7 @@ export interface AgentDispatchParams {
   backend?: string | null;
   baseRef?: string;
   includeUncommitted?: boolean;
+  paths?: string[] | null;
   role?: string;
   task: string;
   threadId?: string | null;
@@ -234,6 +238,15 @@ export interface ForkyardCapabilities {
   roles: string[];
   version?: number;
 }
+/**
+ * A configured model as clients may show it: never its key, only the key's name.
+ */
+export interface ModelSummary {
+  apiKeyEnv?: string | null;
+  baseUrl?: string | null;
+  model: string;
+  provider: string;
+}
 export interface ServerStatsParams {
   reset?: boolean;
 }
@@ -244,8 +257,46 @@ export interface ServerStatsResult {
   agentsQueued: number;
   agentsRunning: number;
   maxLoopStallMs: number;
+  models?: {
+    [k: string]: ModelSummary;
+  };
   uptimeSeconds: number;
   version: string;
+}
+/**
+ * An addition to PROTOCOL.md (`forkyard/status`): worktrees and the disk they use.
+ */
+export interface StatusResult {
+  poolError?: string | null;
+  poolReady: number;
+  poolSize: number;
+  totalDiskBytes: number;
+  worktrees: WorktreeDiskUse[];
+}
+/**
+ * One folder of Forkyard's worktrees: an agent's, a warm pool's, or one no agent
+ * owns ("orphan"), and the disk it takes (its files and git's record of it).
+ */
+export interface WorktreeDiskUse {
+  agentId?: string | null;
+  diskBytes: number;
+  exists?: boolean;
+  kind: "agent" | "pool" | "orphan";
+  number?: number | null;
+  path: string;
+  state?:
+    | (
+        | "queued"
+        | "starting"
+        | "running"
+        | "done"
+        | "applied"
+        | "discarded"
+        | "failed"
+        | "cancelled"
+        | "interrupted"
+      )
+    | null;
 }
 export interface Thread {
   createdAt: string;
@@ -278,6 +329,7 @@ export interface ForkyardRequests {
   "forkyard/chat": { params: ChatParams; result: ChatResult };
   "forkyard/chat/interrupt": { params: ChatInterruptParams; result: Empty };
   "forkyard/server/stats": { params: ServerStatsParams; result: ServerStatsResult };
+  "forkyard/status": { params: Empty; result: StatusResult };
   "forkyard/thread/list": { params: Empty; result: ThreadListResult };
   "forkyard/thread/read": { params: ThreadReadParams; result: ThreadReadResult };
 }

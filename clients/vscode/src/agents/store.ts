@@ -30,9 +30,14 @@ export class AgentStore implements vscode.Disposable {
   async reload(): Promise<void> {
     try {
       const { agents } = await this.connection.request("forkyard/agent/list", {});
+      // A `forkyard/agent/changed` that arrived while the list was on its way is newer.
+      const known = new Map(this.agents);
       this.agents.clear();
       this.diffs.clear();
-      for (const agent of agents) this.agents.set(agent.id, agent);
+      for (const agent of agents) {
+        const seen = known.get(agent.id);
+        this.agents.set(agent.id, seen && seen.updatedAt > agent.updatedAt ? seen : agent);
+      }
       this.changedEmitter.fire(undefined);
     } catch {
       // The server is not running; the connection has told the user why.
