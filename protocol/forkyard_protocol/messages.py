@@ -202,6 +202,11 @@ class WorktreeDiskUse(WireModel):
     state: AgentState | None = None
 
 
+class StatusParams(WireModel):
+    #: False: skip measuring disk use (every `diskBytes` 0), for a cheap look at the pool.
+    disk: bool = True
+
+
 class StatusResult(WireModel):
     """An addition to PROTOCOL.md (`forkyard/status`): worktrees and the disk they use."""
 
@@ -258,7 +263,7 @@ REQUESTS: dict[str, tuple[type[WireModel], type[WireModel]]] = {
     "forkyard/agent/apply": (AgentApplyParams, AgentApplyResult),
     "forkyard/agent/discard": (AgentRef, AgentResult),
     "forkyard/server/stats": (ServerStatsParams, ServerStatsResult),
-    "forkyard/status": (Empty, StatusResult),
+    "forkyard/status": (StatusParams, StatusResult),
 }
 
 #: Every custom notification, server to client: method -> params model.

@@ -236,3 +236,15 @@ async def test_forkyard_gc_and_status_from_the_shell(repo: Path, tmp_path: Path)
     assert stored is not None and stored.worktree is None and stored.branch is None
     assert "removed by `forkyard gc`" in log[-1].text
     assert "#1" not in forkyard("status")
+
+
+async def test_a_second_collector_with_stale_records_only_catches_up(
+    repository: Repository, tmp_path: Path
+) -> None:
+    # `forkyard gc` from a shell while a server, which still has the old record, runs.
+    worktrees = tmp_path / "worktrees"
+    applied = await agent_with_worktree(repository, worktrees, 1, "applied")
+    _, first = await gc(repository, [applied], worktrees)
+    report, second = await gc(repository, [applied], worktrees)
+    assert report.errors == []
+    assert [r.kept for r in second] == [first[0].kept]

@@ -6,6 +6,7 @@ for single short steps."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 from collections.abc import AsyncIterator, Callable
@@ -248,3 +249,24 @@ async def test_pool_work_holds_the_write_lock_only_for_single_short_steps(
         assert len(lock.holds) - holds_before == 1, "taking: the branch and the move, at once"
     assert max(lock.holds) < filled / 4, (lock.holds, filled)
     assert (tmp_path / "agent/pkg0/module_0.py").read_text() == "changed\n"
+
+
+async def test_make_worktree_says_how_it_made_the_worktree(
+    repository: Repository, repo: Path, tmp_path: Path
+) -> None:
+    head = await repository.resolve("HEAD")
+    settings = WorktreeSettings(pool_size=1)
+    async with running_pool(repository, tmp_path / "worktrees", settings) as pool:
+        await pool.wait_ready(1)
+        pooled = await pool.make_worktree(tmp_path / "a", branch="forkyard/a", commit=head)
+        sparse = await pool.make_worktree(
+            tmp_path / "b", branch="forkyard/b", commit=head, sparse_paths=["docs/deep"]
+        )
+    assert re.fullmatch(r"prepared worktree in \d+ ms \(pooled\)", pooled)
+    assert re.fullmatch(r"prepared worktree in \d+ ms \(fresh, sparse: docs/deep\)", sparse)
+    assert sorted(str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*")) == [
+        ".git", ".gitignore", "README.md", "docs", "docs/deep", "docs/deep/er", "docs/deep/er/notes.md",
+        "link-to-app",
+    ]  # fmt: skip
+    # Outside the cone means "not checked out", never "deleted".
+    assert git(tmp_path / "b", "status", "--porcelain", "--untracked-files=all") == ""

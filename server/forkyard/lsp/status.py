@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from forkyard.lsp.server import ForkyardServer
-from forkyard_protocol.messages import Empty, StatusResult, WorktreeDiskUse
+from forkyard_protocol.messages import StatusParams, StatusResult, WorktreeDiskUse
 
 
 def register(server: ForkyardServer) -> None:
     @server.request("forkyard/status")
-    async def status(ls: ForkyardServer, params: Empty) -> StatusResult:
+    async def status(ls: ForkyardServer, params: StatusParams) -> StatusResult:
         orchestrator = ls.require_app().orchestrator
-        uses = await orchestrator.worktree_usage()
+        uses = await orchestrator.worktree_usage(measure=params.disk)
         worktrees = [
             WorktreeDiskUse(
                 path=use.path,

@@ -544,11 +544,10 @@ class Orchestrator:
                     logger.exception("worktree gc of %s failed", self.repository.root)
             await anyio.sleep(interval or GC_IDLE_SECONDS)
 
-    async def worktree_usage(self) -> list[WorktreeUse]:
+    async def worktree_usage(self, *, measure: bool = True) -> list[WorktreeUse]:
         """Disk used per agent's worktree, by the pool, and by unowned worktrees."""
-        return await worktree_usage(
-            self.repository, [r.agent for r in self._agents.values()], self.worktrees_dir
-        )
+        agents = [r.agent for r in self._agents.values()]
+        return await worktree_usage(self.repository, agents, self.worktrees_dir, measure=measure)
 
     # --- state, persistence, events --------------------------------------------------
 

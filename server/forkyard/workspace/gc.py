@@ -202,7 +202,13 @@ async def collect_garbage(
         removal = Removal(
             agent, agent.worktree, keep_ref_for(agent), await disk_usage(Path(agent.worktree))
         )
-        if not dry_run:
+        if collected := await _collected_elsewhere(repository, agent, removal.keep_ref):
+            # Another gc (`forkyard gc` next to a running server) got there first: only
+            # the agent's record is behind.
+            removal.kept = collected
+            if on_removed is not None and not dry_run:
+                await on_removed(agent, removal)
+        elif not dry_run:
             try:
                 removal.kept = await remove_agent_worktree(
                     repository,
@@ -224,6 +230,19 @@ async def collect_garbage(
     report.orphans = await anyio.to_thread.run_sync(_orphans, listed, agents, worktrees_dir)
     await _empty_trash(worktrees_dir, report)
     return report
+
+
+async def _collected_elsewhere(repository: Repository, agent: Agent, keep_ref: str) -> str | None:
+    """The kept commit, when the worktree, its record and its branch are gone and the
+    keep ref exists; else None."""
+    if not agent.worktree or await anyio.Path(agent.worktree).exists():
+        return None
+    if agent.branch and await repository.branch_tip(agent.branch):
+        return None
+    try:
+        return await repository.resolve(keep_ref)
+    except GitError:
+        return None
 
 
 async def remove_agent_worktree(
@@ -385,22 +404,27 @@ class WorktreeUse:
 
 
 async def worktree_usage(
-    repository: Repository, agents: Sequence[Agent], worktrees_dir: Path
+    repository: Repository, agents: Sequence[Agent], worktrees_dir: Path, *, measure: bool = True
 ) -> list[WorktreeUse]:
     """Disk used per agent (newest first), by the warm pool, and by worktrees no agent
-    owns."""
+    owns. Without `measure`, only which folders there are (every size 0): walking big
+    worktrees takes a while."""
+
+    async def size_of(path: Path) -> int:
+        return await disk_usage(path) if measure else 0
+
     uses = []
     for agent in sorted(agents, key=lambda a: a.number, reverse=True):
         if agent.worktree:
             exists = await anyio.Path(agent.worktree).is_dir()
-            size = await disk_usage(Path(agent.worktree)) if exists else 0
+            size = await size_of(Path(agent.worktree)) if exists else 0
             uses.append(WorktreeUse(agent.worktree, size, "agent", agent, exists))
     pool = anyio.Path(pool_directory(worktrees_dir))
     if await pool.is_dir():
         async for child in pool.iterdir():
             if await child.is_dir():
-                uses.append(WorktreeUse(str(child), await disk_usage(Path(child)), "pool"))
+                uses.append(WorktreeUse(str(child), await size_of(Path(child)), "pool"))
     listed = await repository.list_worktrees()
     for orphan in await anyio.to_thread.run_sync(_orphans, listed, agents, worktrees_dir):
-        uses.append(WorktreeUse(orphan, await disk_usage(Path(orphan)), "orphan"))
+        uses.append(WorktreeUse(orphan, await size_of(Path(orphan)), "orphan"))
     return uses

@@ -61,8 +61,10 @@ class PooledWorktree:
 
 
 def checkout_options(workers: int) -> tuple[str, ...]:
-    """`-c checkout.workers=N`: git's parallel checkout (0: one worker per core)."""
-    return ("-c", f"checkout.workers={workers}")
+    """`-c checkout.workers=N`: git's parallel checkout (0: one worker per core). And
+    index version 4 for the worktree's new index: its path compression makes it about
+    half the size, so each later read and write of it (every take) is faster."""
+    return ("-c", f"checkout.workers={workers}", "-c", "index.version=4")
 
 
 async def background_git(repository: Repository, *args: str, cwd: Path) -> GitResult:
@@ -138,6 +140,7 @@ async def discard_folder(repository: Repository, path: Path, trash_dir: Path) ->
     its folder is renamed into the trash, git's record of it pruned, and the files
     deleted outside the lock. Whatever else `git worktree prune` drops (worktrees whose
     folder vanished) is logged."""
+    logger.info("removing worktree %s (nothing in it to keep)", path)
     trashed = await move_to_trash(path, trash_dir)
     async with repository.write_lock:
         await prune_worktrees(repository)
@@ -456,8 +459,9 @@ def _children(directory: Path) -> list[Path]:
 
 def sparse_folders(paths: Sequence[str]) -> list[str]:
     """Dispatch `paths` as folders for a cone-mode sparse checkout: repo-relative POSIX
-    paths inside the repository ("." or "" alone means everything: an empty list).
-    ValueError names a path that leaves the repository."""
+    paths inside the repository. "." (the whole repository) is dropped, so a list of
+    only that means a full worktree. ValueError names a path that leaves the
+    repository."""
     folders = []
     for path in paths:
         pure = PurePosixPath(path.strip())
