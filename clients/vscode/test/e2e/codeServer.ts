@@ -91,6 +91,9 @@ function waitForOutput(child: ChildProcess, pattern: RegExp, timeoutMs: number):
 
 export interface Editor {
   page: Page;
+  /** Console messages of the page and its frames (the webviews) that report a blocked
+   * resource or script: the chat's Content Security Policy must never need to. */
+  cspViolations: string[];
   repo: string;
   home: string;
   /** The chat webview's document (VS Code nests it in two iframes). */
@@ -177,6 +180,10 @@ export async function openEditor(files: Record<string, string>, settings: Record
       args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"],
     });
     const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+    const cspViolations: string[] = [];
+    page.on("console", (message) => {
+      if (/Content Security Policy/i.test(message.text())) cspViolations.push(message.text());
+    });
     await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(repo)}`);
     await page.locator(".monaco-workbench").waitFor({ timeout: 60_000 });
     // Fresh artifacts for each run: a screenshot of an earlier failure would mislead.
@@ -185,6 +192,7 @@ export async function openEditor(files: Record<string, string>, settings: Record
     const opened = browser;
     return {
       page,
+      cspViolations,
       repo,
       home,
       chat: () => page.frameLocator("iframe.webview.ready").frameLocator("#active-frame"),
