@@ -12,6 +12,8 @@ import {
   TransportKind,
 } from "vscode-languageclient/node";
 import type { ForkyardNotifications, ParamsOf, RequestMethod, ResultOf, ServerCapabilities } from "./protocol";
+import type { DoneAction } from "./agents/model";
+import { handleMessageRequests } from "./notices";
 import { type ProgressPlacement, showServerProgress } from "./progress";
 import { resolveServerCommand } from "./serverCommand";
 import { secretLikeModelKeys, serverSettings } from "./settings";
@@ -41,6 +43,9 @@ export class ForkyardConnection implements vscode.Disposable {
   /** Fires each time a server (re)starts and is initialized. */
   readonly onReady = this.readyEmitter.event;
   capabilities: ServerCapabilities | undefined;
+  /** What the buttons of an agent's "done" notice do (set by the extension). */
+  onDoneNotice: (agentNumber: string, action: DoneAction) => Promise<void> = async () => undefined;
+  private clientDisposables: vscode.Disposable[] = [];
 
   constructor(
     private readonly output: vscode.OutputChannel,
@@ -113,10 +118,12 @@ export class ForkyardConnection implements vscode.Disposable {
       void client.dispose();
       throw new Error(`Forkyard's language server did not start: ${String(error)}. See the Forkyard output.`);
     }
-    this.disposables.push(
+    // Both replace handlers that client.start() registered, so they come after it.
+    this.clientDisposables.push(
       showServerProgress(client, () =>
         vscode.workspace.getConfiguration("forkyard").get<ProgressPlacement>("agentProgress", "notification"),
       ),
+      handleMessageRequests(client, (agent, action) => this.onDoneNotice(agent, action)),
     );
     this.client = client;
     return client;
@@ -192,6 +199,8 @@ export class ForkyardConnection implements vscode.Disposable {
     const client = this.client;
     this.client = undefined;
     this.starting = undefined;
+    this.clientDisposables.forEach((d) => d.dispose());
+    this.clientDisposables = [];
     if (client) await client.dispose(2000).catch(() => undefined);
   }
 

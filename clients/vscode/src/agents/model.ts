@@ -197,3 +197,16 @@ function firstLine(text: string): string {
 function escapeMarkdown(text: string): string {
   return text.replace(/[\\`*_{}[\]<>()#+!|]/g, "\\$&");
 }
+
+/** The buttons of the server's notice that an agent is done (lsp/review.py). */
+export const DONE_ACTIONS = ["Show diff", "Apply", "Discard"] as const;
+export type DoneAction = (typeof DONE_ACTIONS)[number];
+
+/** The agent number of a done notice, or undefined for any other message request (an
+ * approval, say), which is then shown as it is. */
+export function doneNoticeAgent(message: string, actions: readonly string[]): string | undefined {
+  if (actions.length !== DONE_ACTIONS.length || !DONE_ACTIONS.every((title, i) => actions[i] === title)) {
+    return undefined;
+  }
+  return /^Forkyard agent #(\d+)\b.* is done\b/.exec(message)?.[1];
+}

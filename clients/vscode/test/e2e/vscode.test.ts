@@ -102,6 +102,11 @@ test("/run and /agents in the chat view: the agent's events show inline, agents 
   const event = chat.locator(".message-event", { hasText: "agent #2" }).filter({ hasText: "is done" });
   await event.waitFor({ timeout: 30_000 });
   assert.equal(await event.locator("a.open-agent").count(), 1);
+  // The done notice's Show diff opens VS Code's diff of the agent (not a patch file).
+  const notice = page.locator(".notification-toast", { hasText: "Forkyard agent #2" });
+  await notice.getByRole("button", { name: "Show diff" }).click({ timeout: 20_000 });
+  await page.locator(".tab", { hasText: "app.py ↔ agent #2" }).waitFor({ timeout: 20_000 });
+  await notice.waitFor({ state: "detached" });
   await input.click();
   await input.pressSequentially("/ag");
   await chat.locator(".completion", { hasText: "/agents" }).waitFor();

@@ -5,6 +5,7 @@ import {
   agentContextValue,
   agentDescription,
   agentIcon,
+  doneNoticeAgent,
   fileContextValue,
   fileRow,
   groupAgents,
@@ -108,4 +109,14 @@ test("the status bar counts running, queued and to-review agents", () => {
   assert.equal(status.text, "$(sync~spin) 2 $(clock) 1 $(git-pull-request) 1");
   assert.match(status.tooltip, /2 running, 1 queued, 1 to review/);
   assert.equal(statusBarText([]).text, "$(rocket) 0 $(git-pull-request) 0");
+});
+
+test("the server's done notice is recognised by its buttons; other requests are not", () => {
+  const actions = ["Show diff", "Apply", "Discard"];
+  assert.equal(doneNoticeAgent("Forkyard agent #12 (fix it) is done: 1 file(s), +1 -1", actions), "12");
+  assert.equal(doneNoticeAgent("Forkyard agent #12 (fix it) is done: 1 file(s), +1 -1", ["Apply"]), undefined);
+  assert.equal(
+    doneNoticeAgent("Forkyard agent #3 (x) wants to use run_command: ls", ["Allow once", "Allow for this agent", "Deny"]),
+    undefined,
+  );
 });
