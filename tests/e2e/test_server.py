@@ -106,3 +106,17 @@ async def test_serve_over_tcp(repo: Path, server_env: dict[str, str]) -> None:
         with anyio.fail_after(10):
             await process.wait()
         await lsp.stop()
+
+
+async def test_numbers_of_agents_a_lost_state_left_in_the_repository_are_skipped(
+    start_server: StartServer, repo: Path
+) -> None:
+    git(repo, "branch", "forkyard/1-from-an-old-state")
+    git(repo, "update-ref", "refs/forkyard/discarded/2", "HEAD")
+    client = await start_server(repo)
+    agent = await client.dispatch("true", backend="command", title="fresh")
+    done = await client.wait_for_agent(agent["id"])
+    assert done["state"] == "done"
+    assert done["number"] == 3
+    assert done["branch"] == "forkyard/3-fresh"
+    assert git(repo, "rev-parse", "forkyard/1-from-an-old-state").strip()

@@ -239,7 +239,7 @@ class Orchestrator:
         except ValueError as exc:
             raise InvalidRequest(f"paths: {exc}") from exc
         base = await self._base_commit(params, role)
-        number = await self.store.next_agent_number(self.repo_key)
+        number = await self._free_agent_number()
         title = (params.title or _title_from_task(params.task)).strip()
         stamp = now_iso()
         agent = Agent(
@@ -262,6 +262,24 @@ class Orchestrator:
         self._queue.append(runtime)
         self._pump()
         return runtime.agent.model_copy(deep=True)
+
+    async def _free_agent_number(self) -> int:
+        """The next agent number whose branch and kept refs do not exist yet: a lost
+        state directory restarts the numbering, and an old agent's branch or discarded
+        work must never be reused or overwritten."""
+        while True:
+            number = await self.store.next_agent_number(self.repo_key)
+            taken = await self.repository.git(
+                "for-each-ref",
+                "--count=1",
+                "--format=%(refname)",
+                f"refs/heads/forkyard/{number}-*",
+                f"refs/forkyard/discarded/{number}",
+                f"refs/forkyard/discarded/{number}-branch",
+            )
+            if not taken.line:
+                return number
+            logger.info("agent number %s is taken by %s; skipping it", number, taken.line)
 
     async def _base_commit(self, params: AgentDispatchParams, role: RoleConfig) -> str:
         """The commit the agent starts from; with includeUncommitted a snapshot of the
