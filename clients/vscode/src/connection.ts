@@ -161,11 +161,11 @@ export class ForkyardConnection implements vscode.Disposable {
 
   private configurationChanged(event: vscode.ConfigurationChangeEvent): void {
     if (!event.affectsConfiguration("forkyard")) return;
-    if (event.affectsConfiguration("forkyard.server.command")) {
+    // The command, and the state directory, are read only when the server starts.
+    if (event.affectsConfiguration("forkyard.server.command") || event.affectsConfiguration("forkyard.stateDir")) {
       void vscode.window
-        .showInformationMessage("Restart Forkyard's language server to use the new command?", "Restart")
+        .showInformationMessage("Restart Forkyard's language server for the new setting to apply?", "Restart")
         .then((choice) => (choice === "Restart" ? this.restart().catch(showError) : undefined));
-      return;
     }
     const client = this.client;
     if (!client || !this.running) return;

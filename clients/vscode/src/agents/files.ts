@@ -24,7 +24,7 @@ export function emptyUri(path: string): vscode.Uri {
 export class AgentFileProvider implements vscode.TextDocumentContentProvider, vscode.Disposable {
   private readonly changedEmitter = new vscode.EventEmitter<vscode.Uri>();
   private readonly open = new Map<string, vscode.Uri>();
-  private readonly subscription: vscode.Disposable;
+  private readonly subscriptions: vscode.Disposable[];
   readonly onDidChange = this.changedEmitter.event;
 
   constructor(
@@ -32,12 +32,15 @@ export class AgentFileProvider implements vscode.TextDocumentContentProvider, vs
     store: AgentStore,
   ) {
     // A follow-up changes the agent's files: refresh the documents shown of it.
-    this.subscription = store.onDidChange((agent) => {
-      for (const uri of this.open.values()) {
-        const id = new URLSearchParams(uri.query).get("agent");
-        if (!agent || id === agent.id) this.changedEmitter.fire(uri);
-      }
-    });
+    this.subscriptions = [
+      store.onDidChange((agent) => {
+        for (const uri of this.open.values()) {
+          const id = new URLSearchParams(uri.query).get("agent");
+          if (!agent || id === agent.id) this.changedEmitter.fire(uri);
+        }
+      }),
+      vscode.workspace.onDidCloseTextDocument((document) => this.open.delete(document.uri.toString())),
+    ];
   }
 
   async provideTextDocumentContent(uri: vscode.Uri): Promise<string> {
@@ -53,7 +56,7 @@ export class AgentFileProvider implements vscode.TextDocumentContentProvider, vs
   }
 
   dispose(): void {
-    this.subscription.dispose();
+    this.subscriptions.forEach((d) => d.dispose());
     this.changedEmitter.dispose();
   }
 }

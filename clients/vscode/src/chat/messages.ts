@@ -7,7 +7,7 @@ export interface Attachment {
 }
 
 export type ToWebview =
-  | { type: "state"; state: ChatState; attachment: Attachment | null }
+  | { type: "state"; state: ChatState; attachment: Attachment | null; draft: string }
   | { type: "event"; event: ChatEvent }
   | { type: "attachment"; attachment: Attachment | null }
   | { type: "threads"; threads: Thread[]; currentId: string | null }
@@ -17,6 +17,7 @@ export type ToWebview =
 export type FromWebview =
   | { type: "ready" }
   | { type: "send"; text: string }
+  | { type: "draft"; text: string }
   | { type: "stop" }
   | { type: "newThread" }
   | { type: "listThreads" }

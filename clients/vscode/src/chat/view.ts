@@ -2,6 +2,7 @@
 // a reloaded window, gets it back), sends the user's messages, and forwards the thread's
 // notifications to the webview.
 import * as vscode from "vscode";
+import { ResponseError } from "vscode-languageclient/node";
 import { type ForkyardConnection, showError } from "../connection";
 import type { ChatContext, ChatParams } from "../protocol";
 import type { Attachment, FromWebview, ToWebview } from "./messages";
@@ -19,6 +20,8 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
   private startingThreads = 0;
   private buffered: ChatEvent[] = [];
   private attachment: { context: ChatContext; label: string } | null = null;
+  /** What the user was typing, for when the view is shown again (not across reloads). */
+  private draft = "";
   private endProgress: (() => void) | undefined;
   private readonly disposables: vscode.Disposable[] = [];
 
@@ -57,7 +60,7 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
   }
 
   private postState(): void {
-    this.post({ type: "state", state: this.state, attachment: this.attachmentView() });
+    this.post({ type: "state", state: this.state, attachment: this.attachmentView(), draft: this.draft });
     this.updateProgress();
   }
 
@@ -85,7 +88,9 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
     } catch (error) {
       if (reportErrors) throw error;
       this.state = emptyChat();
-      await this.memento.update(THREAD_KEY, undefined);
+      // Forget the thread only when the server says it does not know it; a server that
+      // is not running yet must not lose the user's place.
+      if (error instanceof ResponseError) await this.memento.update(THREAD_KEY, undefined);
     }
     this.postState();
   }
@@ -108,7 +113,11 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
         await this.restore();
         return;
       case "send":
+        this.draft = "";
         await this.send(message.text);
+        return;
+      case "draft":
+        this.draft = message.text;
         return;
       case "stop":
         if (this.state.thread) {
@@ -157,8 +166,8 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
       this.post({ type: "attachment", attachment: null });
       if (!threadId) await this.adoptNewThread(result.threadId);
     } catch (error) {
+      // Shown in the thread, where the user looks, rather than as a notification.
       this.post({ type: "error", text: error instanceof Error ? error.message : String(error) });
-      throw error;
     } finally {
       if (!threadId) {
         this.startingThreads -= 1;

@@ -8,8 +8,6 @@ import { escapeHtml, renderMessage } from "./render";
 
 interface VsCodeApi {
   postMessage(message: FromWebview): void;
-  getState(): { draft?: string } | undefined;
-  setState(state: { draft?: string }): void;
 }
 declare function acquireVsCodeApi(): VsCodeApi;
 
@@ -97,6 +95,7 @@ window.addEventListener("message", (event: MessageEvent<ToWebview>) => {
   switch (message.type) {
     case "state":
       state = message.state;
+      if (!input.value) input.value = message.draft;
       showAttachment(message.attachment);
       renderAll();
       break;
@@ -132,7 +131,6 @@ function submit(): void {
   if (!text) return;
   send({ type: "send", text });
   input.value = "";
-  vscode.setState({ draft: "" });
   hideCompletions();
 }
 
@@ -168,9 +166,11 @@ function accept(index: number): void {
   input.focus();
 }
 
+let draftTimer: ReturnType<typeof setTimeout> | undefined;
 input.addEventListener("input", () => {
-  vscode.setState({ draft: input.value });
   showCompletions();
+  clearTimeout(draftTimer);
+  draftTimer = setTimeout(() => send({ type: "draft", text: input.value }), 300);
 });
 
 input.addEventListener("keydown", (event) => {
@@ -236,6 +236,5 @@ messagesEl.addEventListener("click", (event) => {
   }
 });
 
-input.value = vscode.getState()?.draft ?? "";
 renderAll();
 send({ type: "ready" });

@@ -96,6 +96,8 @@ export interface Editor {
   cspViolations: string[];
   repo: string;
   home: string;
+  /** The user's settings.json. */
+  userSettings: string;
   /** The chat webview's document (VS Code nests it in two iframes). */
   chat(): FrameLocator;
   screenshot(name: string): Promise<string>;
@@ -115,21 +117,23 @@ export async function openEditor(files: Record<string, string>, settings: Record
     path.join(userData, "Machine", "settings.json"),
     JSON.stringify({ "forkyard.server.command": [SERVER, "serve"] }),
   );
-  fs.writeFileSync(
-    path.join(userData, "User", "settings.json"),
-    JSON.stringify({
-      "workbench.startupEditor": "none",
-      "workbench.tips.enabled": false,
-      "workbench.colorTheme": "Default Dark Modern",
-      "security.workspace.trust.enabled": false,
-      "telemetry.telemetryLevel": "off",
-      "extensions.autoCheckUpdates": false,
-      "extensions.autoUpdate": false,
-      "git.openRepositoryInParentFolders": "never",
-      "chat.disableAIFeatures": true,
-      ...settings,
-    }),
-  );
+  const userSettings = path.join(userData, "User", "settings.json");
+  const baseSettings = {
+    "workbench.startupEditor": "none",
+    "workbench.tips.enabled": false,
+    "workbench.colorTheme": "Default Dark Modern",
+    "security.workspace.trust.enabled": false,
+    "telemetry.telemetryLevel": "off",
+    "extensions.autoCheckUpdates": false,
+    "extensions.autoUpdate": false,
+    "git.openRepositoryInParentFolders": "never",
+    "chat.disableAIFeatures": true,
+    // Fewer things that move under the mouse.
+    "editor.stickyScroll.enabled": false,
+    "workbench.reduceMotion": "on",
+    ...settings,
+  };
+  fs.writeFileSync(userSettings, JSON.stringify(baseSettings));
   // The server's world: its own state directory, and no user config of the machine's.
   const env = {
     ...process.env,
@@ -193,6 +197,7 @@ export async function openEditor(files: Record<string, string>, settings: Record
     return {
       page,
       cspViolations,
+      userSettings,
       repo,
       home,
       chat: () => page.frameLocator("iframe.webview.ready").frameLocator("#active-frame"),
@@ -217,6 +222,11 @@ export async function openEditor(files: Record<string, string>, settings: Record
 
 /** Runs a palette command by its title, e.g. "Forkyard: Show agents". */
 export async function runCommand(page: Page, title: string): Promise<void> {
+  const widget = page.locator(".quick-input-widget");
+  if (await widget.isVisible()) {
+    await page.keyboard.press("Escape");
+    await widget.waitFor({ state: "hidden" });
+  }
   await page.keyboard.press("F1");
   const input = page.locator(".quick-input-widget input");
   await input.waitFor();

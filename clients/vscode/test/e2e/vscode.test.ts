@@ -54,7 +54,7 @@ function step(name: string, run: () => Promise<void>): () => Promise<void> {
 
 test("a command agent dispatched from the palette reaches done in the Agents view", { skip, timeout: 90_000 }, step("dispatch", async () => {
   const { page } = editor;
-  await page.locator('.activitybar a.action-label[aria-label^="Forkyard"]').waitFor({ timeout: 30_000 });
+  await page.locator('.statusbar a.statusbar-item-label[aria-label^="Forkyard:"]').waitFor({ timeout: 30_000 });
   await runCommand(page, "Forkyard: Run command in background worktree…");
   await answerInput(page, TASK);
   // The tree item's accessible label ends with the agent's state.
@@ -128,7 +128,11 @@ test("in the diff, the server's quick fix applies one hunk to the user's file", 
   await page.locator(".tab", { hasText: "app.py ↔ agent #2" }).waitFor({ timeout: 20_000 });
   const diff = page.locator(".monaco-diff-editor");
   const original = diff.locator(".editor.original");
+  // The diff editor focuses its right side once it has settled; then the cursor goes on
+  // the hunk's line on the left, the user's file.
+  await diff.locator(".editor.modified .monaco-editor.focused").waitFor({ timeout: 20_000 });
   await original.locator(".view-line", { hasText: "return a + b" }).click();
+  await original.locator(".monaco-editor.focused").waitFor();
   // The hint on the agent's hunk brings the server's code actions: the lightbulb.
   await original.locator(".lightBulbWidget").click({ timeout: 20_000 });
   // The menu blocks the mouse while it is open: choose with the keyboard.
@@ -197,7 +201,8 @@ test("the chat thread comes back after the window reloads", { skip, timeout: 90_
   const { page } = editor;
   await page.reload();
   await page.locator(".monaco-workbench").waitFor({ timeout: 60_000 });
-  await page.locator('.activitybar a.action-label[aria-label^="Forkyard"]').waitFor({ timeout: 30_000 });
+  // The extension is active again once its status bar item is back.
+  await page.locator('.statusbar a.statusbar-item-label[aria-label^="Forkyard:"]').waitFor({ timeout: 30_000 });
   await runCommand(page, "Forkyard: Show chat");
   const chat = editor.chat();
   await chat.locator(".message-assistant .message-body").filter({ hasText: "applied" }).waitFor({ timeout: 30_000 });
@@ -239,6 +244,26 @@ test("Dispatch agent… asks for the task and the role, and the agent runs on th
   const event = editor.chat().locator(".message-event", { hasText: "agent #4" }).filter({ hasText: "greet and add" });
   await event.waitFor({ timeout: 10_000 });
   await editor.screenshot("dispatched");
+}));
+
+test("a setting changed in VS Code's Settings editor reaches the running server", { skip, timeout: 60_000 }, step("settings", async () => {
+  const { page } = editor;
+  await runCommand(page, "Preferences: Open User Settings");
+  await page.locator(".settings-editor").waitFor({ timeout: 20_000 });
+  await page.keyboard.type("forkyard.commandTimeoutSeconds");
+  const input = page
+    .locator(".settings-editor .setting-item-contents", { hasText: "Command Timeout Seconds" })
+    .locator("input");
+  await input.waitFor({ timeout: 20_000 });
+  await input.fill("1");
+  await input.press("Tab");
+  await eventually(() => /"forkyard.commandTimeoutSeconds": 1\b/.test(fs.readFileSync(editor.userSettings, "utf8")), "the setting saved");
+  // A command agent now gets one second: this one fails on the new limit.
+  await runCommand(page, "Forkyard: Run command in background worktree…");
+  await answerInput(page, "sleep 30");
+  await page.locator('.monaco-list-row[aria-label^="agent 5,"][aria-label$=", failed"]').waitFor({ timeout: 20_000 });
+  await input.fill("3600");
+  await input.press("Tab");
 }));
 
 test("the chat webview breaks none of its Content Security Policy", { skip }, () => {
