@@ -146,10 +146,11 @@ async def _private_git(context: AgentContext, home: Path) -> dict[str, str]:
     and the repository (the worktree's git metadata included) is read-only in the
     sandbox. Nothing aider does with git reaches the user's repository or the agent's
     branch; Forkyard records the worktree itself. {} outside a git repository."""
+    git_env = {"PATH": context.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
     done = await anyio.run_process(
         ["git", "rev-parse", "--git-path", "index", "--git-path", "objects"],
         cwd=context.cwd,
-        env={"PATH": context.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)},
+        env=git_env,
         check=False,
     )
     paths = done.stdout.decode(errors="replace").splitlines()
@@ -166,6 +167,17 @@ async def _private_git(context: AgentContext, home: Path) -> dict[str, str]:
         else:
             private_index.unlink(missing_ok=True)
 
+    if context.writable:
+        # Agent worktrees get a version 4 index (workspace/pool.py), which GitPython,
+        # that aider reads the worktree's own index with (it ignores GIT_INDEX_FILE),
+        # cannot read: aider would report "Unable to read staged files" and miss them.
+        # Only the agent's worktree: an explorer's directory is the user's checkout.
+        await anyio.run_process(
+            ["git", "update-index", "--index-version", "3"],
+            cwd=context.cwd,
+            env=git_env,
+            check=False,
+        )
     await anyio.to_thread.run_sync(copy_index)
     return {
         "GIT_INDEX_FILE": str(private_index),
