@@ -204,7 +204,8 @@ async def test_a_program_that_is_not_installed_is_unavailable_with_an_install_hi
 
     assert not missing.available
     assert missing.reason == (
-        f"{backend_class.spec.kind}: the configured program 'no-such-agent-cli' was not found"
+        f"{backend_class.spec.kind}: the configured program 'no-such-agent-cli' was not found; "
+        f"install it ({backend_class.spec.install_hint}) or correct backends.<name>.program"
     )
     hint = external_runtime.not_found_reason(
         backend_class.spec, ExternalBackendConfig(), {"PATH": "/nonexistent"}

@@ -127,7 +127,10 @@ def not_found_reason(
     spec: ProgramSpec, config: ExternalBackendConfig, environ: Mapping[str, str]
 ) -> str:
     if config.program:
-        return f"{spec.kind}: the configured program {config.program!r} was not found"
+        return (
+            f"{spec.kind}: the configured program {config.program!r} was not found; "
+            f"install it ({spec.install_hint}) or correct backends.<name>.program"
+        )
     places = ", ".join(str(folder) for folder in local_install_dirs(environ))
     return (
         f"{spec.executable} not found in PATH nor in {places}; install it "
