@@ -265,8 +265,8 @@ async def test_make_worktree_says_how_it_made_the_worktree(
     assert re.fullmatch(r"prepared worktree in \d+ ms \(pooled\)", pooled)
     assert re.fullmatch(r"prepared worktree in \d+ ms \(fresh, sparse: docs/deep\)", sparse)
     assert sorted(str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*")) == [
-        ".git", ".gitignore", "README.md", "docs", "docs/deep", "docs/deep/er", "docs/deep/er/notes.md",
-        "link-to-app",
+        ".git", ".gitignore", "README.md", "docs", "docs/deep", "docs/deep/er",
+        "docs/deep/er/notes.md", "link-to-app",
     ]  # fmt: skip
     # Outside the cone means "not checked out", never "deleted".
     assert git(tmp_path / "b", "status", "--porcelain", "--untracked-files=all") == ""
