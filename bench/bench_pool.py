@@ -7,9 +7,11 @@ Each dispatch is timed by the client, from the `forkyard/agent/dispatch` request
 stdio. Before each pooled dispatch the bench waits until the pool is full again (it
 refills in the background), so every pooled figure is a dispatch that found the pool
 ready; the agent's log says which way each worktree was made, and the bench counts it.
-Agents are discarded after each run so that the disk does not fill.
+Agents are discarded after each run so that the disk does not fill, and each series
+starts after an `os.sync()`, so that none pays for the previous one's disk writes.
 
     uv run python bench/bench_pool.py [--files 20000] [--file-bytes 10000] [--runs 20]
+                                      [--repos large,small]
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def time_worktree_adds(repo: Path, target: Path, runs: int) -> Series:
         subprocess.run(
             ["git", "worktree", "remove", "--force", str(path)], cwd=repo, check=True, env=GIT_ENV
         )
+        os.sync()
     return series
 
 
@@ -132,6 +135,10 @@ def bench_repository(work: Path, label: str, files: int, file_bytes: int, runs: 
     )
     results: list[Series] = []
     disks: dict[str, list[int]] = {}
+    # Every series starts with the previous one's writes on disk, so none pays for
+    # another's writeback.
+    os.sync()
+    results.append(time_worktree_adds(repo, work / f"plain-{label}", runs))
     for dirty in (False, True):
         if dirty:
             (repo / "pkg000" / "module_00000.py").write_text("# edited by the user\n")
@@ -140,18 +147,19 @@ def bench_repository(work: Path, label: str, files: int, file_bytes: int, runs: 
         for pool_size in (2, 0):
             kind = "pooled" if pool_size else "unpooled"
             state = work / f"state-{label}-{kind}-{int(dirty)}"
+            os.sync()
             series, disk = anyio.run(
                 run_series, repo, state, f"dispatch -> running, {kind}, {checkout}", runs, pool_size
             )
             results.append(series)
             disks[kind] = disks.get(kind, []) + disk
             shutil.rmtree(state, ignore_errors=True)
+    os.sync()
     sparse_series = partial(run_series, paths=["pkg000"])
     sparse, sparse_disk = anyio.run(
         sparse_series, repo, work / f"state-{label}-sparse", "dispatch -> running, sparse", runs, 0
     )
     results.append(sparse)
-    results.append(time_worktree_adds(repo, work / f"plain-{label}", runs))
     for series in results:
         print(series.line())
     print(
@@ -167,11 +175,17 @@ def main() -> None:
     parser.add_argument("--file-bytes", type=int, default=10_000)
     parser.add_argument("--small-files", type=int, default=200)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--repos", default="large,small", help="which of large,small to run")
     args = parser.parse_args()
+    wanted = set(args.repos.split(","))
     work = Path(tempfile.mkdtemp(prefix="forkyard-bench-pool-"))
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"{os.cpu_count()} cores, load average {load} (the machine may be shared)")
     try:
-        bench_repository(work, "large", args.files, args.file_bytes, args.runs)
-        bench_repository(work, "small", args.small_files, 2_000, args.runs)
+        if "large" in wanted:
+            bench_repository(work, "large", args.files, args.file_bytes, args.runs)
+        if "small" in wanted:
+            bench_repository(work, "small", args.small_files, 2_000, args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
