@@ -61,10 +61,11 @@ class PooledWorktree:
 
 
 def checkout_options(workers: int) -> tuple[str, ...]:
-    """`-c checkout.workers=N`: git's parallel checkout (0: one worker per core). And
-    index version 4 for the worktree's new index: its path compression makes it about
-    half the size, so each later read and write of it (every take) is faster."""
-    return ("-c", f"checkout.workers={workers}", "-c", "index.version=4")
+    """`-c checkout.workers=N`: git's parallel checkout (0: one worker per core).
+
+    The index stays in git's default version: version 4 would make each take some 10 ms
+    faster on 20,000 files, but tools agents run (GitPython, so aider) cannot read it."""
+    return ("-c", f"checkout.workers={workers}")
 
 
 async def background_git(repository: Repository, *args: str, cwd: Path) -> GitResult:
