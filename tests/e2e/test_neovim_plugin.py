@@ -224,7 +224,8 @@ def test_checkhealth_reports_ok_and_help_is_found(
         "OK bwrap found: ",
         "OK command agents can run",
         "OK a model is configured",
-        f'OK model "default" (openai fake-model, from setup()) reachable at '
+        # The server reports its resolved models (forkyard/server/stats): the source.
+        f'OK model "default" (openai fake-model, from server) reachable at '
         f"{fake_model_server.openai_base_url}",
     ):
         assert expected in text, text
