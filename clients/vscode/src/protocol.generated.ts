@@ -41,6 +41,7 @@ export interface ForkyardProtocolObjects {
   Range?: Range;
   ServerStatsParams?: ServerStatsParams;
   ServerStatsResult?: ServerStatsResult;
+  StatusParams?: StatusParams;
   StatusResult?: StatusResult;
   Thread?: Thread;
   ThreadListResult?: ThreadListResult;
@@ -263,6 +264,9 @@ export interface ServerStatsResult {
   uptimeSeconds: number;
   version: string;
 }
+export interface StatusParams {
+  disk?: boolean;
+}
 /**
  * An addition to PROTOCOL.md (`forkyard/status`): worktrees and the disk they use.
  */
@@ -329,7 +333,7 @@ export interface ForkyardRequests {
   "forkyard/chat": { params: ChatParams; result: ChatResult };
   "forkyard/chat/interrupt": { params: ChatInterruptParams; result: Empty };
   "forkyard/server/stats": { params: ServerStatsParams; result: ServerStatsResult };
-  "forkyard/status": { params: Empty; result: StatusResult };
+  "forkyard/status": { params: StatusParams; result: StatusResult };
   "forkyard/thread/list": { params: Empty; result: ThreadListResult };
   "forkyard/thread/read": { params: ThreadReadParams; result: ThreadReadResult };
 }
