@@ -244,7 +244,8 @@ export class AgentActions {
   async openAgent(arg: AgentArgument): Promise<void> {
     const agent = await this.pick(arg, "log", "open");
     if (!agent) return;
-    void this.reveal(agent);
+    // Revealed first: focusing the view later would close the quick pick.
+    await this.reveal(agent);
     const labels: Partial<Record<AgentAction, string>> = {
       diff: "$(diff) Show diff",
       apply: "$(check) Apply",

@@ -101,7 +101,11 @@ test("/run and /agents in the chat view: the agent's events show inline, agents 
   // Events of the agent the chat started land in its thread, with a link to the agent.
   const event = chat.locator(".message-event", { hasText: "agent #2" }).filter({ hasText: "is done" });
   await event.waitFor({ timeout: 30_000 });
-  assert.equal(await event.locator("a.open-agent").count(), 1);
+  // Its link opens the agent: what can be done with it, in a quick pick.
+  await event.locator("a.open-agent").click();
+  await page.locator(".quick-input-list .monaco-list-row", { hasText: "Show diff" }).waitFor({ timeout: 10_000 });
+  assert.match((await page.locator(".quick-input-title").textContent()) ?? "", /^#2 sed/);
+  await page.keyboard.press("Escape");
   // The done notice's Show diff opens VS Code's diff of the agent (not a patch file).
   const notice = page.locator(".notification-toast", { hasText: "Forkyard agent #2" });
   await notice.getByRole("button", { name: "Show diff" }).click({ timeout: 20_000 });
@@ -246,24 +250,41 @@ test("Dispatch agent… asks for the task and the role, and the agent runs on th
   await editor.screenshot("dispatched");
 }));
 
-test("a setting changed in VS Code's Settings editor reaches the running server", { skip, timeout: 60_000 }, step("settings", async () => {
+/** Sets a number in VS Code's Settings editor as a user does, waits until it is saved,
+ * and closes the editor again (it keeps the keyboard focus otherwise). */
+async function setNumberSetting(
+  key: string,
+  title: string,
+  value: number,
+  saved: (settingsJson: string) => boolean,
+): Promise<void> {
   const { page } = editor;
   await runCommand(page, "Preferences: Open User Settings");
-  await page.locator(".settings-editor").waitFor({ timeout: 20_000 });
-  await page.keyboard.type("forkyard.commandTimeoutSeconds");
-  const input = page
-    .locator(".settings-editor .setting-item-contents", { hasText: "Command Timeout Seconds" })
-    .locator("input");
+  const settingsEditor = page.locator(".settings-editor");
+  await settingsEditor.waitFor({ timeout: 20_000 });
+  // The search box has the focus; it may still hold the last search.
+  await settingsEditor.locator(".settings-header .monaco-editor.focused").waitFor({ timeout: 10_000 });
+  await page.keyboard.press("Control+A");
+  await page.keyboard.type(key);
+  const input = settingsEditor.locator(".setting-item-contents", { hasText: title }).locator("input");
   await input.waitFor({ timeout: 20_000 });
-  await input.fill("1");
+  await input.fill(String(value));
   await input.press("Tab");
-  await eventually(() => /"forkyard.commandTimeoutSeconds": 1\b/.test(fs.readFileSync(editor.userSettings, "utf8")), "the setting saved");
+  await eventually(() => saved(fs.readFileSync(editor.userSettings, "utf8")), `${key} saved`);
+  await page.locator(".tab", { hasText: "Settings" }).locator(".codicon-close").click();
+  await settingsEditor.waitFor({ state: "detached" });
+}
+
+test("a setting changed in VS Code's Settings editor reaches the running server", { skip, timeout: 90_000 }, step("settings", async () => {
+  const { page } = editor;
+  const key = "forkyard.commandTimeoutSeconds";
+  await setNumberSetting(key, "Command Timeout Seconds", 1, (json) => /"forkyard\.commandTimeoutSeconds": 1\b/.test(json));
   // A command agent now gets one second: this one fails on the new limit.
   await runCommand(page, "Forkyard: Run command in background worktree…");
   await answerInput(page, "sleep 30");
   await page.locator('.monaco-list-row[aria-label^="agent 5,"][aria-label$=", failed"]').waitFor({ timeout: 20_000 });
-  await input.fill("3600");
-  await input.press("Tab");
+  // Back to the default: VS Code then drops the line.
+  await setNumberSetting(key, "Command Timeout Seconds", 3600, (json) => !json.includes(`"${key}"`));
 }));
 
 test("the chat webview breaks none of its Content Security Policy", { skip }, () => {
