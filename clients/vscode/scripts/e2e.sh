@@ -58,6 +58,7 @@ step "end-to-end tests in VS Code"
 # A browser driving an editor on a shared 2-core machine: one retry of the whole suite,
 # said loudly, so that a rare timing failure does not fail CI while a real one still does.
 retries="${FORKYARD_E2E_RETRIES:-1}"
+export FORKYARD_E2E_REQUIRED=1
 until node scripts/test.mjs e2e; do
   if [ "$retries" -le 0 ]; then
     echo "end-to-end tests failed; screenshots in ${FORKYARD_E2E_ARTIFACTS:-$here/test-artifacts}" >&2
