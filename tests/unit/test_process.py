@@ -84,6 +84,14 @@ def is_running(pid: int, marker: str) -> bool:
     return not zombie and marker.encode() in cmdline.split(b"\0")
 
 
+async def wait_until_running(pid: int, marker: str, seconds: float = 10) -> None:
+    """The shell prints `$!` before the background job has exec'd the sleeper: wait for
+    the marker to show in its command line (a loaded machine can take a while)."""
+    with anyio.fail_after(seconds):
+        while not is_running(pid, marker):  # noqa: ASYNC110 - no event for an exec
+            await anyio.sleep(0.02)
+
+
 async def wait_until_dead(pid: int, marker: str, seconds: float = 10) -> None:
     with anyio.fail_after(seconds):
         # Another process's death raises no event here: poll, boundedly.
@@ -232,7 +240,7 @@ async def test_cancelling_the_caller_kills_the_group_and_propagates() -> None:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(caller)
             grandchild = int(await recorder.first_line("stdout"))
-            assert is_running(grandchild, marker)
+            await wait_until_running(grandchild, marker)
             tasks.cancel_scope.cancel()
 
     assert outcome == ["cancelled"]
