@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from pygls.exceptions import JsonRpcException
 
@@ -139,7 +140,9 @@ async def test_cancel_kills_the_command_and_keeps_the_worktree(
     await client.wait_until(
         lambda: (client.agents[agent["id"]].get("progress") or {}).get("message") == "started"
     )
-    assert await process_running("sleep 314159")
+    with anyio.fail_after(10):  # "started" is printed just before sleep starts
+        while not await process_running("sleep 314159"):  # noqa: ASYNC110
+            await anyio.sleep(0.02)
 
     result = await client.request("forkyard/agent/cancel", {"agentId": agent["id"]})
     assert result["agent"]["state"] == "cancelled"
