@@ -79,7 +79,9 @@ async def test_a_reply_streams_in_deltas_and_completes(
     )
     assert reply_text(client, result["turnId"]) == "".join(deltas)
     assert turn_states(client, result["turnId"]) == ["running", "completed"]
-    kinds = [v.kind for v in client.lsp.progress_reports["chat-1"]]  # type: ignore[attr-defined]
+    reports = client.lsp.progress_reports["chat-1"]  # type: ignore[attr-defined]
+    await client.wait_until(lambda: reports and reports[-1].kind == "end")
+    kinds = [v.kind for v in reports]
     assert kinds[0] == "begin"
     assert kinds[-1] == "end"
     assert fake_model_server.last_request.messages[-1]["content"] in (

@@ -51,21 +51,21 @@ class ChatBridge:
         self.server.notify("forkyard/chat/message", ChatMessageNotification(message=message))
 
     def turn(self, turn: Turn, error: str | None) -> None:
+        # Progress first: a client that sees the turn end has seen its progress end too.
+        if turn.token is not None:
+            progress = self.server.work_done_progress
+            if turn.state == "running":
+                progress.begin(
+                    turn.token, types.WorkDoneProgressBegin(title="Forkyard", message="thinking")
+                )
+            elif turn.state in ("completed", "failed", "interrupted"):
+                progress.end(turn.token, types.WorkDoneProgressEnd(message=turn.state))
         self.server.notify(
             "forkyard/chat/turn",
             ChatTurnNotification(
                 thread_id=turn.thread_id, turn_id=turn.id, state=turn.state, error=error
             ),
         )
-        if turn.token is None:
-            return
-        progress = self.server.work_done_progress
-        if turn.state == "running":
-            progress.begin(
-                turn.token, types.WorkDoneProgressBegin(title="Forkyard", message="thinking")
-            )
-        elif turn.state in ("completed", "failed", "interrupted"):
-            progress.end(turn.token, types.WorkDoneProgressEnd(message=turn.state))
 
 
 def _read_context(document_text: str | None, path: Path, context: ChatContext) -> str:
