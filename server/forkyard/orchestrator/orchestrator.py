@@ -94,6 +94,7 @@ class Orchestrator:
         self._task_group: TaskGroup | None = None
         self._log_dirty: set[str] = set()
         self._state_waiters: dict[str, anyio.Event] = {}
+        self._flush_lock = anyio.Lock()
         #: Asks the user about a tool use; set by the editor layer. None: "ask" is "deny".
         self.approver: Approver | None = None
         self.pool = WorktreePool(
@@ -611,13 +612,16 @@ class Orchestrator:
             await self._flush_logs()
 
     async def _flush_logs(self) -> None:
-        dirty, self._log_dirty = self._log_dirty, set()
-        for agent_id in dirty:
-            runtime = self._agents.get(agent_id)
-            if runtime is None or not runtime.pending_log:
-                continue
-            entries, runtime.pending_log = runtime.pending_log, []
-            await self.store.append_log(agent_id, entries)
+        """Write pending log entries. One flush at a time: a reader that flushes before
+        reading must wait for a flush already under way, or it would miss its entries."""
+        async with self._flush_lock:
+            dirty, self._log_dirty = self._log_dirty, set()
+            for agent_id in dirty:
+                runtime = self._agents.get(agent_id)
+                if runtime is None or not runtime.pending_log:
+                    continue
+                entries, runtime.pending_log = runtime.pending_log, []
+                await self.store.append_log(agent_id, entries)
 
     async def _flush_logs_forever(self) -> None:
         while True:
