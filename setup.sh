@@ -5,7 +5,7 @@
 # System packages (git; bubblewrap for the sandbox; ripgrep for search; Emacs with eglot,
 # which the editor tests drive) come from apt when they are missing and we may install
 # them; uv from PyPI when it is missing; Python dependencies (Neovim for the editor tests
-# among them) from the committed lock file.
+# among them) from the committed lock file; the external agent programs for their tests.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -33,6 +33,11 @@ if ! command -v uv >/dev/null; then
 fi
 
 uv sync --locked
+
+# The external agent programs (Codex CLI, Claude Code, aider) that their tests drive for
+# real, into .agents/ (ignored by git); a program that cannot be installed is recorded and
+# its tests skip with the reason.
+bash tests/fakes/install_agents.sh || echo "warning: some agent programs could not be installed" >&2
 
 if [ "${1:-}" != "--no-demo" ]; then
   uv run forkyard demo
