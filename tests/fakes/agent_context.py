@@ -7,12 +7,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from pydantic import Field
 
-from forkyard.agents.base import ApprovalAnswer
+from forkyard.agents.base import ApprovalAnswer, Backend, RunOutcome
 from forkyard.agents.external_config import ExternalBackendConfig
 from forkyard.settings import BUILTIN_ROLES, RoleConfig, Settings
 from tests.helpers import git, make_repo
@@ -171,3 +172,25 @@ async def wait_until_no_processes_in(directory: Path, timeout: float = 10) -> li
         while left := await processes_in(directory):  # noqa: ASYNC110 - see docstring
             await anyio.sleep(0.05)
     return left
+
+
+async def assert_cancel_kills_everything(
+    backend: Backend, context: FakeAgentContext, worktree: Path, hanging: Any
+) -> None:
+    """Run `backend` against a model whose reply hangs, cancel it once the request is in
+    and the program runs, and check that nothing it started survives and that the model
+    sees the connection close. `hanging` is the scripted `Reply(hang=True)`."""
+    outcomes: list[RunOutcome] = []
+
+    async def run() -> None:
+        outcomes.append(await backend.run(context, "Take forever"))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run)
+        await hanging.started()
+        assert await processes_in(worktree), f"{backend.name} should be running"
+        tasks.cancel_scope.cancel()
+
+    assert outcomes == [], "a cancelled run returns nothing"
+    assert await wait_until_no_processes_in(worktree) == []
+    await hanging.client_disconnected()

@@ -8,23 +8,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 
 from forkyard.agents.aider import AiderBackend, aider_model
-from forkyard.agents.base import RunOutcome
 from forkyard.agents.external_config import ExternalBackendConfig
 from forkyard.settings import BUILTIN_ROLES
 from tests.fakes.agent_context import (
     FAKE_API_KEY,
     FakeAgentContext,
     Workspace,
+    assert_cancel_kills_everything,
     installed_program,
     make_workspace,
-    processes_in,
     server_environ,
     settings_for,
-    wait_until_no_processes_in,
 )
 from tests.fakes.model_server import FakeModelServer, Reply
 from tests.helpers import git
@@ -142,21 +139,7 @@ async def test_cancelling_stops_aider_and_every_process_it_started(
 ) -> None:
     (hanging,) = model.script(Reply(hang=True))
     context = aider_context(workspace, model)
-    outcomes: list[RunOutcome] = []
-
-    async with anyio.create_task_group() as tasks:
-
-        async def run() -> None:
-            outcomes.append(await AiderBackend().run(context, "Take forever"))
-
-        tasks.start_soon(run)
-        await hanging.started()
-        assert await processes_in(workspace.worktree), "aider should be running"
-        tasks.cancel_scope.cancel()
-
-    assert outcomes == []
-    assert await wait_until_no_processes_in(workspace.worktree) == []
-    await hanging.client_disconnected()
+    await assert_cancel_kills_everything(AiderBackend(), context, workspace.worktree, hanging)
 
 
 def test_a_bare_model_name_gets_litellms_openai_prefix_on_a_custom_endpoint() -> None:

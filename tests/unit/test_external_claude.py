@@ -18,12 +18,11 @@ from tests.fakes.agent_context import (
     FAKE_API_KEY,
     FakeAgentContext,
     Workspace,
+    assert_cancel_kills_everything,
     installed_program,
     make_workspace,
-    processes_in,
     server_environ,
     settings_for,
-    wait_until_no_processes_in,
 )
 from tests.fakes.model_server import FakeModelServer, Reply
 
@@ -135,21 +134,7 @@ async def test_cancelling_stops_claude_and_every_process_it_started(
 ) -> None:
     (hanging,) = model.script(Reply(hang=True))
     context = claude_context(workspace, model)
-    outcomes: list[RunOutcome] = []
-
-    async with anyio.create_task_group() as tasks:
-
-        async def run() -> None:
-            outcomes.append(await ClaudeBackend().run(context, "Take forever"))
-
-        tasks.start_soon(run)
-        await hanging.started()
-        assert await processes_in(workspace.worktree), "claude should be running"
-        tasks.cancel_scope.cancel()
-
-    assert outcomes == []
-    assert await wait_until_no_processes_in(workspace.worktree) == []
-    await hanging.client_disconnected()
+    await assert_cancel_kills_everything(ClaudeBackend(), context, workspace.worktree, hanging)
 
 
 async def test_a_model_error_fails_the_run_with_claudes_result(

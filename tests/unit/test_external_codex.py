@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 
 from forkyard.agents.base import RunOutcome
@@ -19,12 +18,11 @@ from tests.fakes.agent_context import (
     FAKE_API_KEY,
     FakeAgentContext,
     Workspace,
+    assert_cancel_kills_everything,
     installed_program,
     make_workspace,
-    processes_in,
     server_environ,
     settings_for,
-    wait_until_no_processes_in,
 )
 from tests.fakes.model_server import Reply
 from tests.fakes.responses_server import ResponsesModelServer
@@ -138,21 +136,7 @@ async def test_cancelling_stops_codex_and_every_process_it_started(
 ) -> None:
     (hanging,) = model.script(Reply(hang=True))
     context = codex_context(workspace, model)
-    outcomes: list[RunOutcome] = []
-
-    async with anyio.create_task_group() as tasks:
-
-        async def run() -> None:
-            outcomes.append(await CodexBackend().run(context, "Take forever"))
-
-        tasks.start_soon(run)
-        await hanging.started()
-        assert await processes_in(workspace.worktree), "codex should be running"
-        tasks.cancel_scope.cancel()
-
-    assert outcomes == []
-    assert await wait_until_no_processes_in(workspace.worktree) == []
-    await hanging.client_disconnected()
+    await assert_cancel_kills_everything(CodexBackend(), context, workspace.worktree, hanging)
 
 
 async def test_a_model_error_fails_the_run_with_codexs_message(
