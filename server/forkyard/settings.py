@@ -120,6 +120,26 @@ class WorktreeSettings(BaseModel):
     gc_interval_seconds: float = Field(default=3600.0, ge=0)
 
 
+class SandboxSettings(BaseModel):
+    """What the sandbox shows agents' commands beyond the system, the toolchains and
+    their own worktree (`[sandbox]`). It hides the rest of the user's files, so a path a
+    build needs (a toolchain cache) must be granted here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Paths shown read-only inside the sandbox (`~` expanded); missing ones are skipped.
+    read_paths: list[str] = Field(default_factory=list)
+
+    def resolved_read_paths(self, environ: Mapping[str, str]) -> list[Path]:
+        """`read_paths` with `~` expanded against `environ`'s HOME (not the process's)."""
+        home = environ.get("HOME")
+        paths = []
+        for entry in self.read_paths:
+            at_home = home is not None and (entry == "~" or entry.startswith("~/"))
+            paths.append(Path(f"{home}{entry[1:]}") if at_home else Path(entry).expanduser())
+        return paths
+
+
 class Settings(BaseModel):
     """Everything a user can configure. Field names are the TOML keys."""
 
@@ -138,6 +158,7 @@ class Settings(BaseModel):
     #: External agent programs (`[backends.NAME]`: codex, claude, aider, or a command).
     backends: dict[str, ExternalBackendConfig] = Field(default_factory=dict)
     worktree: WorktreeSettings = Field(default_factory=WorktreeSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
 
     def role(self, name: str) -> RoleConfig | None:
         """A configured role, else a built-in one, else None."""
