@@ -35,6 +35,7 @@ from forkyard.models import (
     estimate_message_tokens,
     estimate_tokens,
 )
+from forkyard.models.loading import load_sdks
 from forkyard.settings import Settings
 from forkyard.tools.agent_tools import Approver, ToolBox, ToolResult, short_argument
 from forkyard.tools.command_tool import SandboxProbe
@@ -129,6 +130,7 @@ class LlmBackend:
         config = settings.models.get(model_name)
         if config is None:
             return RunOutcome(False, "", _no_model_reason(model_name, settings))
+        await load_sdks()
         try:
             model = self._model(config, context.environ)
         except ModelError as error:

@@ -25,6 +25,7 @@ from forkyard.conversation.history import SYSTEM_PROMPT, ModelHandle, build_mode
 from forkyard.conversation.tools import CHAT_TOOLS, ChatTools
 from forkyard.errors import UnknownThread
 from forkyard.models import ChatMessage, ChatModel, Completion, ModelError, TextDelta
+from forkyard.models.loading import load_sdks
 from forkyard.orchestrator.orchestrator import Orchestrator
 from forkyard.store import Store
 from forkyard_protocol.models import Agent, Message, Thread, TurnState
@@ -250,6 +251,7 @@ class Conversation:
         if is_command(turn.text):
             self._emit(turn, parts, await self.commands.run(turn.text, turn.thread_id))
             return
+        await load_sdks()
         handle = self._model()
         if handle is None:
             self._emit(turn, parts, NO_MODEL + HELP)
