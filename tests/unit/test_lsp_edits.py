@@ -71,4 +71,4 @@ def test_without_resource_operations_the_server_writes_the_files() -> None:
         resource_operations=set(),
     )
     assert set((build.edit.changes or {}).keys()) == {(ROOT / "a.py").as_uri()}
-    assert build.server_writes == {ROOT / "new.txt": "hello\n", ROOT / "gone.txt": None}
+    assert build.server_writes == {"new.txt": "hello\n", "gone.txt": None}

@@ -1,5 +1,9 @@
 """Apply plans (pure data, code points) to an LSP WorkspaceEdit in the client's terms:
-its position encoding, `documentChanges` and resource operations when it has them."""
+its position encoding, `documentChanges` and resource operations when it has them.
+
+An editor follows links when it creates or edits a file, so every URI sent is checked
+here to be a file:// URI inside the checkout (the links on the way were refused when
+the apply was planned: `forkyard.workspace.confined`)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 from lsprotocol import types
 
 from forkyard.workspace.apply import FilePlan, TextEdit
+from forkyard.workspace.confined import UnsafePathError, spelling_problem
 from forkyard.workspace.hunks import split_lines, to_position_units
 
 Encoding = str
@@ -18,8 +23,9 @@ Encoding = str
 class EditBuild:
     edit: types.WorkspaceEdit
     #: What the client cannot do itself (no resource operations): the server writes
-    #: these files (path -> text; None: delete) after the client accepted the edit.
-    server_writes: dict[Path, str | None] = field(default_factory=dict)
+    #: these files (checkout-relative path -> text; None: delete) after the client
+    #: accepted the edit, with `confined.write_files`.
+    server_writes: dict[str, str | None] = field(default_factory=dict)
     touched: list[str] = field(default_factory=list)
 
 
@@ -45,6 +51,17 @@ def lsp_text_edits(current: str, edits: list[TextEdit], encoding: Encoding) -> l
     ]
 
 
+def checked_uri(root: Path, path: str) -> str:
+    """The file:// URI of `path` in the checkout at `root`; UnsafePathError for a path
+    that could name something outside it."""
+    if (problem := spelling_problem(path)) is not None:
+        raise UnsafePathError(problem)
+    target = root / path
+    if not target.is_absolute() or not target.is_relative_to(root):
+        raise UnsafePathError(f"{path}: is outside your checkout")
+    return target.as_uri()
+
+
 def build_workspace_edit(
     plans: list[FilePlan],
     root: Path,
@@ -55,7 +72,10 @@ def build_workspace_edit(
     document_changes: bool,
     resource_operations: set[str],
 ) -> EditBuild:
-    """One WorkspaceEdit for the whole apply, so the editor undoes it in one step."""
+    """One WorkspaceEdit for the whole apply, so the editor undoes it in one step.
+
+    Raises UnsafePathError, sending nothing, if any plan's path could leave the checkout
+    (`root`, absolute): the planner refuses those first, so this is the last line."""
     changes: dict[str, list[types.TextEdit]] = {}
     operations: list[
         types.TextDocumentEdit | types.CreateFile | types.RenameFile | types.DeleteFile
@@ -64,8 +84,8 @@ def build_workspace_edit(
     for plan in plans:
         if plan.kind == "noop":
             continue
-        path = root / plan.path
-        uri = path.as_uri()
+        path = plan.path
+        uri = checked_uri(root, path)
         build.touched.append(plan.path)
         if plan.kind == "delete":
             if document_changes and "delete" in resource_operations:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ from forkyard.conversation.commands import ApplyOutcome
 from forkyard.errors import InvalidRequest
 from forkyard.lsp.edits import build_workspace_edit
 from forkyard.lsp.server import ForkyardServer
-from forkyard.review.service import AgentReview, FileReview
+from forkyard.review.service import AgentReview, ApplyPlan, FileReview
+from forkyard.workspace import confined
+from forkyard.workspace.apply import confine_plans
 from forkyard.workspace.hunks import diagnostic_range, marked_lines, split_lines
 from forkyard_protocol.messages import AgentApplyParams, AgentApplyResult, AgentResult
-from forkyard_protocol.models import Agent
+from forkyard_protocol.models import Agent, Conflict
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +206,9 @@ class Review:
         self, agent_ref: str, paths: list[str] | None = None, hunk_ids: list[str] | None = None
     ) -> AgentApplyResult:
         app = self.app
-        plan = await app.review.plan(agent_ref, self.current_text, paths, hunk_ids)
+        plan = await self._confined(
+            await app.review.plan(agent_ref, self.current_text, paths, hunk_ids)
+        )
         agent = plan.agent
         texts = {p.path: await self.current_text(p.path) for p in plan.plans}
         versions: dict[str, int | None] = {}
@@ -217,15 +222,20 @@ class Review:
             if edit_caps
             else set()
         )
-        build = build_workspace_edit(
-            plan.plans,
-            self.root,
-            texts,
-            versions,
-            encoding=self.encoding,
-            document_changes=bool(edit_caps and edit_caps.document_changes),
-            resource_operations=operations,
-        )
+        try:
+            build = build_workspace_edit(
+                plan.plans,
+                self.root,
+                texts,
+                versions,
+                encoding=self.encoding,
+                document_changes=bool(edit_caps and edit_caps.document_changes),
+                resource_operations=operations,
+            )
+        except confined.UnsafePathError as exc:
+            raise InvalidRequest(
+                f"agentId: agent #{agent.number} cannot be applied: {exc}"
+            ) from exc
         applied = True
         if build.edit.changes or build.edit.document_changes:
             params = types.ApplyWorkspaceEditParams(
@@ -239,23 +249,50 @@ class Review:
                 logger.info("the editor refused the edit: %s", exc)
                 response = None
             applied = bool(response and response.applied)
+        failed: dict[str, str] = {}
         if applied and build.server_writes:
-            await anyio.to_thread.run_sync(_write_files, build.server_writes)
+            # Checked again as they are written: a link swapped in since the plan is
+            # refused there, never followed.
+            failed = await anyio.to_thread.run_sync(
+                confined.write_files, self.root, build.server_writes
+            )
+            build.touched = [path for path in build.touched if path not in failed]
             self.server.window_show_message(
                 types.ShowMessageParams(
-                    type=types.MessageType.Info,
-                    message=f"Forkyard created or deleted {len(build.server_writes)} file(s) "
-                    "itself: your editor does not support file operations in edits",
+                    type=types.MessageType.Warning if failed else types.MessageType.Info,
+                    message=f"Forkyard created or deleted {len(build.server_writes) - len(failed)}"
+                    " file(s) itself: your editor does not support file operations in edits"
+                    + "".join(f"; {reason}" for reason in failed.values()),
                 )
             )
-        if applied and plan.complete:
+        conflicts = plan.conflicts + [Conflict(path=p, reason=r) for p, r in failed.items()]
+        if applied and plan.complete and not failed:
             await app.orchestrator.mark_applied(agent.id)
         elif applied:
             for path in build.touched:
                 self.refresh_soon(path)
         return AgentApplyResult(
-            applied=applied, paths=build.touched if applied else [], conflicts=plan.conflicts
+            applied=applied, paths=build.touched if applied else [], conflicts=conflicts
         )
+
+    async def _confined(self, plan: ApplyPlan) -> ApplyPlan:
+        """`plan` without anything that would write through a symbolic link or outside
+        the checkout, on either side: those changes become conflicts saying so."""
+        review = await self.app.review.get(plan.agent.id)
+        changes = [file.change for file in review.files.values()]
+        worktree = Path(plan.agent.worktree) if plan.agent.worktree else None
+        found = await anyio.to_thread.run_sync(
+            confined.apply_problems,
+            self.root,
+            worktree,
+            [file_plan.path for file_plan in plan.plans],
+            [change.path for change in changes if change.status != "deleted"],
+        )
+        if not found:
+            return plan
+        plans, conflicts, dropped = confine_plans(plan.plans, changes, found)
+        kept = [c for c in plan.conflicts if c.path not in dropped]
+        return replace(plan, plans=plans, conflicts=kept + conflicts, complete=False)
 
     async def show_diff(self, agent_ref: str) -> AgentResult:
         orchestrator = self.app.orchestrator
@@ -343,13 +380,9 @@ class Review:
 
 
 def _read_disk_texts(root: Path, paths: list[str]) -> dict[str, str | None]:
-    texts: dict[str, str | None] = {}
-    for path in paths:
-        try:
-            texts[path] = (root / path).read_text(encoding="utf-8", errors="replace")
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            texts[path] = None
-    return texts
+    """Never through a link: a path of the agent's diff may run through one that points
+    outside the checkout (it reads as no file, and the apply refuses it)."""
+    return {path: confined.read_text(root, path) for path in paths}
 
 
 def _diagnostics(
@@ -442,15 +475,6 @@ def resolve_action(action: types.CodeAction) -> types.CodeAction:
             title=action.title, command="forkyard.apply", arguments=arguments
         )
     return action
-
-
-def _write_files(writes: dict[Path, str | None]) -> None:
-    for path, text in writes.items():
-        if text is None:
-            path.unlink(missing_ok=True)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
 
 
 def register(server: ForkyardServer) -> None:

@@ -273,6 +273,41 @@ def paths_to_read(change: FileChange) -> list[str]:
     return [change.path]
 
 
+def confine_plans(
+    plans: Sequence[FilePlan],
+    changes: Sequence[FileChange],
+    problems: Mapping[str, str],
+) -> tuple[list[FilePlan], list[Conflict], set[str]]:
+    """`plans` with every change that touches a refused path (`problems`: path -> reason,
+    e.g. a symbolic link on its way) turned into a noop carrying that reason.
+
+    A change is blocked whole: a rename whose old path is a link neither deletes the old
+    file nor creates the new one. Returns the plans, the new conflicts, and the paths
+    whose earlier conflicts (made from texts read through the refused path) no longer
+    hold.
+    """
+    blocked: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for change in changes:
+        paths = tuple(paths_to_read(change))
+        reason = next((problems[p] for p in paths if p in problems), None)
+        if reason is not None:
+            blocked |= {p: (reason, paths) for p in paths}
+    for path, reason in problems.items():
+        blocked.setdefault(path, (reason, (path,)))
+    confined: list[FilePlan] = []
+    conflicts: list[Conflict] = []
+    reported: set[tuple[str, tuple[str, ...]]] = set()
+    for plan in plans:
+        if plan.path not in blocked:
+            confined.append(plan)
+            continue
+        confined.append(FilePlan(plan.path, "noop", None))
+        if blocked[plan.path] not in reported:  # one conflict for both paths of a rename
+            reported.add(blocked[plan.path])
+            conflicts.append(Conflict(path=plan.path, reason=blocked[plan.path][0]))
+    return confined, conflicts, set(blocked)
+
+
 def _selection(hunks: Sequence[Hunk], hunk_ids: Collection[str] | None) -> set[str] | None:
     """This file's selected hunk ids; None means the whole file."""
     if hunk_ids is None:
