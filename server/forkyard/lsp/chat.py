@@ -10,6 +10,7 @@ from lsprotocol import types
 from pygls.uris import to_fs_path
 
 from forkyard.conversation.service import Turn
+from forkyard.errors import InvalidRequest
 from forkyard.lsp.server import ForkyardServer
 from forkyard_protocol.messages import (
     ChatContext,
@@ -27,6 +28,9 @@ from forkyard_protocol.messages import (
 from forkyard_protocol.models import Message
 
 MAX_CONTEXT_CHARS = 20_000
+#: A chat message longer than this is refused before anything is stored or sent to a
+#: model (the wire's 16 MiB bound is for edits and documents, not for prose).
+MAX_CHAT_CHARS = 1024 * 1024
 
 
 class ChatBridge:
@@ -100,6 +104,11 @@ def register(server: ForkyardServer) -> None:
 
     @server.request("forkyard/chat")
     async def chat(ls: ForkyardServer, params: ChatParams) -> ChatResult:
+        if len(params.text) > MAX_CHAT_CHARS:
+            raise InvalidRequest(
+                f"text: the message is {len(params.text)} characters long; "
+                f"the limit is {MAX_CHAT_CHARS}"
+            )
         conversation = ls.require_app().conversation
         context = await context_text(ls, params.context)
         thread_id, turn_id, message_id = await conversation.chat(

@@ -13,11 +13,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, BinaryIO, TypeVar
 
 import anyio
-from anyio.abc import TaskGroup
 from lsprotocol import converters, types
 from pydantic import ValidationError
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
-from pygls.io_ import StdinAsyncReader, StdoutWriter, run_async
+from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInvalidParams
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import (
     JsonRPCNotification,
@@ -30,6 +29,17 @@ from pygls.protocol import (
 import forkyard
 from forkyard.app import ForkyardApp
 from forkyard.errors import InvalidRequest
+from forkyard.lsp.supervisor import Supervisor, one_line, redact, secret_values
+from forkyard.lsp.wire import (
+    ByteSource,
+    ConnectionLost,
+    FrameReader,
+    MessageLoop,
+    StdinSource,
+    StreamSource,
+    quote,
+)
+from forkyard.settings import current_environ
 from forkyard_protocol import REQUESTS, WireModel, describe_validation_error
 
 logger = logging.getLogger(__name__)
@@ -47,8 +57,14 @@ def plain_params_converter() -> Any:
 
 
 class ServerNotReady(JsonRpcException):
-    code = -32002
-    message = "Forkyard is not initialized yet"
+    # pygls 2 reads the upper-case class attributes.
+    CODE = -32002
+    MESSAGE = "Forkyard is not initialized yet: send initialize first"
+
+
+#: Error answers carry at most this much text, and `data` only when it is small.
+MAX_ERROR_MESSAGE_CHARS = 400
+MAX_ERROR_DATA_CHARS = 4000
 
 
 class ForkyardProtocol(LanguageServerProtocol):
@@ -62,6 +78,28 @@ class ForkyardProtocol(LanguageServerProtocol):
             return
         super()._send_data(data)
 
+    def _send_response(
+        self, msg_id: Any, result: Any | None = None, error: types.ResponseError | None = None
+    ) -> None:
+        """Every error answer is short: an exception's text may quote the whole input."""
+        if error is not None:
+            message = error.message
+            if len(message) > MAX_ERROR_MESSAGE_CHARS:
+                message = message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
+            data = error.data
+            if data is not None and len(repr(data)) > MAX_ERROR_DATA_CHARS:
+                data = None
+            error = types.ResponseError(code=error.code, message=message, data=data)
+        super()._send_response(msg_id, result, error)
+
+    def send_error(self, msg_id: int | str | None, code: int, message: str) -> None:
+        """An error answer to a message pygls never saw (unreadable, refused)."""
+        if len(message) > MAX_ERROR_MESSAGE_CHARS:
+            message = message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
+        self._send_data(
+            {"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}}
+        )
+
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(
         self, params: types.InitializeParams
@@ -72,6 +110,8 @@ class ForkyardProtocol(LanguageServerProtocol):
 
 
 class ForkyardServer(LanguageServer):
+    protocol: ForkyardProtocol
+
     def __init__(self) -> None:
         super().__init__(
             "forkyard",
@@ -81,7 +121,7 @@ class ForkyardServer(LanguageServer):
             text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
         )
         self.app: ForkyardApp | None = None
-        self.task_group: TaskGroup | None = None
+        self.task_group: Supervisor | None = None
         self.experimental_capabilities: dict[str, Any] = {}
         self.exit_code = 0
         self.connection_closed = False
@@ -96,10 +136,26 @@ class ForkyardServer(LanguageServer):
         return self.app
 
     def spawn(self, func: Callable[[], Coroutine[Any, Any, Any]], name: str) -> None:
-        """Run a background task owned by the supervisor task group."""
+        """Run a background task owned by the supervisor task group: its failure is
+        logged and told to the user, never the end of the server."""
         if self.task_group is None:
             raise RuntimeError("the supervisor task group is not running")
         self.task_group.start_soon(func, name=name)
+
+    def tell_user(self, text: str) -> None:
+        self.window_show_message(
+            types.ShowMessageParams(type=types.MessageType.Error, message=text)
+        )
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """pygls's out-of-band errors (a failed notification handler): one short line,
+        never the input they may quote."""
+        secrets = secret_values(current_environ())
+        logger.error("server error: %s", one_line(redact(str(error), secrets), 2000))
+        if source is FeatureRequestError:
+            return  # answered to the request already
+        text = one_line(redact(f"{type(error).__name__}: {error}", secrets), 80)
+        self.tell_user(f"Forkyard: {text} (see the log)")
 
     def notify(self, method: str, params: WireModel) -> None:
         self.protocol.notify(method, params.wire())
@@ -188,24 +244,31 @@ class LoopWatch:
             self.max_stall = max(self.max_stall, stall)
 
 
-async def _serve(server: ForkyardServer, reader: Any) -> None:
+async def _serve(server: ForkyardServer, source: ByteSource) -> None:
     stop_event = threading.Event()
     server._stop_event = stop_event
+    environ = current_environ()
     try:
         async with anyio.create_task_group() as task_group:
-            server.task_group = task_group
-            task_group.start_soon(server.loop_watch.run, name="event loop watch")
+            supervisor = Supervisor(
+                task_group, report=server.tell_user, secrets=lambda: secret_values(environ)
+            )
+            server.task_group = supervisor
+            supervisor.start_soon(server.loop_watch.run, name="event loop watch")
+            loop = MessageLoop(server.protocol, FrameReader(source), server.protocol.send_error)
             try:
-                await run_async(
-                    stop_event=stop_event,
-                    reader=reader,
-                    protocol=server.protocol,
-                    logger=logger,
-                    error_handler=server.report_server_error,
-                )
+                await loop.run()
             except SystemExit as exit_request:
                 # pygls answers `exit` with sys.exit(); finish our cleanup first.
                 server.exit_code = exit_request.code if isinstance(exit_request.code, int) else 0
+            except ConnectionLost as lost:
+                logger.error("closing the connection: %s", lost)  # noqa: TRY400
+                server.exit_code = 1
+            except Exception as exc:
+                # The reading loop itself failed: close cleanly rather than hang.
+                logger.exception("the message loop failed")
+                server.exit_code = 1
+                server.tell_user(f"Forkyard stopped reading messages: {quote(str(exc), 60)}")
             server.connection_closed = True
             task_group.cancel_scope.cancel()
     finally:
@@ -216,10 +279,10 @@ async def _serve(server: ForkyardServer, reader: Any) -> None:
 
 def run_stdio(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
     server = create_server()
-    reader = StdinAsyncReader(stdin or sys.stdin.buffer, server.thread_pool)
+    source = StdinSource(stdin or sys.stdin.buffer)
     server.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
     try:
-        asyncio.run(_serve(server, reader))
+        asyncio.run(_serve(server, source))
     except (KeyboardInterrupt, BrokenPipeError):
         pass
     finally:
@@ -237,7 +300,7 @@ def run_tcp(host: str, port: int) -> None:
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             server.protocol.set_writer(writer)
             try:
-                await _serve(server, reader)
+                await _serve(server, StreamSource(reader))
             finally:
                 done.set()
 

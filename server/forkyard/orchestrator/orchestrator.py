@@ -48,6 +48,7 @@ LOG_FLUSH_SECONDS = 0.25
 #: How often to look at the settings again while automatic worktree gc is off.
 GC_IDLE_SECONDS = 3600.0
 FINISH_TIMEOUT_SECONDS = 60
+MAX_NUMBER_DIGITS = 18
 
 
 @dataclass
@@ -180,11 +181,12 @@ class Orchestrator:
         if runtime := self._agents.get(ref):
             return runtime
         number = ref.removeprefix("#").strip()
-        if number.isdigit():
+        # Bounded: int() of thousands of digits raises, and no agent number is that long.
+        if number.isascii() and number.isdigit() and len(number) <= MAX_NUMBER_DIGITS:
             for runtime in self._agents.values():
                 if runtime.agent.number == int(number):
                     return runtime
-        raise UnknownAgent(ref)
+        raise UnknownAgent(ref if len(ref) <= 60 else ref[:57] + "...")
 
     async def read(self, ref: str) -> tuple[Agent, list[LogEntry]]:
         runtime = self.resolve(ref)
