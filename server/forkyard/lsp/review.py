@@ -5,7 +5,6 @@ that merges against the user's current text and sends one `workspace/applyEdit`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,24 @@ from forkyard.app import ForkyardApp
 from forkyard.conversation.commands import ApplyOutcome
 from forkyard.errors import InvalidRequest
 from forkyard.lsp.edits import build_workspace_edit
+from forkyard.lsp.review_data import (
+    SOURCE,
+    SOURCE_KIND,
+    hunk_diagnostics,
+    kind_wanted,
+    make_action,
+    resolve_action,
+)
 from forkyard.lsp.server import ForkyardServer
 from forkyard.review.service import AgentReview, ApplyPlan, FileReview
 from forkyard.workspace import confined
 from forkyard.workspace.apply import confine_plans
-from forkyard.workspace.hunks import diagnostic_range, marked_lines, split_lines
+from forkyard.workspace.hunks import marked_lines, split_lines
 from forkyard_protocol.messages import AgentApplyParams, AgentApplyResult, AgentResult
 from forkyard_protocol.models import Agent, Conflict
 
 logger = logging.getLogger(__name__)
 
-SOURCE = "forkyard"
-SOURCE_KIND = "source.forkyard"
 REFRESH_DELAY_SECONDS = 0.05
 DONE_ACTIONS = ("Show diff", "Apply", "Discard")
 
@@ -113,7 +118,7 @@ class Review:
 
         def compute() -> dict[str, list[types.Diagnostic]]:
             return {
-                path: _diagnostics(text, pairs[path], encoding) if text is not None else []
+                path: hunk_diagnostics(text, pairs[path], encoding) if text is not None else []
                 for path, text in texts.items()
             }
 
@@ -331,7 +336,7 @@ class Review:
         actions: list[types.CodeAction] = []
         for review, file in pairs:
             agent = review.agent
-            if text is not None and _wanted(types.CodeActionKind.QuickFix, only):
+            if text is not None and kind_wanted(types.CodeActionKind.QuickFix, only):
                 located = await file.located_async(text)
                 total = len(split_lines(text))
                 for hunk in located:
@@ -349,7 +354,7 @@ class Review:
                             and d.data.get("hunkId") == hunk.hunk_id
                         ]
                         actions.append(
-                            _action(
+                            make_action(
                                 f"Apply hunk from agent #{agent.number}",
                                 types.CodeActionKind.QuickFix,
                                 agent,
@@ -359,13 +364,13 @@ class Review:
                                 lazy,
                             )
                         )
-            if _wanted(SOURCE_KIND, only):
+            if kind_wanted(SOURCE_KIND, only):
                 n = agent.number
                 actions += [
-                    _action(
+                    make_action(
                         f"Apply agent #{n} to this file", SOURCE_KIND, agent, [path], None, [], lazy
                     ),
-                    _action(
+                    make_action(
                         f"Apply agent #{n} (all {len(review.files)} files)",
                         SOURCE_KIND,
                         agent,
@@ -374,7 +379,7 @@ class Review:
                         [],
                         lazy,
                     ),
-                    _action(f"Discard agent #{n}", SOURCE_KIND, agent, None, None, [], lazy),
+                    make_action(f"Discard agent #{n}", SOURCE_KIND, agent, None, None, [], lazy),
                 ]
         return actions
 
@@ -383,98 +388,6 @@ def _read_disk_texts(root: Path, paths: list[str]) -> dict[str, str | None]:
     """Never through a link: a path of the agent's diff may run through one that points
     outside the checkout (it reads as no file, and the apply refuses it)."""
     return {path: confined.read_text(root, path) for path in paths}
-
-
-def _diagnostics(
-    text: str, pairs: list[tuple[AgentReview, FileReview]], encoding: str
-) -> list[types.Diagnostic]:
-    """Hint diagnostics over every applicable hunk of every agent changing this file.
-    Pure and blocking: runs in a worker thread."""
-    lines = split_lines(text)
-    found: list[types.Diagnostic] = []
-    for review, file in pairs:
-        hunks = {h.id: h for h in file.change.hunks}
-        agent = review.agent
-        for hunk in file.located(text):
-            if not hunk.applies:
-                continue
-            start_line, start_char, end_line, end_char = diagnostic_range(
-                hunk,
-                lines,
-                encoding,  # type: ignore[arg-type]
-            )
-            hunk_lines = hunks[hunk.hunk_id].text.splitlines()
-            added = sum(1 for line in hunk_lines if line.startswith("+"))
-            removed = sum(1 for line in hunk_lines if line.startswith("-"))
-            found.append(
-                types.Diagnostic(
-                    range=types.Range(
-                        start=types.Position(line=start_line, character=start_char),
-                        end=types.Position(line=end_line, character=end_char),
-                    ),
-                    severity=types.DiagnosticSeverity.Hint,
-                    source=SOURCE,
-                    message=f"agent #{agent.number}: {agent.title} (+{added} -{removed})",
-                    data={"agentId": agent.id, "hunkId": hunk.hunk_id},
-                )
-            )
-    return found
-
-
-def _wanted(kind: str, only: Sequence[str] | None) -> bool:
-    """Whether a client's `only` filter (e.g. "source", "quickfix") admits `kind`."""
-    if not only:
-        return True
-    name = str(getattr(kind, "value", kind))
-    wanted = [str(getattr(o, "value", o)) for o in only]
-    return any(name == w or name.startswith(f"{w}.") for w in wanted)
-
-
-def _action(
-    title: str,
-    kind: str,
-    agent: Agent,
-    paths: list[str] | None,
-    hunk_ids: list[str] | None,
-    diagnostics: list[types.Diagnostic],
-    lazy: bool,
-) -> types.CodeAction:
-    """Listing is cheap: actions carry `data`; resolving gives the command, and the edit
-    is built when the command runs, against the user's text as it is then, and sent as
-    one `workspace/applyEdit`. Clients that cannot resolve get the command at once."""
-    discard = title.startswith("Discard")
-    data: dict[str, Any] = {
-        "agentId": agent.id,
-        "title": title,
-        "action": "discard" if discard else "apply",
-    }
-    if not discard:
-        data |= {"paths": paths, "hunkIds": hunk_ids}
-    action = types.CodeAction(
-        title=title,
-        kind=kind,
-        diagnostics=diagnostics or None,
-        is_preferred=kind == types.CodeActionKind.QuickFix or None,
-        data=data,
-    )
-    return action if lazy else resolve_action(action)
-
-
-def resolve_action(action: types.CodeAction) -> types.CodeAction:
-    data = action.data if isinstance(action.data, dict) else {}
-    agent_id = data.get("agentId")
-    if not isinstance(agent_id, str):
-        raise InvalidRequest("data: not a Forkyard code action")
-    if data.get("action") == "discard":
-        action.command = types.Command(
-            title=action.title, command="forkyard.discard", arguments=[agent_id]
-        )
-    else:
-        arguments = [agent_id, data.get("paths"), data.get("hunkIds")]
-        action.command = types.Command(
-            title=action.title, command="forkyard.apply", arguments=arguments
-        )
-    return action
 
 
 def register(server: ForkyardServer) -> None:

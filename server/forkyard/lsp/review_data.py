@@ -1,0 +1,110 @@
+"""The review's editor data: hint diagnostics over agents' hunks and the code actions
+that apply or discard them, as pure functions of texts and reviews (diagnostics are
+computed in worker threads)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from lsprotocol import types
+
+from forkyard.errors import InvalidRequest
+from forkyard.review.service import AgentReview, FileReview
+from forkyard.workspace.hunks import diagnostic_range, split_lines
+from forkyard_protocol.models import Agent
+
+SOURCE = "forkyard"
+SOURCE_KIND = "source.forkyard"
+
+
+def hunk_diagnostics(
+    text: str, pairs: list[tuple[AgentReview, FileReview]], encoding: str
+) -> list[types.Diagnostic]:
+    """Hint diagnostics over every applicable hunk of every agent changing this file.
+    Pure and blocking: runs in a worker thread."""
+    lines = split_lines(text)
+    found: list[types.Diagnostic] = []
+    for review, file in pairs:
+        hunks = {h.id: h for h in file.change.hunks}
+        agent = review.agent
+        for hunk in file.located(text):
+            if not hunk.applies:
+                continue
+            start_line, start_char, end_line, end_char = diagnostic_range(
+                hunk,
+                lines,
+                encoding,  # type: ignore[arg-type]
+            )
+            hunk_lines = hunks[hunk.hunk_id].text.splitlines()
+            added = sum(1 for line in hunk_lines if line.startswith("+"))
+            removed = sum(1 for line in hunk_lines if line.startswith("-"))
+            found.append(
+                types.Diagnostic(
+                    range=types.Range(
+                        start=types.Position(line=start_line, character=start_char),
+                        end=types.Position(line=end_line, character=end_char),
+                    ),
+                    severity=types.DiagnosticSeverity.Hint,
+                    source=SOURCE,
+                    message=f"agent #{agent.number}: {agent.title} (+{added} -{removed})",
+                    data={"agentId": agent.id, "hunkId": hunk.hunk_id},
+                )
+            )
+    return found
+
+
+def kind_wanted(kind: str, only: Sequence[str] | None) -> bool:
+    """Whether a client's `only` filter (e.g. "source", "quickfix") admits `kind`."""
+    if not only:
+        return True
+    name = str(getattr(kind, "value", kind))
+    wanted = [str(getattr(o, "value", o)) for o in only]
+    return any(name == w or name.startswith(f"{w}.") for w in wanted)
+
+
+def make_action(
+    title: str,
+    kind: str,
+    agent: Agent,
+    paths: list[str] | None,
+    hunk_ids: list[str] | None,
+    diagnostics: list[types.Diagnostic],
+    lazy: bool,
+) -> types.CodeAction:
+    """Listing is cheap: actions carry `data`; resolving gives the command, and the edit
+    is built when the command runs, against the user's text as it is then, and sent as
+    one `workspace/applyEdit`. Clients that cannot resolve get the command at once."""
+    discard = title.startswith("Discard")
+    data: dict[str, Any] = {
+        "agentId": agent.id,
+        "title": title,
+        "action": "discard" if discard else "apply",
+    }
+    if not discard:
+        data |= {"paths": paths, "hunkIds": hunk_ids}
+    action = types.CodeAction(
+        title=title,
+        kind=kind,
+        diagnostics=diagnostics or None,
+        is_preferred=kind == types.CodeActionKind.QuickFix or None,
+        data=data,
+    )
+    return action if lazy else resolve_action(action)
+
+
+def resolve_action(action: types.CodeAction) -> types.CodeAction:
+    data = action.data if isinstance(action.data, dict) else {}
+    agent_id = data.get("agentId")
+    if not isinstance(agent_id, str):
+        raise InvalidRequest("data: not a Forkyard code action")
+    if data.get("action") == "discard":
+        action.command = types.Command(
+            title=action.title, command="forkyard.discard", arguments=[agent_id]
+        )
+    else:
+        arguments = [agent_id, data.get("paths"), data.get("hunkIds")]
+        action.command = types.Command(
+            title=action.title, command="forkyard.apply", arguments=arguments
+        )
+    return action
