@@ -17,6 +17,7 @@ from lsprotocol import types
 from forkyard.client import ForkyardClient, default_capabilities
 from tests.e2e.conftest import StartServer
 from tests.e2e.editor import Editor
+from tests.e2e.test_review import code_actions, forkyard_diagnostics, run_action
 from tests.helpers import git
 
 pytestmark = pytest.mark.timeout(90)
@@ -133,3 +134,27 @@ async def test_a_folder_swapped_for_a_link_before_the_server_writes_is_not_follo
         lambda: any("sub: is a symbolic link" in m.message for m in client.lsp.messages)  # type: ignore[attr-defined]
     )
     await assert_alive(client, agent["id"])
+
+
+async def test_the_code_action_apply_refuses_the_links_too(
+    start_server: StartServer, repo: Path, outside: Path
+) -> None:
+    client = await start_server(repo)
+    editor = Editor(client)
+    await run_agent(
+        client, "rm link && mkdir link && echo pwned > link/pwned.txt && echo two >> app.txt"
+    )
+    uri = editor.open(repo / "app.txt")
+    await client.wait_until(lambda: forkyard_diagnostics(client, uri))
+    [apply_all] = [a for a in await code_actions(client, uri, 1) if "(all 3 files)" in a.title]
+    result = await run_action(client, apply_all)
+    assert {c["path"] for c in result["conflicts"]} == {"link", "link/pwned.txt"}
+    assert editor.buffers[uri] == "one\ntwo\n"
+    assert outside_files(outside) == []
+    created = [
+        change.uri
+        for params in editor.edits
+        for change in params.edit.document_changes or []
+        if isinstance(change, types.CreateFile)
+    ]
+    assert created == [], "the editor is never asked to create a file through the link"
