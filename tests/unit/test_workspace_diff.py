@@ -245,7 +245,7 @@ async def test_unusual_names_and_bytes_survive(agent: Agent) -> None:
 
 async def test_quoted_non_ascii_paths_are_unquoted(agent: Agent) -> None:
     agent.write("ünïcödé dir/café.txt", "changed\n")
-    tree = await worktree_tree(agent.worktree, env=GIT_ENV)
+    tree = await worktree_tree(agent.repository, agent.worktree)
     quoted = git(agent.worktree, "-c", "core.quotepath=on", "diff", "-U0", agent.base, tree)
     assert '"a/\\303\\274n' in quoted
     [change] = parse_zero_context_diff(quoted, agent.checkout)
@@ -267,7 +267,7 @@ async def test_worktree_tree_leaves_the_worktrees_own_index_alone(agent: Agent) 
     index = Path(git(agent.worktree, "rev-parse", "--git-path", "index").strip())
     before = index_fingerprint(index)
 
-    tree = await worktree_tree(agent.worktree, env=GIT_ENV)
+    tree = await worktree_tree(agent.repository, agent.worktree)
 
     assert index_fingerprint(index) == before
     names = git(agent.worktree, "ls-tree", "-r", "--name-only", tree).splitlines()

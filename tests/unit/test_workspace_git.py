@@ -16,6 +16,7 @@ from forkyard.workspace.git import (
     SNAPSHOT_REF_PREFIX,
     GitError,
     Repository,
+    WorktreeTampered,
     run_git,
     slugify,
 )
@@ -266,8 +267,8 @@ async def test_commit_worktree_commits_everything_onto_the_branch(
     assert git(repo, "rev-parse", "main").strip() == head
 
 
-async def test_commit_worktree_refuses_a_folder_that_lost_its_git_link(
-    repository: Repository, tmp_path: Path
+async def test_commit_worktree_never_uses_a_folder_that_lost_its_git_link(
+    repo: Path, repository: Repository, tmp_path: Path
 ) -> None:
     outer = make_repo(tmp_path / "home", {"dotfile": "x\n"})
     worktree = outer / "state" / "1-lost"
@@ -277,10 +278,13 @@ async def test_commit_worktree_refuses_a_folder_that_lost_its_git_link(
     (worktree / "new.txt").write_text("new\n")
     outer_head = git(outer, "rev-parse", "HEAD")
 
-    with pytest.raises(GitError, match="not a worktree"):
+    with pytest.raises(WorktreeTampered, match=r"its \.git was changed .* it was deleted") as e:
         await repository.commit_worktree(worktree, "must not land in the outer repository")
     assert git(outer, "rev-parse", "HEAD") == outer_head
     assert git(outer, "diff", "--cached", "--name-only") == ""
+    # The agent's work went where it belongs, through the repository's own records.
+    assert e.value.commit == git(repo, "rev-parse", "forkyard/1-lost").strip()
+    assert git(repo, "show", f"{e.value.commit}:new.txt") == "new\n"
 
 
 async def test_remove_worktree_keeps_uncommitted_work_in_a_ref(

@@ -8,7 +8,11 @@ diagnostic and applied on its own; its id is derived from its content, so the sa
 keeps its id from one call to the next and a code action made earlier still finds it.
 
 The worktree's own index is never used to compute the diff: the agent (or its tools) may
-have staged anything there, and what matters is the files as they are.
+have staged anything there, and what matters is the files as they are. Every git command
+on the worktree goes through `Repository.worktree_git` (see `hardened`): the agent's
+files are only read, nothing it planted runs. A worktree whose `.git` the agent changed
+still gets its diff (that `.git` plays no part in it): the orchestrator learns of the
+tampering when it commits the work.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from pathlib import Path, PurePosixPath
 import anyio
 import anyio.to_thread
 
-from forkyard.workspace.git import GitError, checkout_tree, git_environment, run_git
+from forkyard.workspace.git import GitError, Repository, git_environment, run_git
+from forkyard.workspace.hardened import tree_of
 from forkyard_protocol.models import FileChange, FileStatus, Hunk
 
 #: Options that make `git diff` output the same whatever the user's git config says:
@@ -64,11 +69,11 @@ class WorktreeDiff:
     files: list[FileChange] = field(default_factory=list)
 
 
-async def worktree_tree(worktree: Path, env: Mapping[str, str] | None = None) -> str:
+async def worktree_tree(repository: Repository, worktree: Path) -> str:
     """The tree sha of the worktree's files as they are (tracked, untracked but not
     ignored, deletions), made through a temporary index: the worktree's own index is
     left exactly as it was."""
-    return await checkout_tree(worktree, git_environment(env))
+    return await tree_of(await repository.worktree_git(worktree))
 
 
 async def diff_worktree(
@@ -76,23 +81,34 @@ async def diff_worktree(
     base: str,
     checkout_root: Path,
     env: Mapping[str, str] | None = None,
+    *,
+    repository: Repository | None = None,
 ) -> WorktreeDiff:
     """The worktree's changes against `base` (a commit of the repository, best given as
     a sha: a name like HEAD is read in the worktree). File `uri`s point into the user's
-    checkout at `checkout_root`, where the changes would be applied."""
-    environment = git_environment(env)
-    tree = await checkout_tree(worktree, environment)
+    checkout at `checkout_root`, where the changes would be applied. Pass the
+    `repository` when there is one: else it is looked up from `checkout_root` (one git
+    call more)."""
+    if repository is None:
+        repository = await Repository.discover(checkout_root, env)
+    git = await repository.worktree_git(worktree)
+    tree = await tree_of(git)
     outputs: dict[str, str] = {}
+    failures: list[GitError] = []
 
     async def diff(kind: str, *options: str) -> None:
-        done = await run_git(
-            "diff", *_STABLE_DIFF_OPTIONS, *options, base, tree, "--", cwd=worktree, env=environment
-        )
+        try:
+            done = await git.run("diff", *_STABLE_DIFF_OPTIONS, *options, base, tree, "--")
+        except GitError as exc:
+            failures.append(exc)  # raised below as itself, not in an ExceptionGroup
+            return
         outputs[kind] = done.text
 
     async with anyio.create_task_group() as task_group:
         task_group.start_soon(diff, "patch")
         task_group.start_soon(diff, "zero", "-U0", "--inter-hunk-context=0")
+    if failures:
+        raise failures[0]
     files = parse_zero_context_diff(outputs["zero"], checkout_root)
     return WorktreeDiff(base=base, tree=tree, patch=outputs["patch"], files=files)
 

@@ -40,6 +40,7 @@ from forkyard.workspace.git import (
     Repository,
     WorktreeInfo,
 )
+from forkyard.workspace.hardened import find_admin_dir
 from forkyard.workspace.pool import (
     empty_trash_folder,
     is_internal,
@@ -199,9 +200,8 @@ async def collect_garbage(
         if reason is not None:
             report.kept.append(Kept(agent, reason))
             continue
-        removal = Removal(
-            agent, agent.worktree, keep_ref_for(agent), await disk_usage(Path(agent.worktree))
-        )
+        size = await disk_usage(Path(agent.worktree), repository.common_dir)
+        removal = Removal(agent, agent.worktree, keep_ref_for(agent), size)
         if collected := await _collected_elsewhere(repository, agent, removal.keep_ref):
             # Another gc (`forkyard gc` next to a running server) got there first: only
             # the agent's record is behind.
@@ -252,12 +252,14 @@ async def remove_agent_worktree(
     worktree and its branch. Returns the kept commit.
 
     `commit_worktree` refuses a folder that is not a worktree of this repository, in
-    which case nothing is removed. The folder is moved into the trash before git's
-    records go, so the lock is never held while thousands of files are deleted.
+    which case nothing is removed; it commits a worktree whose `.git` the agent changed
+    without using that `.git`, and the worktree goes like any other. The folder is moved
+    into the trash before git's records go, so the lock is never held while thousands of
+    files are deleted.
     """
     trashed: Path | None = None
     if await anyio.Path(worktree).is_dir():
-        await repository.commit_worktree(worktree, KEEP_ON_REMOVE_MESSAGE)
+        await repository.commit_worktree(worktree, KEEP_ON_REMOVE_MESSAGE, tampered_ok=True)
         trashed = await move_to_trash(worktree, trash_dir)
     try:
         kept = await repository.remove_worktree(worktree, branch, keep_ref)
@@ -331,23 +333,22 @@ async def _empty_trash(worktrees_dir: Path, report: GcReport) -> None:
 # --- disk use ---------------------------------------------------------------------------
 
 
-async def disk_usage(path: Path) -> int:
+async def disk_usage(path: Path, common_dir: Path | None = None) -> int:
     """Bytes a worktree takes on disk: its files (links not followed, hard links once)
-    and its record in the repository (index, logs). 0 when it is gone."""
-    return await anyio.to_thread.run_sync(_worktree_bytes, path)
+    and, given the repository's `common_dir`, its record there (index, logs). 0 when it
+    is gone. The record is found from the repository's side: the worktree's `.git` is
+    the agent's to change, and could name any folder to walk."""
+    return await anyio.to_thread.run_sync(_worktree_bytes, path, common_dir)
 
 
-def _worktree_bytes(path: Path) -> int:
+def _worktree_bytes(path: Path, common_dir: Path | None) -> int:
     if not path.is_dir():
         return 0
     seen: set[tuple[int, int]] = set()
     total = _tree_bytes(path, seen)
-    git_file = path / ".git"
-    if git_file.is_file():
-        text = git_file.read_text(errors="replace").strip()
-        if text.startswith("gitdir:"):
-            admin = (path / text.removeprefix("gitdir:").strip()).resolve()
-            total += _tree_bytes(admin, seen)
+    admin = find_admin_dir(common_dir, path) if common_dir is not None else None
+    if admin is not None:
+        total += _tree_bytes(admin, seen)
     return total
 
 
@@ -411,7 +412,7 @@ async def worktree_usage(
     worktrees takes a while."""
 
     async def size_of(path: Path) -> int:
-        return await disk_usage(path) if measure else 0
+        return await disk_usage(path, repository.common_dir) if measure else 0
 
     uses = []
     for agent in sorted(agents, key=lambda a: a.number, reverse=True):

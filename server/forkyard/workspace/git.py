@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import tempfile
 import unicodedata
@@ -26,29 +25,32 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from forkyard.errors import ForkyardError
+from forkyard.workspace.hardened import (
+    WorktreeGit,
+    WorktreeTampered,
+    WorktreeUnknown,
+    agent_git,
+    checkout_git,
+    parse_ident,
+)
+from forkyard.workspace.runner import GitError, GitResult, git_environment, run_git
+
+#: Re-exported: the rest of Forkyard imports git's errors and runner from here.
+__all__ = [
+    "GitError",
+    "GitResult",
+    "WorktreeGit",
+    "WorktreeTampered",
+    "WorktreeUnknown",
+    "git_environment",
+    "run_git",
+]
+
 
 SNAPSHOT_REF_PREFIX = "refs/forkyard/snapshots/"
 SNAPSHOT_MESSAGE = "forkyard: snapshot of the checkout"
 KEEP_ON_REMOVE_MESSAGE = "forkyard: uncommitted work, kept when the worktree was removed"
 FALLBACK_IDENTITY = ("Forkyard", "forkyard@localhost")
-
-#: Variables that point git at a particular repository, index or object store. Inherited
-#: from whoever started the server (a git hook, say), they would make every command act
-#: on the wrong repository, so they never reach our git processes.
-_REPOSITORY_LOCATION_VARIABLES = frozenset(
-    {
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-        "GIT_INDEX_FILE",
-        "GIT_OBJECT_DIRECTORY",
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-        "GIT_COMMON_DIR",
-        "GIT_PREFIX",
-        "GIT_IMPLICIT_WORK_TREE",
-        "GIT_NAMESPACE",
-    }
-)
 
 #: Options for `git add -A` into a temporary index: a split index would write shared
 #: index files into the repository, and the embedded-repository advice is noise here.
@@ -60,75 +62,6 @@ _TEMP_INDEX_ADD = (
     "add",
     "-A",
 )
-
-
-class GitError(ForkyardError):
-    """A git command failed, or a path is not what git needs it to be."""
-
-    def __init__(self, message: str, *, returncode: int | None = None, stderr: str = "") -> None:
-        super().__init__(message)
-        self.returncode = returncode
-        self.stderr = stderr
-
-
-@dataclass(frozen=True)
-class GitResult:
-    args: tuple[str, ...]
-    stdout: bytes
-    stderr: str
-    returncode: int
-
-    @property
-    def text(self) -> str:
-        """stdout as text; bytes that are not UTF-8 become U+FFFD rather than an error."""
-        return self.stdout.decode("utf-8", errors="replace")
-
-    @property
-    def line(self) -> str:
-        """stdout without its trailing newline: for commands that print one value."""
-        return self.text.strip()
-
-
-def git_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A fresh environment for git processes, from `base` (default: this process's).
-
-    Never prompts (there is nobody at a terminal to answer), and drops the variables that
-    would redirect git to another repository.
-    """
-    source = os.environ if base is None else base
-    env = {k: v for k, v in source.items() if k not in _REPOSITORY_LOCATION_VARIABLES}
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    return env
-
-
-async def run_git(
-    *args: str,
-    cwd: Path,
-    env: Mapping[str, str] | None = None,
-    input: bytes | None = None,
-    check: bool = True,
-) -> GitResult:
-    """Run `git args...` in `cwd`; with `check`, a non-zero exit raises GitError naming the
-    command and quoting git's stderr, which is what a user needs to see to fix it.
-
-    Paths are printed unquoted (`core.quotepath=off`) so non-ASCII names arrive as UTF-8.
-    """
-    command = ["git", "-c", "core.quotepath=off", *args]
-    environment = git_environment() if env is None else dict(env)
-    try:
-        done = await anyio.run_process(command, input=input, cwd=cwd, env=environment, check=False)
-    except OSError as exc:
-        raise GitError(f"cannot run `git {shlex.join(args)}` in {cwd}: {exc}") from exc
-    stderr = done.stderr.decode("utf-8", errors="replace")
-    result = GitResult(tuple(args), done.stdout, stderr, done.returncode)
-    if check and done.returncode != 0:
-        raise GitError(
-            f"`git {shlex.join(args)}` failed (exit {done.returncode}) in {cwd}: "
-            f"{stderr.strip() or '(no message)'}",
-            returncode=done.returncode,
-            stderr=stderr,
-        )
-    return result
 
 
 async def checkout_tree(root: Path, env: Mapping[str, str]) -> str:
@@ -240,6 +173,8 @@ class Repository:
         self.env = git_environment(env)
         self.write_lock = anyio.Lock()
         self._commit_env: dict[str, str] | None = None
+        self._agent_identity: dict[str, str] | None = None
+        self._agent_config: tuple[str, ...] | None = None
 
     @classmethod
     async def discover(cls, path: Path, env: Mapping[str, str] | None = None) -> Repository:
@@ -303,6 +238,58 @@ class Repository:
             self._commit_env = env
         return self._commit_env
 
+    async def agent_identity(self) -> dict[str, str]:
+        """Who commits an agent's work: the identity git gives in the user's checkout,
+        fixed here because git on an agent's worktree reads no global config."""
+        if self._agent_identity is None:
+            env = await self.commit_environment()
+            identity: dict[str, str] = {}
+            for role in ("AUTHOR", "COMMITTER"):
+                known = await run_git(
+                    "var", f"GIT_{role}_IDENT", cwd=self.root, env=env, check=False
+                )
+                name, email = (known.returncode == 0 and parse_ident(known.line)) or (
+                    FALLBACK_IDENTITY
+                )
+                identity[f"GIT_{role}_NAME"], identity[f"GIT_{role}_EMAIL"] = name, email
+            self._agent_identity = identity
+        return self._agent_identity
+
+    async def agent_config(self) -> tuple[str, ...]:
+        """The user's settings that decide which files an agent's work holds and how
+        (ignore file, line endings), carried over as `-c` because git on an agent's
+        worktree reads no global config. None of them can run a program."""
+        if self._agent_config is None:
+            found = await run_git(
+                "config", "-z", "--path", "--get-regexp", r"^core\.(excludesfile|autocrlf|eol)$",
+                cwd=self.root, env=self.env, check=False,
+            )  # fmt: skip
+            settings = []
+            for entry in found.stdout.split(b"\0"):
+                key, _, value = os.fsdecode(entry).partition("\n")
+                if key:
+                    settings.append(f"{key}={value}")
+            self._agent_config = tuple(settings)
+        return self._agent_config
+
+    async def worktree_git(self, worktree: Path) -> WorktreeGit:
+        """git for a worktree an agent worked in: its git dir from the repository's own
+        records, nothing it planted run (see `hardened`). WorktreeUnknown when the
+        folder is not one of this repository's worktrees."""
+        config = await self.agent_config()
+        return await agent_git(
+            self.common_dir,
+            worktree,
+            self.env,
+            root=self.root,
+            extra_config=config,
+            identity=await self.agent_identity(),
+        )
+
+    async def checkout_git(self, worktree: Path) -> WorktreeGit:
+        """git for checking the user's commits out into a worktree no agent has used."""
+        return await checkout_git(self.common_dir, worktree, self.env, root=self.root)
+
     async def _commit_tree(self, tree: str, parent: str, message: str, cwd: Path) -> str:
         env = await self.commit_environment()
         made = await run_git(
@@ -338,7 +325,8 @@ class Repository:
                 "worktree", "add", "--quiet", "--no-checkout", "-b", branch, str(path), commit
             )
         try:
-            await self.git("reset", "--hard", "--quiet", "--no-recurse-submodules", cwd=path)
+            checkout = await self.checkout_git(path)
+            await checkout.run("reset", "--hard", "--quiet", "--no-recurse-submodules")
         except BaseException:
             with anyio.CancelScope(shield=True):
                 async with self.write_lock:
@@ -354,49 +342,44 @@ class Repository:
                     await run_git("branch", "-D", branch, cwd=self.root, env=self.env, check=False)
             raise
 
-    async def _check_own_worktree(self, worktree: Path) -> None:
-        """Refuse a folder that is not a worktree of this repository. Without its `.git`
-        file (an agent may delete it) git would walk up and act on whatever repository
-        encloses the folder."""
-        found = await run_git(
-            "rev-parse",
-            "--path-format=absolute",
-            "--show-toplevel",
-            "--git-common-dir",
-            cwd=worktree,
-            env=self.env,
-            check=False,
-        )
-        lines = [Path(os.fsdecode(line)) for line in found.stdout.splitlines()]
-        expected = (
-            await anyio.Path(worktree).resolve(),
-            await anyio.Path(self.common_dir).resolve(),
-        )
-        if found.returncode != 0 or len(lines) != 2:
-            raise GitError(f"not a worktree of {self.root}: {worktree}", stderr=found.stderr)
-        actual = (await anyio.Path(lines[0]).resolve(), await anyio.Path(lines[1]).resolve())
-        if actual != expected:
-            raise GitError(f"not a worktree of {self.root}: {worktree}")
-
-    async def commit_worktree(self, worktree: Path, message: str) -> str | None:
+    async def commit_worktree(
+        self, worktree: Path, message: str, *, tampered_ok: bool = False
+    ) -> str | None:
         """Commit everything in one of our worktrees (its own index is ours to use) onto
         its branch; the new sha, or None when there was nothing to commit.
 
-        Plumbing rather than `git commit`: the user's commit hooks and signing setup
-        must not run, prompt or fail inside an agent's worktree.
+        Plumbing rather than `git commit`, through `worktree_git`: no hook, filter or
+        signing setup runs, prompts or fails for an agent's files. A worktree whose
+        `.git` the agent changed is committed all the same (git is told where the
+        worktree's records are, so that `.git` plays no part and the agent's files stay
+        reviewable on its branch), then WorktreeTampered says so, unless `tampered_ok`
+        (removing the worktree: the user is done with it).
         """
-        await self._check_own_worktree(worktree)
-        await self.git("-c", "advice.addEmbeddedRepo=false", "add", "-A", cwd=worktree)
-        tree = (await self.git("write-tree", cwd=worktree)).line
-        head = await self.resolve("HEAD", cwd=worktree)
-        if tree == (await self.git("rev-parse", f"{head}^{{tree}}", cwd=worktree)).line:
+        git = await self.worktree_git(worktree)
+        commit = await self._commit_work(git, message)
+        if git.tampered is not None and not tampered_ok:
+            raise git.tampered_error(commit)
+        return commit
+
+    async def _commit_work(self, git: WorktreeGit, message: str) -> str | None:
+        await git.run("add", "-A")
+        tree = (await git.run("write-tree")).line
+        head = await self._worktree_head(git)
+        if tree == (await git.run("rev-parse", f"{head}^{{tree}}")).line:
             return None
-        commit = await self._commit_tree(tree, head, message, worktree)
+        made = await git.run("commit-tree", "--no-gpg-sign", tree, "-p", head, "-m", message)
+        commit = made.line
         async with self.write_lock:
             # Updating HEAD with the old value moves the branch HEAD points to, and fails
             # rather than losing a commit if something else moved it meanwhile.
-            await self.git("update-ref", "-m", message, "HEAD", commit, head, cwd=worktree)
+            await git.run("update-ref", "-m", message, "HEAD", commit, head)
         return commit
+
+    async def _worktree_head(self, git: WorktreeGit) -> str:
+        found = await git.run("rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
+        if found.returncode != 0:
+            raise GitError(f"worktree {git.worktree} has no commit checked out")
+        return found.line
 
     async def list_worktrees(self) -> list[WorktreeInfo]:
         """Every worktree of the repository, the user's own checkout first."""
@@ -433,9 +416,12 @@ class Repository:
         """
         present = await anyio.Path(worktree).is_dir()
         head: str | None
+        tampered = False
         if present:
-            await self.commit_worktree(worktree, KEEP_ON_REMOVE_MESSAGE)
-            head = await self.resolve("HEAD", cwd=worktree)
+            git = await self.worktree_git(worktree)
+            await self._commit_work(git, KEEP_ON_REMOVE_MESSAGE)
+            head = await self._worktree_head(git)
+            tampered = git.tampered is not None
         else:
             info = await self._find_worktree(worktree)
             head = info.head if info else None
@@ -459,6 +445,12 @@ class Repository:
             await self.git("update-ref", "-m", KEEP_ON_REMOVE_MESSAGE, keep_ref, kept)
             if branch_has_more and branch_tip is not None:
                 await self.git("update-ref", f"{keep_ref}-branch", branch_tip)
+        if tampered:
+            # git would read that `.git` to check the worktree before removing it; the
+            # work is in `keep_ref`, so the folder goes by hand and git prunes its record.
+            await anyio.to_thread.run_sync(shutil.rmtree, worktree)
+            present = False
+        async with self.write_lock:
             if present:
                 await self.git("worktree", "remove", "--force", str(worktree))
             else:

@@ -17,6 +17,9 @@ Rules that keep this invisible to everything else:
   checkouts, refreshes and deletions run outside it, at a lower CPU priority.
 - Folders are removed by renaming them into a trash folder (atomic, instant) and pruning
   git's record of them, then deleted outside any lock.
+- git in a pooled worktree is told its git dir and work tree (`Repository.checkout_git`,
+  from the repository's own records, with hooks and fsmonitor off), never finds them
+  through the worktree's `.git`; one whose `.git` is not ours is discarded, not used.
 - A checkout leaves "racily clean" index entries (files written in the second the index
   was written), which git would re-read in full on the next status; a pooled worktree
   is refreshed once that second has passed, so its first real use only stats files.
@@ -36,7 +39,7 @@ import anyio
 import anyio.to_thread
 
 from forkyard.settings import WorktreeSettings
-from forkyard.workspace.git import GitError, GitResult, Repository, run_git
+from forkyard.workspace.git import GitError, GitResult, Repository, WorktreeGit, run_git
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +71,18 @@ def checkout_options(workers: int) -> tuple[str, ...]:
     return ("-c", f"checkout.workers={workers}")
 
 
-async def background_git(repository: Repository, *args: str, cwd: Path) -> GitResult:
+async def background_git(git: WorktreeGit, *args: str) -> GitResult:
     """git at a lower CPU priority, for work nobody waits on."""
     nice = await anyio.to_thread.run_sync(shutil.which, "nice")
     if nice is None:
-        return await repository.git(*args, cwd=cwd)
-    command = [nice, "-n", BACKGROUND_NICENESS, "git", "-c", "core.quotepath=off", *args]
-    done = await anyio.run_process(command, cwd=cwd, env=repository.env, check=False)
+        return await git.run(*args)
+    command = [nice, "-n", BACKGROUND_NICENESS, "git", "-c", "core.quotepath=off"]
+    command += [*git.options, *args]
+    done = await anyio.run_process(command, cwd=git.worktree, env=git.env, check=False)
     stderr = done.stderr.decode("utf-8", errors="replace")
     if done.returncode != 0:
         raise GitError(
-            f"`git {' '.join(args)}` failed (exit {done.returncode}) in {cwd}: "
+            f"`git {' '.join(args)}` failed (exit {done.returncode}) in {git.worktree}: "
             f"{stderr.strip() or '(no message)'}",
             returncode=done.returncode,
             stderr=stderr,
@@ -112,19 +116,18 @@ async def add_worktree(
             "worktree", "add", "--quiet", "--no-checkout", *target, str(path), commit
         )
     try:
+        git = await repository.checkout_git(path)
         if sparse_paths:
             # The first sparse worktree turns on extensions.worktreeConfig in the
             # repository's shared config: a write like any other.
             async with repository.write_lock:
-                await repository.git(
-                    "sparse-checkout", "set", "--cone", "--", *sparse_paths, cwd=path
-                )
+                await git.run("sparse-checkout", "set", "--cone", "--", *sparse_paths)
         checkout = (*checkout_options(checkout_workers), "reset", "--hard", "--quiet")
         checkout += ("--no-recurse-submodules",)
         if background:
-            await background_git(repository, *checkout, cwd=path)
+            await background_git(git, *checkout)
         else:
-            await repository.git(*checkout, cwd=path)
+            await git.run(*checkout)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await discard_folder(repository, path, trash_dir)
@@ -284,7 +287,7 @@ class WorktreePool:
                 checkout_workers=self._settings().checkout_workers,
                 background=True,
             )
-            await self._settle(path)
+            await self._settle(await self.repository.checkout_git(path))
             self._ready.append(PooledWorktree(path, head))
             self._announce()
 
@@ -292,11 +295,10 @@ class WorktreePool:
         """Bring a pooled worktree to the user's current HEAD, so that the next take has
         little to check out even after the user switched branches."""
         try:
-            await self._switch(entry.path, entry.base, head, background=True)
-            await run_git(
-                "update-ref", "--no-deref", "HEAD", head, cwd=entry.path, env=self.repository.env
-            )
-            await self._settle(entry.path)
+            git = await self.repository.checkout_git(entry.path)
+            await self._switch(git, entry.base, head, background=True)
+            await git.run("update-ref", "--no-deref", "HEAD", head)
+            await self._settle(git)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await discard_folder(self.repository, entry.path, self.trash_dir)
@@ -304,12 +306,12 @@ class WorktreePool:
         self._ready.append(PooledWorktree(entry.path, head))
         self._announce()
 
-    async def _settle(self, path: Path) -> None:
+    async def _settle(self, git: WorktreeGit) -> None:
         """Rewrite the index once its entries can no longer be racily clean."""
         await anyio.sleep(self.settle_seconds)
-        await background_git(self.repository, "update-index", "-q", "--refresh", cwd=path)
+        await background_git(git, "update-index", "-q", "--refresh")
 
-    async def _switch(self, path: Path, old: str, new: str, *, background: bool) -> None:
+    async def _switch(self, git: WorktreeGit, old: str, new: str, *, background: bool) -> None:
         """Two-way checkout of a pristine worktree from `old` to `new`: only the files
         that differ are written."""
         if old == new:
@@ -317,9 +319,9 @@ class WorktreePool:
         args = (*checkout_options(self._settings().checkout_workers), "read-tree", "-m", "-u")
         args += (old, new)
         if background:
-            await background_git(self.repository, *args, cwd=path)
+            await background_git(git, *args)
         else:
-            await self.repository.git(*args, cwd=path)
+            await git.run(*args)
 
     async def _adopt(self) -> None:
         """Reuse the pooled worktrees a previous server left if they are pristine;
@@ -357,9 +359,16 @@ class WorktreePool:
         self._announce()
 
     async def _pristine(self, path: Path) -> bool:
-        status = await run_git(
-            "status", "--porcelain", "-z", "--untracked-files=all",
-            cwd=path, env=self.repository.env, check=False,
+        """Whether a worktree left in the pool holds nothing but its commit. git would
+        run `status` in every nested repository (with that repository's config) to see
+        whether it is dirty, so submodules are not looked into."""
+        try:
+            git = await self.repository.checkout_git(path)
+        except GitError:
+            return False
+        status = await git.run(
+            "status", "--porcelain", "-z", "--untracked-files=all", "--ignore-submodules=all",
+            check=False,
         )  # fmt: skip
         return status.returncode == 0 and not status.stdout
 
@@ -415,6 +424,7 @@ class WorktreePool:
         await anyio.Path(target.parent).mkdir(parents=True, exist_ok=True)
         branch_made = moved = False
         try:
+            pooled = await repository.checkout_git(entry.path)
             async with repository.write_lock:
                 made = await run_git(
                     "update-ref", "-m", "forkyard: agent branch", f"refs/heads/{branch}",
@@ -427,10 +437,9 @@ class WorktreePool:
                 branch_made = True
                 await repository.git("worktree", "move", str(entry.path), str(target))
                 moved = True
-            await run_git(
-                "symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=target, env=repository.env
-            )
-            await self._switch(target, entry.base, commit, background=False)
+            git = pooled.moved_to(target)
+            await git.run("symbolic-ref", "HEAD", f"refs/heads/{branch}")
+            await self._switch(git, entry.base, commit, background=False)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 logger.info("worktree pool: %s could not start at %s: %s", target, commit, exc)
