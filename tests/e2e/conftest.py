@@ -43,3 +43,15 @@ async def start_server(server_env: dict[str, str]) -> AsyncIterator[StartServer]
     yield start
     for client in started:
         await client.stop()
+
+
+@pytest.fixture
+def trust_repo(server_env: dict[str, str]) -> Callable[[Path], None]:
+    """Trust a repository as `forkyard trust` does, in this test's own config directory
+    (never the real one), so its whole `.forkyard.toml` applies."""
+    from forkyard.trust import set_trust
+
+    def trust(repo: Path) -> None:
+        set_trust(repo, server_env, trusted=True)
+
+    return trust
