@@ -216,6 +216,22 @@ class StatusResult(WireModel):
     pool_size: int
     #: Why the warm pool could not fill, if it could not (agents then start fresh).
     pool_error: str | None = None
+    #: Whether the user trusts this repository's `.forkyard.toml` (`forkyard trust`).
+    trusted: bool = False
+    #: Its keys not applied for want of trust (dotted TOML keys).
+    ignored_keys: list[str] = Field(default_factory=list)
+    #: Where trust is recorded (the user's, never the repository's).
+    trust_file: str | None = None
+
+
+class TrustResult(WireModel):
+    """The result of the `forkyard.trust` command (an addition to PROTOCOL.md)."""
+
+    root: str
+    trusted: bool
+    #: Keys of `.forkyard.toml` still not applied (none once trusted).
+    ignored_keys: list[str] = Field(default_factory=list)
+    trust_file: str
 
 
 # --- notifications -----------------------------------------------------------------------

@@ -148,3 +148,6 @@ class ForkyardCapabilities(WireModel):
     roles: list[str]
     backends: list[str]
     backend_details: list[BackendInfo] = Field(default_factory=list)
+    #: Whether the user trusts this repository's `.forkyard.toml` (`forkyard trust`); at
+    #: initialize time: `forkyard/status` has the live value.
+    trusted: bool = False

@@ -11,12 +11,14 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from .messages import NOTIFICATIONS, REQUESTS
+from .messages import NOTIFICATIONS, REQUESTS, TrustResult
 from .models import PROTOCOL_VERSION, Agent, FileChange, ForkyardCapabilities, Message, Thread
 
 
 def protocol_schema() -> dict[str, Any]:
     models: set[type[Any]] = {Agent, Thread, Message, FileChange, ForkyardCapabilities}
+    # Results of workspace/executeCommand commands that clients read.
+    models.add(TrustResult)
     for params, result in REQUESTS.values():
         models.update((params, result))
     models.update(NOTIFICATIONS.values())

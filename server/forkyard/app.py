@@ -4,6 +4,8 @@ together. Knows nothing of LSP; the language server owns one of these."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +19,29 @@ from forkyard.agents.llm import LlmBackend
 from forkyard.conversation.commands import ChatCommands
 from forkyard.conversation.history import ModelHandle
 from forkyard.conversation.service import Conversation, ConversationListener, Turn
+from forkyard.errors import InvalidRequest
 from forkyard.models import ChatModel, ModelConfig, create_chat_model
 from forkyard.orchestrator.orchestrator import Orchestrator
 from forkyard.review.service import ReviewService
 from forkyard.settings import LoadedSettings, Settings, SettingsProblem, load_settings
 from forkyard.store import Store
+from forkyard.trust import TrustError, repository_key, set_trust, trust_file
 from forkyard.workspace.git import Repository
 from forkyard_protocol.models import Message
 
 CHAT_MODEL = "default"
+
+
+@dataclass
+class TrustChange:
+    """What `ForkyardApp.trust` did: the repository, its trust now, what still does not
+    apply, and the settings problems the reload found that were not reported yet."""
+
+    root: Path
+    trusted: bool
+    ignored_keys: list[str]
+    trust_file: Path
+    problems: list[SettingsProblem]
 
 
 class _NoListener:
@@ -58,6 +74,10 @@ class ForkyardApp:
         self.state_dir = state_dir
         self.environ = environ
         self.initialization_options = initialization_options
+        self.client_settings: Mapping[str, Any] | None = None
+        # One-line notices (the untrusted keys) are said once per session; `initialized`
+        # shows the first load's.
+        self._reported = {str(p) for p in loaded.problems if p.summary is not None}
         self.orchestrator = Orchestrator(
             repository,
             store,
@@ -117,7 +137,9 @@ class ForkyardApp:
     async def reload_settings(
         self, client_settings: Mapping[str, Any] | None
     ) -> list[SettingsProblem]:
-        """Re-read every source; the state directory only changes on restart."""
+        """Re-read every source; the state directory only changes on restart. Returns
+        the problems to tell the user: one-line notices already told are left out."""
+        self.client_settings = client_settings
         loaded = await anyio.to_thread.run_sync(
             load_settings,
             self.repository.root,
@@ -126,8 +148,43 @@ class ForkyardApp:
             client_settings,
         )
         self.loaded = loaded
+        for name, backend in external_backends(loaded.settings).items():
+            # A `[backends.NAME]` that now applies (the repository was just trusted) can
+            # be dispatched to at once; one that went away stays until restart.
+            self.orchestrator.backends.setdefault(name, backend)
         self.orchestrator.settings_changed()
-        return loaded.problems
+        fresh = [p for p in loaded.problems if p.summary is None or str(p) not in self._reported]
+        self._reported.update(str(p) for p in fresh if p.summary is not None)
+        return fresh
+
+    async def trust(self, path: Path | None = None, *, revoke: bool = False) -> TrustChange:
+        """Record that the user trusts (or no longer trusts) this repository, then reload
+        the settings so its `.forkyard.toml` applies (or stops applying) at once.
+
+        `path`, if given, must be this repository or inside it: a session only decides
+        about its own repository. Raises InvalidRequest naming what is wrong."""
+        root = self.repository.root
+        if path is not None:
+            inside = await anyio.to_thread.run_sync(_inside, Path(path), root)
+            if not inside:
+                raise InvalidRequest(f"{path} is not in this repository ({root})")
+        try:
+            await anyio.to_thread.run_sync(
+                partial(set_trust, root, self.environ, trusted=not revoke)
+            )
+        except TrustError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        problems = await self.reload_settings(self.client_settings)
+        return TrustChange(
+            root,
+            self.loaded.trusted,
+            list(self.loaded.ignored_keys),
+            trust_file(self.environ),
+            problems,
+        )
+
+    def trust_file(self) -> Path:
+        return trust_file(self.environ)
 
     async def backend_availability(self) -> dict[str, Availability]:
         return {
@@ -145,3 +202,9 @@ class ForkyardApp:
                 if isinstance(backend, LlmBackend):
                     await backend.aclose()
             await self.store.close()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path` is `root` or under it, both resolved (blocking: a worker thread)."""
+    resolved, top = Path(repository_key(path)), Path(repository_key(root))
+    return resolved == top or top in resolved.parents

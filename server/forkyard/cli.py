@@ -1,4 +1,4 @@
-"""`forkyard serve | demo | schema | gc | status`."""
+"""`forkyard serve | demo | schema | gc | status | trust`."""
 
 from __future__ import annotations
 
@@ -44,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     status = commands.add_parser("status", help="agents' worktrees and the disk they use")
     status.add_argument("--repo", type=Path, default=Path("."), help="the repository")
+    trust = commands.add_parser(
+        "trust",
+        help="let a repository's .forkyard.toml set models, backends, setup and the sandbox",
+    )
+    trust.add_argument("path", nargs="?", type=Path, default=Path("."), help="default: .")
+    trust.add_argument("--revoke", action="store_true", help="no longer trust it")
+    trust.add_argument("--list", action="store_true", help="print the trusted repositories")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -52,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         from forkyard.demo import run_demo
 
         return run_demo(keep=args.keep)
-    if args.command in ("gc", "status"):
+    if args.command in ("gc", "status", "trust"):
         import anyio
 
+        if args.command == "trust":
+            return anyio.run(_trust, args.path, args.revoke, args.list)
         if args.command == "gc":
             return anyio.run(_gc, args.repo, args.dry_run, frozenset(args.agent))
         return anyio.run(_status, args.repo)
@@ -184,6 +193,45 @@ async def _status(repo: Path) -> int:
         if info.prunable:
             print(f"  vanished           {'':>10}  {info.path} (`forkyard gc` prunes it)")
     print(f"  {'total':<18} {human_bytes(sum(use.disk_bytes for use in uses)):>10}")
+    return 0
+
+
+async def _trust(path: Path, revoke: bool, list_only: bool) -> int:
+    """`forkyard trust`: recorded in the user's config directory (trust.py), for the
+    repository's root, whichever folder of it was named."""
+    import anyio.to_thread
+
+    from forkyard.settings import current_environ
+    from forkyard.trust import TrustError, read_trust, set_trust
+    from forkyard.workspace.git import GitError, Repository
+
+    environ = current_environ()
+    if list_only:
+        trust = await anyio.to_thread.run_sync(read_trust, environ)
+        if trust.problem:
+            print(f"forkyard: {trust.problem}; nothing is trusted", file=sys.stderr)
+            return 1
+        for root, when in sorted(trust.repositories.items()):
+            gone = "" if await anyio.Path(root).is_dir() else "  (folder missing)"
+            print(f"{root}  trusted {when}{gone}")
+        return 0
+    try:
+        repository = await Repository.discover(Path(await anyio.Path(path).absolute()))
+    except GitError as exc:
+        print(f"forkyard: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trust = await anyio.to_thread.run_sync(
+            lambda: set_trust(repository.root, environ, trusted=not revoke)
+        )
+    except TrustError as exc:
+        print(f"forkyard: {exc}", file=sys.stderr)
+        return 1
+    if revoke:
+        print(f"no longer trusted: {repository.root} (its .forkyard.toml is limited again)")
+    else:
+        print(f"trusted: {repository.root} (its .forkyard.toml applies in full)")
+    print(f"recorded in {trust.path}; running servers apply it on their next reload")
     return 0
 
 

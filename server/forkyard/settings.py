@@ -4,6 +4,11 @@ Sources, later wins: defaults, the user file, the repository's `.forkyard.toml`,
 client's `initializationOptions`, `workspace/didChangeConfiguration`. A bad key never
 throws the whole configuration away: it is dropped, reported by name and source, and the
 rest still applies.
+
+The repository's file is someone else's until the user trusts the repository
+(`forkyard trust`): until then only the harmless keys of trust.py's allow-list apply from
+it; a key that reaches the network, runs a command, picks a secret or weakens the
+sandbox is ignored and reported once. Its USER_ONLY_KEYS never come from it at all.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forkyard.agents.external_config import ExternalBackendConfig
 from forkyard.models.config import ModelConfig
+from forkyard.trust import ignored_summary, read_trust, split_repository_values
 
 ToolPolicy = Literal["allow", "ask", "deny"]
 
@@ -106,9 +112,9 @@ class WorktreeSettings(BaseModel):
     #: sandboxed like agents' commands; its failure fails the agent.
     setup: str | None = None
     setup_timeout_seconds: float = Field(default=900.0, gt=0)
-    #: Setup commands usually download dependencies: they get the network, which
-    #: agents' own commands never do.
-    setup_network: bool = True
+    #: The setup step gets the network (to download dependencies) only when the user's
+    #: own config says so: never from a repository's `.forkyard.toml` (USER_ONLY_KEYS).
+    setup_network: bool = False
     #: Each agent gets `ports_per_agent` ports of its own from `port_base` up, exported
     #: as FORKYARD_PORT_BASE (also FORKYARD_PORT) and FORKYARD_PORTS.
     port_base: int = Field(default=20_000, ge=1024, le=60_000)
@@ -181,8 +187,12 @@ class SettingsProblem:
     source: str
     key: str
     message: str
+    #: A complete one-line message to show instead of the generic one.
+    summary: str | None = None
 
     def __str__(self) -> str:
+        if self.summary is not None:
+            return self.summary
         return f"Forkyard setting '{self.key}' in {self.source}: {self.message}"
 
 
@@ -190,6 +200,10 @@ class SettingsProblem:
 class LoadedSettings:
     settings: Settings
     problems: list[SettingsProblem] = field(default_factory=list)
+    #: Whether the user trusts the repository (trust.py); True with no repository.
+    trusted: bool = True
+    #: Keys of the repository's file that were not applied for want of trust.
+    ignored_keys: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -315,9 +329,11 @@ def load_settings(
     """All sources in order. Reads files: call it from a worker thread."""
     problems: list[SettingsProblem] = []
     sources: list[SettingsSource] = []
-    for path in [user_config_file(environ), repo_root / ".forkyard.toml" if repo_root else None]:
-        if path is not None and (source := read_toml_source(path, problems)):
-            sources.append(source)
+    if source := read_toml_source(user_config_file(environ), problems):
+        sources.append(source)
+    repo = _repository_source(repo_root, environ, problems) if repo_root else None
+    if repo is not None and repo.source is not None:
+        sources.append(repo.source)
     for name, values in (
         ("initializationOptions", initialization_options),
         ("workspace/didChangeConfiguration", client_settings),
@@ -330,7 +346,85 @@ def load_settings(
             problems.append(SettingsProblem(name, "(all)", "must be an object; ignored"))
     loaded = merge_sources(sources)
     loaded.problems[:0] = problems
+    if repo is not None:
+        loaded.trusted = repo.trusted
+        loaded.ignored_keys = repo.ignored
+        if not repo.trusted and loaded.settings.worktree.worktreeinclude and repo.worktreeinclude:
+            # `.worktreeinclude` picks ignored files (`.env`) to copy, like `copy`.
+            worktree = loaded.settings.worktree.model_copy(update={"worktreeinclude": False})
+            loaded.settings = loaded.settings.model_copy(update={"worktree": worktree})
+            loaded.ignored_keys.append(".worktreeinclude")
+        if loaded.ignored_keys:
+            loaded.problems.append(
+                SettingsProblem(
+                    repo.name,
+                    ", ".join(loaded.ignored_keys),
+                    "ignored until you trust this repository",
+                    summary=ignored_summary(loaded.ignored_keys),
+                )
+            )
     return loaded
+
+
+def _known_key(path: str) -> bool:
+    """Whether a dotted key names a setting (anything under a table of names does)."""
+    model: type[BaseModel] | None = Settings
+    for part in path.split("."):
+        if model is None:
+            return True
+        fields = model.model_fields
+        found = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+        if found is None:
+            return False
+        kind = found.annotation
+        model = kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+    return True
+
+
+@dataclass
+class _RepositorySource:
+    name: str
+    source: SettingsSource | None
+    trusted: bool
+    ignored: list[str]
+    worktreeinclude: bool
+
+
+def _repository_source(
+    root: Path, environ: Mapping[str, str], problems: list[SettingsProblem]
+) -> _RepositorySource:
+    """The repository's `.forkyard.toml`, cut down to what its trust allows."""
+    path = root / ".forkyard.toml"
+    trust = read_trust(environ)
+    if trust.problem is not None:
+        problems.append(
+            SettingsProblem(
+                str(trust.path),
+                "(file)",
+                "unusable",
+                summary=f"Forkyard trusts no repository: {trust.problem}"[:200],
+            )
+        )
+    trusted = trust.trusts(root)
+    result = _RepositorySource(str(path), None, trusted, [], (root / ".worktreeinclude").is_file())
+    source = read_toml_source(path, problems)
+    if source is None:
+        return result
+    split = split_repository_values(
+        normalise_keys(source.values), trusted=trusted, known=_known_key
+    )
+    result.source = SettingsSource(source.name, split.kept)
+    result.ignored = split.untrusted
+    for key in split.user_only:
+        problems.append(
+            SettingsProblem(
+                source.name,
+                key,
+                "only your own config can set it",
+                summary=f".forkyard.toml: {key} ignored, only your own config can turn it on",
+            )
+        )
+    return result
 
 
 def current_environ() -> Mapping[str, str]:

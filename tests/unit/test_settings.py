@@ -3,10 +3,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from forkyard.settings import SettingsSource, load_settings, merge_sources, normalise_keys
+from forkyard.trust import set_trust
 
 
 def environ_for(tmp_path: Path) -> dict[str, str]:
     return {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+
+def trusted_repo(tmp_path: Path) -> Path:
+    """A repository folder the user trusts, so its whole `.forkyard.toml` applies."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    set_trust(repo, environ_for(tmp_path), trusted=True)
+    return repo
 
 
 def test_sources_apply_in_order_later_wins(tmp_path: Path) -> None:
@@ -17,8 +26,7 @@ def test_sources_apply_in_order_later_wins(tmp_path: Path) -> None:
         "max_parallel_agents = 3\ncommand_timeout_seconds = 10\n"
         '[models.default]\nmodel = "user-model"\nbase_url = "http://127.0.0.1:1/v1"\n'
     )
-    repo = tmp_path / "repo"
-    repo.mkdir()
+    repo = trusted_repo(tmp_path)
     (repo / ".forkyard.toml").write_text(
         'max_parallel_agents = 4\n[models.default]\nmodel = "repo-model"\n'
     )
@@ -37,8 +45,7 @@ def test_sources_apply_in_order_later_wins(tmp_path: Path) -> None:
 
 
 def test_bad_keys_are_reported_by_name_and_source_and_the_rest_applies(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
+    repo = trusted_repo(tmp_path)
     (repo / ".forkyard.toml").write_text(
         'max_parallel_agents = "many"\nfrobnicate = true\ncommand_timeout_seconds = 7\n'
         '[models.default]\nmodel = "m"\nprovider = "carrier-pigeon"\n'

@@ -1,13 +1,21 @@
-"""workspace/didChangeConfiguration: settings that change while the server runs."""
+"""workspace/didChangeConfiguration: settings that change while the server runs; and the
+`forkyard.trust` command, which lets a repository's `.forkyard.toml` apply in full."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from lsprotocol import types
+from pygls.uris import to_fs_path
 
+from forkyard.errors import InvalidRequest
 from forkyard.lsp.server import ForkyardServer
+from forkyard.settings import SettingsProblem
+from forkyard_protocol.messages import TrustResult
+
+TRUST_USAGE = 'forkyard.trust takes [], [path] or [{"path"?: string, "revoke"?: boolean}]'
 
 
 def _forkyard_section(settings: Any) -> Mapping[str, Any] | None:
@@ -17,6 +25,31 @@ def _forkyard_section(settings: Any) -> Mapping[str, Any] | None:
     return None
 
 
+def trust_arguments(args: tuple[Any, ...]) -> tuple[Path | None, bool]:
+    """(path, revoke) from the command's arguments; a path may be a file URI."""
+    raw: Any = args[0] if args else None
+    revoke: Any = False
+    if isinstance(raw, Mapping):
+        raw, revoke = raw.get("path"), raw.get("revoke", False)
+    if len(args) > 1 or not isinstance(revoke, bool) or not isinstance(raw, str | None):
+        raise_usage()
+    if raw is None or raw == "":
+        return None, revoke
+    path = to_fs_path(raw) if raw.startswith("file:") else raw
+    return Path(path or raw), revoke
+
+
+def raise_usage() -> Any:
+    raise InvalidRequest(TRUST_USAGE)
+
+
+def show_problems(ls: ForkyardServer, problems: list[SettingsProblem]) -> None:
+    for problem in problems:
+        ls.window_show_message(
+            types.ShowMessageParams(type=types.MessageType.Warning, message=str(problem))
+        )
+
+
 def register(server: ForkyardServer) -> None:
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(
@@ -24,8 +57,24 @@ def register(server: ForkyardServer) -> None:
     ) -> None:
         app = ls.require_app()
         section = _forkyard_section(params.settings)
-        problems = await app.reload_settings(section)
-        for problem in problems:
-            ls.window_show_message(
-                types.ShowMessageParams(type=types.MessageType.Warning, message=str(problem))
+        show_problems(ls, await app.reload_settings(section))
+
+    @server.forkyard_command("forkyard.trust")
+    async def trust_command(ls: ForkyardServer, *args: Any) -> TrustResult:
+        path, revoke = trust_arguments(args)
+        change = await ls.require_app().trust(path, revoke=revoke)
+        ls.window_show_message(
+            types.ShowMessageParams(
+                type=types.MessageType.Info,
+                message="Forkyard no longer trusts this repository: .forkyard.toml is limited"
+                if revoke
+                else "Forkyard trusts this repository now: its .forkyard.toml applies",
             )
+        )
+        show_problems(ls, change.problems)
+        return TrustResult(
+            root=str(change.root),
+            trusted=change.trusted,
+            ignored_keys=change.ignored_keys,
+            trust_file=str(change.trust_file),
+        )

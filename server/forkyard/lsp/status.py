@@ -1,4 +1,5 @@
-"""`forkyard/status`: Forkyard's worktrees and the disk they use, per agent."""
+"""`forkyard/status`: Forkyard's worktrees and the disk they use, per agent, and whether
+the repository's `.forkyard.toml` is trusted (what `:checkhealth` and the status bar show)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from forkyard_protocol.messages import StatusParams, StatusResult, WorktreeDiskU
 def register(server: ForkyardServer) -> None:
     @server.request("forkyard/status")
     async def status(ls: ForkyardServer, params: StatusParams) -> StatusResult:
-        orchestrator = ls.require_app().orchestrator
+        app = ls.require_app()
+        orchestrator = app.orchestrator
         uses = await orchestrator.worktree_usage(measure=params.disk)
         worktrees = [
             WorktreeDiskUse(
@@ -29,4 +31,7 @@ def register(server: ForkyardServer) -> None:
             pool_ready=len(orchestrator.pool.ready),
             pool_size=orchestrator.settings.worktree.pool_size,
             pool_error=orchestrator.pool.last_error,
+            trusted=app.loaded.trusted,
+            ignored_keys=app.loaded.ignored_keys,
+            trust_file=str(app.trust_file()),
         )
