@@ -66,6 +66,7 @@ def register(server: ForkyardServer) -> None:
                     BackendInfo(name=name, available=status.available, reason=status.reason)
                     for name, status in availability.items()
                 ],
+                trusted=app.loaded.trusted,
             ).wire()
         }
 
