@@ -6,6 +6,7 @@ applied agents' worktrees."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,14 @@ async def log_of(client: ForkyardClient, agent_id: str) -> list[dict[str, Any]]:
 
 
 async def test_setup_runs_before_the_agent_and_each_agent_has_its_own_ports(
-    start_server: StartServer, app_repo: Path
+    start_server: StartServer, app_repo: Path, trust_repo: Callable[[Path], None]
 ) -> None:
     configure(
         app_repo,
         '[worktree]\ncopy = [".env"]\nsetup = "echo setting up; cat .env > setup-saw.txt"\n'
         "setup_network = false\n",
     )
+    trust_repo(app_repo)
     client = await start_server(app_repo)
     command = "cat setup-saw.txt; echo $FORKYARD_PORT_BASE; echo $FORKYARD_PORTS"
     first = await client.dispatch(command, backend="command", title="one")
@@ -88,13 +90,14 @@ async def test_setup_runs_before_the_agent_and_each_agent_has_its_own_ports(
 
 
 async def test_a_failing_setup_fails_the_agent_with_the_reason(
-    start_server: StartServer, app_repo: Path
+    start_server: StartServer, app_repo: Path, trust_repo: Callable[[Path], None]
 ) -> None:
     configure(
         app_repo,
         "[worktree]\nsetup = \"echo 'error: lockfile is out of date' >&2; exit 4\"\n"
         "setup_network = false\n",
     )
+    trust_repo(app_repo)
     client = await start_server(app_repo)
     agent = await client.dispatch("touch ran.txt", backend="command")
     failed = await client.wait_for_agent(agent["id"])
