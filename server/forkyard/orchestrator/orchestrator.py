@@ -22,6 +22,7 @@ from forkyard.clock import new_id, now_iso
 from forkyard.errors import InvalidRequest, UnknownAgent
 from forkyard.orchestrator.context import RunContext
 from forkyard.orchestrator.events import Listeners, NoticeLevel, OrchestratorListener
+from forkyard.orchestrator.failures import cause_of, keep_running
 from forkyard.settings import RoleConfig, Settings
 from forkyard.store import Store
 from forkyard.workspace.diff import WorktreeDiff, diff_worktree, file_at
@@ -132,10 +133,18 @@ class Orchestrator:
                     progress=None,
                     error="the server stopped while this agent ran; its worktree is kept",
                 )
-        task_group.start_soon(self._flush_logs_forever)
+        warn = self._warn
+        task_group.start_soon(keep_running, self._flush_logs_forever, "the log flusher", warn)
         await self._report_orphans()
-        task_group.start_soon(self.pool.run, name=f"worktree pool of {self.repo_key}")
-        task_group.start_soon(self._collect_garbage_forever, name=f"gc of {self.repo_key}")
+        task_group.start_soon(
+            keep_running, self.pool.run, "the worktree pool", warn, name=f"pool of {self.repo_key}"
+        )
+        task_group.start_soon(
+            keep_running, self._collect_garbage_forever, "worktree gc", warn, name="gc"
+        )
+
+    def _warn(self, text: str) -> None:
+        self.listeners.notice("warning", text)
 
     async def _report_orphans(self) -> None:
         try:
@@ -388,6 +397,7 @@ class Orchestrator:
         self.pool.wake()
 
     async def _run(self, runtime: AgentRuntime) -> None:
+        number = runtime.agent.number
         scope = anyio.CancelScope()
         runtime.cancel_scope = scope
         try:
@@ -398,12 +408,20 @@ class Orchestrator:
                 await self._finish(runtime, RunOutcome(False, "", None), state="cancelled")
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await self._finish(
-                    runtime,
-                    RunOutcome(False, "", "the server stopped while this agent ran"),
-                    state="interrupted",
-                )
+                try:
+                    await self._finish(
+                        runtime,
+                        RunOutcome(False, "", "the server stopped while this agent ran"),
+                        state="interrupted",
+                    )
+                except Exception:
+                    logger.exception("agent #%s: could not record the interruption", number)
             raise
+        except Exception as exc:
+            # Anything the run or its finishing raised is this agent's failure, never
+            # the supervisor's: the other agents run on.
+            with anyio.CancelScope(shield=True):
+                await self._fail(runtime, exc)
         finally:
             runtime.cancel_scope = None
             self._active.discard(runtime.agent.id)
@@ -430,8 +448,31 @@ class Orchestrator:
             outcome = RunOutcome(False, "", str(exc))
         except Exception as exc:
             logger.exception("agent #%s failed", agent.number)
-            outcome = RunOutcome(False, "", f"{type(exc).__name__}: {exc}")
+            outcome = RunOutcome(False, "", cause_of(exc))
         await self._finish(runtime, outcome, state="done" if outcome.ok else "failed")
+
+    async def _fail(self, runtime: AgentRuntime, exc: BaseException) -> None:
+        """The last resort for an agent whose finishing raised: `failed`, with the cause,
+        its worktree and files kept. Even a failing store only loses the persistence."""
+        agent = runtime.agent
+        logger.error("agent #%s failed", agent.number, exc_info=exc)
+        kept = f"; its worktree {agent.worktree} is kept" if agent.worktree else ""
+        error = f"Forkyard could not finish this agent: {cause_of(exc)}{kept}"
+        try:
+            await self._update(runtime, state="failed", progress=None, error=error)
+        except Exception:
+            logger.exception("could not record agent #%s as failed", agent.number)
+            previous = runtime.agent.state
+            runtime.agent = runtime.agent.model_copy(
+                update={"state": "failed", "progress": None, "error": error}
+            )
+            self.listeners.agent_changed(runtime.agent, previous)
+            self._notify_waiters(runtime)
+        self.listeners.notice(
+            "error",
+            f"Forkyard agent #{agent.number} ({agent.title}) failed: {error}",
+            runtime.agent,
+        )
 
     def ports(self, agent_number: int) -> PortRange:
         """The agent's own ports, the same after a restart (derived from its number)."""
@@ -483,6 +524,7 @@ class Orchestrator:
         in a ref whatever happens next), the change counts, and the final state."""
         agent = runtime.agent
         changes = agent.changes
+        record_error: str | None = None
         if agent.worktree and await _is_dir(agent.worktree):
             try:
                 with anyio.fail_after(FINISH_TIMEOUT_SECONDS):
@@ -497,13 +539,26 @@ class Orchestrator:
                     await self.repository.commit_worktree(
                         Path(agent.worktree), f"forkyard: agent #{agent.number}: {agent.title}"
                     )
-            except (GitError, OSError, TimeoutError) as exc:
-                await self._log(runtime, "system", f"could not record the worktree: {exc}")
+            except Exception as exc:
+                # A diff or commit that fails (a tampered worktree, git gone, a bug; in
+                # an ExceptionGroup from diff's task group) fails this agent only.
+                logger.warning(
+                    "agent #%s: could not record its worktree", agent.number, exc_info=exc
+                )
+                record_error = (
+                    f"could not record the worktree {agent.worktree}: {cause_of(exc)}; "
+                    "its files are kept there"
+                )
+                await self._log(runtime, "system", record_error)
         summary = outcome.summary or agent.summary
         error = outcome.error
         if state == "cancelled":
             error = None
             summary = summary or "cancelled by the user"
+        if record_error is not None:
+            error = f"{error}; {record_error}" if error else record_error
+            if state in ("done", "cancelled"):
+                state = "failed"
         await self._update(
             runtime, state=state, progress=None, summary=summary, error=error, changes=changes
         )
@@ -623,7 +678,13 @@ class Orchestrator:
                 if runtime is None or not runtime.pending_log:
                     continue
                 entries, runtime.pending_log = runtime.pending_log, []
-                await self.store.append_log(agent_id, entries)
+                try:
+                    await self.store.append_log(agent_id, entries)
+                except BaseException:
+                    # Kept for the next flush, in order: a failed write loses nothing.
+                    runtime.pending_log[:0] = entries
+                    self._log_dirty.update(dirty)
+                    raise
 
     async def _flush_logs_forever(self) -> None:
         while True:
