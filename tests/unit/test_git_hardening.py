@@ -332,3 +332,19 @@ def test_only_the_gitdir_file_git_wrote_counts_as_intact(scene: Scene) -> None:
     git_file.unlink()
     os.mkfifo(git_file)  # would block a reader that opened it
     assert "not a regular file" in (describe_tampering(scene.worktree, admin) or "")
+
+
+async def test_a_head_redirected_to_the_users_branch_is_never_committed_through(
+    scene: Scene,
+) -> None:
+    """Unsandboxed, an agent could write its worktree's records in the repository: a
+    HEAD naming `main` must not make the server's commit move the user's branch."""
+    before = scene.user_state()
+    agent_work(scene)
+    (_admin(scene, scene.worktree) / "HEAD").write_text("ref: refs/heads/main\n")
+
+    with pytest.raises(WorktreeTampered, match="HEAD was changed to refs/heads/main"):
+        await scene.repository.commit_worktree(scene.worktree, "forkyard: agent #1")
+
+    assert scene.user_state() == before
+    assert (scene.worktree / "notes.txt").read_text() == "new file\n"

@@ -51,6 +51,8 @@ SNAPSHOT_REF_PREFIX = "refs/forkyard/snapshots/"
 SNAPSHOT_MESSAGE = "forkyard: snapshot of the checkout"
 KEEP_ON_REMOVE_MESSAGE = "forkyard: uncommitted work, kept when the worktree was removed"
 FALLBACK_IDENTITY = ("Forkyard", "forkyard@localhost")
+#: Agents' branches are `forkyard/<number>-<slug>`: the only branches the server commits to.
+AGENT_BRANCH_PREFIX = "refs/heads/forkyard/"
 
 #: Options for `git add -A` into a temporary index: a split index would write shared
 #: index files into the repository, and the embedded-repository advice is noise here.
@@ -367,6 +369,7 @@ class Repository:
         head = await self._worktree_head(git)
         if tree == (await git.run("rev-parse", f"{head}^{{tree}}")).line:
             return None
+        await self._check_agent_branch(git)
         made = await git.run("commit-tree", "--no-gpg-sign", tree, "-p", head, "-m", message)
         commit = made.line
         async with self.write_lock:
@@ -374,6 +377,19 @@ class Repository:
             # rather than losing a commit if something else moved it meanwhile.
             await git.run("update-ref", "-m", message, "HEAD", commit, head)
         return commit
+
+    async def _check_agent_branch(self, git: WorktreeGit) -> None:
+        """Refuse to commit through a HEAD that names a branch other than an agent's:
+        an agent that could write its worktree's records (unsandboxed) would otherwise
+        have the server's commit move the user's own branch."""
+        symbolic = await git.run("symbolic-ref", "--quiet", "HEAD", check=False)
+        branch = symbolic.line
+        if symbolic.returncode == 0 and not branch.startswith(AGENT_BRANCH_PREFIX):
+            raise WorktreeTampered(
+                f"agent worktree {git.worktree}: its HEAD was changed to {branch}, which is "
+                f"not an agent's branch; nothing was committed, the agent's files are kept "
+                "there; your repository was not touched"
+            )
 
     async def _worktree_head(self, git: WorktreeGit) -> str:
         found = await git.run("rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
