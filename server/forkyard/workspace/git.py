@@ -285,7 +285,6 @@ class Repository:
             self.env,
             root=self.root,
             extra_config=config,
-            identity=await self.agent_identity(),
         )
 
     async def checkout_git(self, worktree: Path) -> WorktreeGit:
@@ -370,12 +369,15 @@ class Repository:
         if tree == (await git.run("rev-parse", f"{head}^{{tree}}")).line:
             return None
         await self._check_agent_branch(git)
-        made = await git.run("commit-tree", "--no-gpg-sign", tree, "-p", head, "-m", message)
+        who = await self.agent_identity()
+        made = await git.run(
+            "commit-tree", "--no-gpg-sign", tree, "-p", head, "-m", message, env=who
+        )
         commit = made.line
         async with self.write_lock:
             # Updating HEAD with the old value moves the branch HEAD points to, and fails
             # rather than losing a commit if something else moved it meanwhile.
-            await git.run("update-ref", "-m", message, "HEAD", commit, head)
+            await git.run("update-ref", "-m", message, "HEAD", commit, head, env=who)
         return commit
 
     async def _check_agent_branch(self, git: WorktreeGit) -> None:

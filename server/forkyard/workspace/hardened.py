@@ -221,14 +221,12 @@ async def agent_git(
     *,
     root: Path,
     extra_config: tuple[str, ...] = (),
-    identity: Mapping[str, str] | None = None,
 ) -> WorktreeGit:
     """git for a worktree an agent worked in (see the module docstring). A tampered
     `.git` is recorded in `tampered`, not raised: every command here ignores it, so the
     caller decides (commit the agent's files, then report it)."""
     admin, tampered = await _locate(common_dir, worktree, root)
     hardened = minimal_environment(env)
-    hardened.update(identity or {})
     hardened.update(GIT_DIR=str(admin), GIT_WORK_TREE=str(worktree))
     options = _config_options((*_ALWAYS_OFF, *_AGENT_OFF, *extra_config))
     defined = await run_git(
