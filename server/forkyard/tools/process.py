@@ -5,6 +5,8 @@ The server must keep answering the chat meanwhile, keep memory flat, and leave n
 running once the command is over, timed out or cancelled. So every command gets its own
 process group (session): when it ends, for whatever reason, the whole group is
 terminated, SIGTERM first so well-behaved tools can clean up, SIGKILL after a grace.
+A sandboxed command (bwrap) is ended through its PID namespace instead (`sandbox_stop`),
+which also holds what the command started in sessions of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
+
+from forkyard.tools.sandbox_stop import SandboxInfo, stop_sandbox
 
 OutputCallback = Callable[[str, str], Awaitable[None] | None]
 
@@ -79,21 +83,44 @@ async def run_streaming(
     """
     started = anyio.current_time()
     output = _OutputCollector(on_output, max_output_bytes)
-    process = await anyio.open_process(
-        list(argv),
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    argv = list(argv)
+    info: SandboxInfo | None = None
+    pass_fds: tuple[int, ...] = ()
+    if _is_bwrap(argv):
+        # bwrap says on this pipe which host process is its namespace's init.
+        read_end, write_end = os.pipe()
+        info = SandboxInfo(read_end)
+        argv[1:1] = ["--info-fd", str(write_end)]
+        pass_fds = (write_end,)
+    try:
+        # Shielded: a cancel landing while the process is being created would leave it
+        # running without a handle (asyncio kills only bwrap itself, not its sandbox).
+        # The cancel takes effect right after, with the process under supervision.
+        with anyio.CancelScope(shield=True):
+            process = await anyio.open_process(
+                argv,
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
+    except BaseException:
+        if info is not None:
+            info.close()
+        raise
+    finally:
+        for fd in pass_fds:
+            os.close(fd)
+    stop = _Stopper(process, info, kill_grace_seconds)
     try:
         with anyio.move_on_after(timeout) as deadline:
-            await _supervise(process, output, stdin, kill_grace_seconds)
+            await _supervise(process, output, stdin, stop)
     finally:
         with anyio.CancelScope(shield=True):
-            await terminate_process_group(process.pid, kill_grace_seconds)
+            await stop()
             await process.aclose()
     returncode = process.returncode
     return ProcessResult(
@@ -104,6 +131,26 @@ async def run_streaming(
         truncated=output.truncated,
         duration_seconds=anyio.current_time() - started,
     )
+
+
+def _is_bwrap(argv: Sequence[str]) -> bool:
+    return bool(argv) and Path(argv[0]).name == "bwrap"
+
+
+class _Stopper:
+    """Ends what the command started, once or as often as asked: its sandbox's PID
+    namespace when it has one, then its process group."""
+
+    def __init__(self, process: Process, info: SandboxInfo | None, grace: float) -> None:
+        self._process = process
+        self._info = info
+        self._grace = grace
+
+    async def __call__(self) -> None:
+        grace = self._grace
+        if self._info is not None and await stop_sandbox(self._info, grace):
+            grace = 0  # the namespace had its grace; what is left is bwrap itself
+        await terminate_process_group(self._process.pid, grace)
 
 
 async def terminate_process_group(
@@ -165,7 +212,7 @@ async def _supervise(
     process: Process,
     output: _OutputCollector,
     stdin: bytes | None,
-    kill_grace_seconds: float,
+    stop: Callable[[], Awaitable[None]],
 ) -> None:
     """Pump the output until the main process has exited and its output is drained.
 
@@ -187,7 +234,7 @@ async def _supervise(
         if stdin is not None and process.stdin is not None:
             tasks.start_soon(_feed_stdin, process.stdin, stdin)
         await _wait_for_exit(process)
-        await terminate_process_group(process.pid, kill_grace_seconds)
+        await stop()
         with anyio.move_on_after(DRAIN_SECONDS):
             await drained.wait()
         tasks.cancel_scope.cancel()
