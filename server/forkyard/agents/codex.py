@@ -51,6 +51,9 @@ class CodexBackend(ExternalProgramBackend):
         local_paths=("node_modules/.bin/codex",),
         install_hint="npm install -g @openai/codex",
         default_api_key_env="OPENAI_API_KEY",
+        # Its own sandbox keeps the commands it runs off the network: it needs to make
+        # user namespaces inside ours.
+        nested_sandbox=True,
     )
 
     async def invocation(

@@ -3,6 +3,10 @@ sandboxed. It needs no model, which makes it what works out of the box."""
 
 from __future__ import annotations
 
+from functools import partial
+
+import anyio.to_thread
+
 from forkyard.agents.base import AgentContext, Availability, RunOutcome
 from forkyard.settings import Settings
 from forkyard.tools.process import run_streaming
@@ -13,6 +17,7 @@ from forkyard.tools.sandbox import (
     scrubbed_env,
     unsandboxed_argv,
 )
+from forkyard.workspace.sandbox_view import sandbox_read_paths
 
 PROGRESS_LINE_CHARS = 120
 SUMMARY_TAIL_LINES = 5
@@ -33,18 +38,26 @@ class CommandBackend:
 
     async def run(self, context: AgentContext, instruction: str) -> RunOutcome:
         status = await probe_sandbox()
-        # git in a worktree reads the repository's .git, and what `[worktree] link`
-        # linked into the worktree points into the checkout: both must stay visible
-        # (read-only) even when the repository lives under /tmp, which the sandbox
-        # replaces. The server's own variables for the agent (its ports) pass as well.
+        # The sandbox shows nothing of the user's but what the agent needs: for a
+        # worktree agent the repository's git directory (read-only) and what `[worktree]
+        # link` linked, never the rest of the checkout; an explorer's checkout
+        # read-only. The server's own variables for the agent (its ports) pass as well.
+        readable = await sandbox_read_paths(
+            worktree=context.cwd if context.writable else None,
+            checkout=context.repo_root,
+            settings=context.settings,
+            environ=context.environ,
+        )
         policy = SandboxPolicy(
             writable=[context.cwd] if context.writable else [],
-            readable=[context.repo_root],
+            readable=readable,
             extra_env=context.extra_env,
         )
         env = scrubbed_env(context.environ, policy)
         if status.available:
-            argv = sandboxed_argv(instruction, policy, cwd=context.cwd)
+            argv = await anyio.to_thread.run_sync(
+                partial(sandboxed_argv, instruction, policy, cwd=context.cwd)
+            )
         elif context.settings.allow_unsandboxed_commands and context.writable:
             await context.log("system", "bubblewrap is unavailable: running unsandboxed")
             argv = unsandboxed_argv(instruction)

@@ -3,9 +3,10 @@ home, its environment, the sandbox and the run (reading its output: `external_ou
 
 Forkyard's guarantees hold whatever the program does:
 
-- It runs in the agent's directory under bubblewrap: the system read-only, writable only
-  the worktree (nothing for explorers) and the program's private home; network stays on
-  because the program must reach its model endpoint. Its own sandbox, where it has one,
+- It runs in the agent's directory under bubblewrap: the system, the toolchains and the
+  program's installation read-only, writable only the worktree (nothing for explorers)
+  and the program's private home, nothing else of the user's; network stays on because
+  the program must reach its model endpoint. Its own sandbox, where it has one,
   still applies inside (codex's keeps the commands it runs off the network).
 - Its environment is a short allow-list plus the variables the settings name: names in
   the config, values from the server's environment, never in argv (where `ps` shows them).
@@ -25,6 +26,7 @@ import shlex
 import shutil
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -37,7 +39,9 @@ from forkyard.agents.external_config import ExternalBackendConfig, backend_confi
 from forkyard.agents.external_output import OutputReader, Redactor
 from forkyard.settings import Settings, current_environ
 from forkyard.tools.process import run_streaming
-from forkyard.tools.sandbox import PRIVATE_TMP, SandboxPolicy, probe_sandbox, sandboxed_argv
+from forkyard.tools.sandbox import SandboxPolicy, probe_sandbox, sandboxed_argv
+from forkyard.tools.sandbox_paths import venv_base
+from forkyard.workspace.sandbox_view import sandbox_read_paths
 
 #: Variables every program gets (when the server has them): what a program needs to find
 #: its tools and speak the user's language, nothing that grants access to anything.
@@ -70,6 +74,8 @@ class ProgramSpec:
     local_paths: tuple[str, ...]
     install_hint: str
     default_api_key_env: str | None
+    #: The program sandboxes the commands it runs with user namespaces of its own.
+    nested_sandbox: bool = False
 
 
 @dataclass
@@ -258,6 +264,7 @@ class Launch:
     program: Path
     home: AgentHome
     config: ExternalBackendConfig
+    nested_sandbox: bool = False
 
 
 def _shell_line(argv: Sequence[str], env: Mapping[str, str]) -> str:
@@ -277,15 +284,25 @@ async def execute(context: AgentContext, launch: Launch, invocation: Invocation)
     env = program_env(context, launch.config, launch.home, invocation.env)
     status = await probe_sandbox()
     if status.available:
+        readable = await sandbox_read_paths(
+            worktree=context.cwd if context.writable else None,
+            checkout=context.repo_root,
+            settings=settings,
+            environ=context.environ,
+        )
+        readable += await anyio.to_thread.run_sync(_program_paths, launch.program, context.environ)
         policy = SandboxPolicy(
             writable=[*([context.cwd] if context.writable else []), launch.home.path],
             network=True,
             env_allowlist=frozenset(env),
-            readable=await anyio.to_thread.run_sync(_readable_paths, context, launch.program),
+            readable=readable,
+            nested_sandbox=launch.nested_sandbox,
         )
         # No `env=` here: bwrap inherits `env` from run_streaming, so API keys never
         # appear on bwrap's command line.
-        argv = sandboxed_argv(_shell_line(invocation.argv, env), policy, cwd=context.cwd)
+        argv = await anyio.to_thread.run_sync(
+            partial(sandboxed_argv, _shell_line(invocation.argv, env), policy, cwd=context.cwd)
+        )
     elif settings.allow_unsandboxed_commands and context.writable:
         await context.log("system", "bubblewrap is unavailable: running unsandboxed")
         argv = invocation.argv
@@ -324,20 +341,23 @@ async def execute(context: AgentContext, launch: Launch, invocation: Invocation)
     )
 
 
-def _readable_paths(context: AgentContext, program: Path) -> list[Path]:
-    """Paths the sandbox must show read-only although it replaces their directory
-    (/tmp): the repository's git metadata (a worktree's .git points there) and the
-    program's installation when it lies there, as typed and as resolved (npm's .bin
-    entries are symlinks). Blocking: run in a worker thread."""
-    candidates = [context.repo_root / ".git"]
-    for root in (install_root(program), install_root(program.resolve())):
-        if root.resolve().is_relative_to(PRIVATE_TMP):
-            candidates.append(root)
-    unique: list[Path] = []
-    for path in candidates:
-        if path.exists() and path not in unique:
-            unique.append(path)
-    return unique
+def _program_paths(program: Path, environ: Mapping[str, str]) -> list[Path]:
+    """What the sandbox must show for the program to run: its installation, as typed
+    and as resolved (npm's .bin entries are symlinks), and for a Python program the
+    Python its virtualenv runs on. The system shows already; the rest of the user's
+    files stays hidden: a program in `~/bin` or `~/.local/bin` brings its folder, not
+    the home or `~/.local`. Blocking: run in a worker thread."""
+    home = Path(environ["HOME"]).resolve() if environ.get("HOME") else None
+    found: list[Path] = []
+    for path in (program, program.resolve()):
+        root = install_root(path).resolve()
+        too_wide = root == Path("/") or (
+            home is not None and (home.is_relative_to(root) or root == home / ".local")
+        )
+        found.append(path.parent.resolve() if too_wide else root)
+        if (root / "pyvenv.cfg").is_file() and (base := venv_base(root / "pyvenv.cfg")):
+            found.append(base)
+    return [path for path in dict.fromkeys(found) if path.exists()]
 
 
 class ExternalProgramBackend:
@@ -376,7 +396,9 @@ class ExternalProgramBackend:
         home = AgentHome.for_agent(context, self.name)
         await anyio.to_thread.run_sync(home.prepare, context.environ)
         session = await anyio.to_thread.run_sync(home.read_session)
-        launch = Launch(program=program, home=home, config=config)
+        launch = Launch(
+            program=program, home=home, config=config, nested_sandbox=self.spec.nested_sandbox
+        )
         invocation = await self.invocation(context, launch, instruction, session)
         try:
             return await execute(context, launch, invocation)

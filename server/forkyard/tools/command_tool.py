@@ -6,10 +6,12 @@ environment), its output bounded so that `cat` of a huge log cannot flood the mo
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 import anyio.to_thread
 
+from forkyard.settings import Settings
 from forkyard.tools.process import run_streaming
 from forkyard.tools.sandbox import (
     SandboxPolicy,
@@ -18,7 +20,9 @@ from forkyard.tools.sandbox import (
     scrubbed_env,
     unsandboxed_argv,
 )
+from forkyard.tools.sandbox_paths import git_read_paths
 from forkyard.tools.truncate import truncate_output
+from forkyard.workspace.sandbox_view import sandbox_read_paths
 
 SandboxProbe = Callable[[], Awaitable[SandboxStatus]]
 
@@ -34,19 +38,27 @@ async def run_command(
     allow_unsandboxed: bool,
     probe: SandboxProbe,
     max_chars: int,
+    settings: Settings | None = None,
 ) -> tuple[str, bool]:
     """Run `command` in `root`; returns (text for the model, whether it failed).
 
-    Without a working sandbox the command is refused unless the user allowed unsandboxed
-    commands; even then the environment is scrubbed."""
+    The sandbox shows the repository's git directory read-only and, with `settings`,
+    the folders `[worktree] link` linked and the `[sandbox] read_paths`; nothing else of
+    the user's. Without a working sandbox the command is refused unless the user allowed
+    unsandboxed commands; even then the environment is scrubbed."""
     status = await probe()
-    git_dir = repo_root / ".git"
-    readable = [git_dir] if await anyio.to_thread.run_sync(git_dir.exists) else []
+    worktree = root if writable else None
+    if settings is not None:
+        readable = await sandbox_read_paths(
+            worktree=worktree, checkout=repo_root, settings=settings, environ=environ
+        )
+    else:
+        readable = await anyio.to_thread.run_sync(git_read_paths, repo_root, worktree)
     policy = SandboxPolicy(writable=[root] if writable else [], readable=readable)
     env = scrubbed_env(environ, policy)
     note = ""
     if status.available:
-        argv = sandboxed_argv(command, policy, cwd=root)
+        argv = await anyio.to_thread.run_sync(partial(sandboxed_argv, command, policy, cwd=root))
     elif allow_unsandboxed and writable:
         argv = unsandboxed_argv(command)
         note = "[ran unsandboxed: the sandbox is unavailable]\n"

@@ -1,11 +1,13 @@
 """The bubblewrap sandbox for agent commands.
 
-A worker's command runs with the whole system read-only, only its worktree writable, a
-private /tmp and no network at all (a new network namespace: not even the host's
-127.0.0.1, where the user's databases and dev servers listen). Its environment is an
-allow-list, so API keys and tokens of the server's environment never reach a command an
-agent wrote. Where bwrap is missing or cannot create namespaces (some containers), the
-caller is told why once, and runs commands unsandboxed only if the user allowed it.
+A worker's command sees the system and the toolchains read-only, its own worktree
+read-write, a private /tmp and HOME, and nothing else of the user's (`sandbox_paths`);
+it has no network at all (a new network namespace: not even the host's 127.0.0.1, where
+the user's databases and dev servers listen) and no capabilities, whoever runs the
+server. Its environment is an allow-list, so API keys and tokens of the server's
+environment never reach a command an agent wrote. Where bwrap is missing or cannot
+create namespaces (some containers), the caller is told why once, and runs commands
+unsandboxed only if the user allowed it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from functools import cache
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
+
+from forkyard.tools.sandbox_paths import (
+    system_mounts,
+    system_roots,
+    toolchain_dirs,
+    within,
+)
 
 #: Variables a command may see by default: what shells and build tools need to behave,
 #: nothing that grants access to anything. Secrets (`*_KEY`, `*_TOKEN`, ...) pass only
@@ -32,6 +42,9 @@ DEFAULT_ENV_ALLOWLIST: frozenset[str] = frozenset(
 SANDBOX_HOME = "/tmp/home"
 PRIVATE_TMP = Path("/tmp")
 SHELL = "/bin/sh"
+#: The user and group a server running as root appears as in a sandbox that makes
+#: sandboxes of its own.
+NESTED_SANDBOX_ID = 1000
 PROBE_TIMEOUT_SECONDS = 10.0
 INSTALL_HINT = "bwrap not installed: apt-get install bubblewrap"
 
@@ -40,11 +53,12 @@ INSTALL_HINT = "bwrap not installed: apt-get install bubblewrap"
 class SandboxPolicy:
     """What a sandboxed command may touch.
 
-    Every path must exist. `writable` paths are mounted read-write at the same place.
-    `readable` ones are mounted read-only: the system is read-only anyway, this is for
-    paths under /tmp, which the sandbox replaces (e.g. the repository that holds a
-    worktree's git metadata). `hidden` directories are replaced by empty ones, e.g.
-    ~/.ssh or a worktree's copied secrets. Of nested paths, the innermost wins.
+    `writable` paths (which must exist) are mounted read-write at the same place.
+    `readable` ones are mounted read-only (missing ones are skipped): beyond the system
+    and the toolchains on PATH the sandbox shows nothing, so this is how a command gets
+    the repository's git directory, the installation of the program it runs, or a cache
+    the user granted. `hidden` directories are replaced by empty ones, e.g. a worktree's
+    copied secrets. Of nested paths, the innermost wins.
     `extra_env` is set for the command whatever the allow-list says: it is what the
     server itself hands to it (e.g. `FORKYARD_PORT`)."""
 
@@ -54,6 +68,11 @@ class SandboxPolicy:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     hidden: list[Path] = field(default_factory=list)
     readable: list[Path] = field(default_factory=list)
+    #: Lets the command make user namespaces of its own, for a program that sandboxes
+    #: what it runs in turn (codex). They give it capabilities only over what it
+    #: creates: the kernel keeps this sandbox's mounts locked (read-only stays so,
+    #: nothing can be unmounted to reveal what lies beneath).
+    nested_sandbox: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,7 +117,9 @@ async def _probe() -> SandboxStatus:
     path = bwrap_path()
     if path is None:
         return SandboxStatus(False, INSTALL_HINT)
-    argv = sandboxed_argv("true", SandboxPolicy(writable=[]), cwd=Path("/"), env={})
+    argv = await anyio.to_thread.run_sync(
+        lambda: sandboxed_argv("true", SandboxPolicy(writable=[]), cwd=Path("/"), env={})
+    )
     try:
         with anyio.fail_after(PROBE_TIMEOUT_SECONDS):
             done = await anyio.run_process(
@@ -128,31 +149,43 @@ def sandboxed_argv(
     bwrap's environment, so the caller must start bwrap with a scrubbed one. Either way
     HOME is the sandbox's private home.
 
-    The sandbox dies with the server (`--die-with-parent`) and has its own PID namespace:
-    killing bwrap kills everything the command started. Start it from the event loop's
-    thread, as `run_streaming` does: the kernel ties "dies with parent" to the thread
-    that started it, so a worker thread that ends would take the sandbox with it.
+    Whoever runs the server (root in containers and CI), the command runs in a new user
+    namespace with every capability dropped and no way to make another one: it cannot
+    remount a read-only path, unmount the private /tmp or its own /proc, nor gain
+    capabilities back. Its file system is an allow-list (`sandbox_paths`). It has its
+    own PID namespace, so killing the namespace's first process ends everything it
+    started; `run_streaming` learns that process through `--info-fd`.
     Raises FileNotFoundError when bwrap is not installed."""
     bwrap = bwrap_path()
     if bwrap is None:
         raise FileNotFoundError(INSTALL_HINT)
-    argv = [
-        bwrap,
-        "--ro-bind", "/", "/",
+    argv = [bwrap, "--unshare-all", "--unshare-user", "--cap-drop", "ALL"]
+    if not policy.nested_sandbox:
+        argv += ["--disable-userns"]
+    elif os.geteuid() == 0:
+        # Root inside may not map itself into a namespace of its own without
+        # CAP_SETFCAP (the kernel's guard for file capabilities): be another user.
+        argv += ["--uid", str(NESTED_SANDBOX_ID), "--gid", str(NESTED_SANDBOX_ID)]
+    if policy.network:
+        argv += ["--share-net"]
+    argv += system_mounts()
+    argv += [
         "--dev", "/dev",
         "--proc", "/proc",
         "--tmpfs", str(PRIVATE_TMP),
         "--dir", SANDBOX_HOME,
     ]  # fmt: skip
-    path_value = (env if env is not None else os.environ).get("PATH", "")
-    toolchains = toolchain_dirs(path_value)
-    if toolchains:
-        policy = dataclasses.replace(policy, readable=[*policy.readable, *toolchains])
-    argv += _mounts(policy, cwd)
-    argv += ["--unshare-all"]
+    environ = env if env is not None else os.environ
+    homes = (environ.get("HOME", ""), os.environ.get("HOME", ""))
+    toolchains = toolchain_dirs(environ.get("PATH", ""), homes)
+    readable = [*toolchains, *policy.readable]
     if policy.network:
-        argv += ["--share-net"]
-    argv += ["--die-with-parent", "--new-session", "--chdir", str(cwd)]
+        readable += network_config_paths()
+    argv += _mounts(dataclasses.replace(policy, readable=readable), cwd)
+    # The root is a tmpfs bwrap made to hold the mounts: read-only, so a write anywhere
+    # but the worktree, /tmp and HOME fails instead of vanishing with the sandbox.
+    argv += ["--remount-ro", "/"]
+    argv += ["--die-with-parent", "--new-session", "--chdir", str(cwd.resolve())]
     if env is not None:
         argv += ["--clearenv"]
         for name, value in sorted(scrubbed_env(env, policy).items()):
@@ -163,39 +196,25 @@ def sandboxed_argv(
     return argv
 
 
-def toolchain_dirs(path_value: str) -> list[Path]:
-    """Directories on PATH that the private /tmp would hide, so that the commands the
-    user's PATH promises still run in the sandbox (a project checked out under /tmp runs
-    its tools from its own virtualenv there). A virtualenv's bin brings the whole
-    virtualenv, which its interpreter needs."""
-    found: list[Path] = []
-    for entry in path_value.split(os.pathsep):
-        if not entry:
-            continue
-        directory = Path(entry)
-        if not _within(directory.resolve(), [PRIVATE_TMP]) or not directory.is_dir():
-            continue
-        if (directory.parent / "pyvenv.cfg").is_file():
-            directory = directory.parent
-        if directory not in found:
-            found.append(directory)
-    return found
-
-
 def _mounts(policy: SandboxPolicy, cwd: Path) -> list[str]:
     """Mount options for the policy's paths, outer paths first, so that the innermost
-    wins: a worktree inside a hidden directory stays visible, a hidden directory inside a
-    worktree stays hidden. The working directory is always visible (read-only unless
-    writable), even under /tmp, which the sandbox otherwise replaces."""
+    wins: a worktree inside a hidden directory stays visible, a hidden directory (or a
+    read-only `.git`) inside a worktree stays so. The working directory is always
+    visible, read-only unless writable. Readable paths the system mounts already show
+    are left out; missing ones are skipped."""
     writable = [path.resolve() for path in policy.writable]
-    readable = [path.resolve() for path in policy.readable]
     hidden = [path.resolve() for path in policy.hidden]
+    system = system_roots()
+    readable = [
+        resolved
+        for path in policy.readable
+        if not within(resolved := path.resolve(), system) and resolved.exists()
+    ]
     cwd = cwd.resolve()
-    replaced = [PRIVATE_TMP, *hidden]
-    if _within(cwd, replaced) and not _within(cwd, [*writable, *readable]):
+    if not within(cwd, [*writable, *readable]) or within(cwd, hidden):
         readable.append(cwd)
     mounts = [(path, ["--bind", str(path), str(path)]) for path in writable]
-    mounts += [(path, ["--ro-bind", str(path), str(path)]) for path in readable]
+    mounts += [(path, ["--ro-bind", str(path), str(path)]) for path in dict.fromkeys(readable)]
     mounts += [(path, ["--tmpfs", str(path)]) for path in hidden]
     options: list[str] = []
     for _, mount in sorted(mounts, key=lambda item: len(item[0].parts)):
@@ -203,8 +222,15 @@ def _mounts(policy: SandboxPolicy, cwd: Path) -> list[str]:
     return options
 
 
-def _within(path: Path, roots: list[Path]) -> bool:
-    return any(path.is_relative_to(root) for root in roots)
+def network_config_paths() -> list[Path]:
+    """What name resolution reads outside /etc: /etc/resolv.conf is a link into /run
+    where systemd-resolved (or NetworkManager) manages it."""
+    resolv = Path("/etc/resolv.conf")
+    if resolv.is_symlink():
+        target = resolv.resolve()
+        if target.exists():
+            return [target]
+    return []
 
 
 def unsandboxed_argv(command: str) -> list[str]:

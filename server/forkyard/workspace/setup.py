@@ -377,18 +377,25 @@ async def run_setup_command(
     """Run the setup command in the worktree, sandboxed like agents' commands (with the
     network when `setup_network`), its output in the agent's log. SetupError says why
     it failed."""
+    # Imported here: the sandbox's view uses this module's pattern matching.
+    from forkyard.workspace.sandbox_view import sandbox_read_paths
+
     config = settings.worktree
     status = await probe_sandbox()
-    # Readable: the repository's git data, and what `link` points to, even when the
-    # checkout lives under /tmp, which the sandbox replaces.
+    # Readable: the repository's git directory and what `link` points to, not the rest
+    # of the user's checkout (its ignored `.env`), which a setup with the network on
+    # could send anywhere.
+    readable = await sandbox_read_paths(
+        worktree=worktree, checkout=checkout, settings=settings, environ=environ
+    )
     policy = SandboxPolicy(
         writable=[worktree],
-        readable=[checkout],
+        readable=readable,
         network=config.setup_network,
         extra_env=dict(extra_env),
     )
     if status.available:
-        argv = sandboxed_argv(command, policy, cwd=worktree)
+        argv = await anyio.to_thread.run_sync(lambda: sandboxed_argv(command, policy, cwd=worktree))
     elif settings.allow_unsandboxed_commands:
         await log(LOG_KIND, "bubblewrap is unavailable: running the setup unsandboxed")
         argv = unsandboxed_argv(command)
