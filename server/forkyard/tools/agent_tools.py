@@ -353,6 +353,7 @@ class ToolBox:
                     allow_unsandboxed=self.settings.allow_unsandboxed_commands,
                     probe=self._sandbox_probe,
                     max_chars=self.max_chars,
+                    settings=self.settings,
                 )
                 return ToolResult(text, is_error=failed)
             case FinishArgs():
