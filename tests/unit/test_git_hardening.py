@@ -321,9 +321,12 @@ def test_only_the_gitdir_file_git_wrote_counts_as_intact(scene: Scene) -> None:
     admin = _admin(scene, scene.worktree)
     git_file = scene.worktree / ".git"
     assert describe_tampering(scene.worktree, admin) is None
+    # git writes relative paths when told to (worktree.useRelativePaths): still ours.
+    git_file.write_text(f"gitdir: {os.path.relpath(admin.resolve(), scene.worktree.resolve())}\n")
+    assert describe_tampering(scene.worktree, admin) is None
     for text, reason in (
         (f"gitdir: {admin}/../wt2\n", "points at"),
-        ("gitdir: ../../repo/.git/worktrees/1-task\n", "points at"),  # relative: not git's
+        ("gitdir: ../../repo/.git/worktrees/1-task\n", "points at"),
         (f"gitdir: {admin}\ngitdir: /elsewhere\n", "not a gitdir file"),
         ("ref: refs/heads/main\n", "not a gitdir file"),
     ):

@@ -139,7 +139,8 @@ def find_admin_dir(common_dir: Path, worktree: Path) -> Path | None:
             text = (Path(entry.path) / "gitdir").read_bytes()[:_MAX_GIT_FILE_BYTES]
         except OSError:
             continue
-        recorded = Path(os.fsdecode(text.strip()))
+        # Relative when git writes relative worktree paths (worktree.useRelativePaths).
+        recorded = Path(entry.path) / os.fsdecode(text.strip())
         if recorded.name == ".git" and os.path.realpath(recorded.parent) == wanted:
             return Path(entry.path)
     return None
@@ -172,7 +173,8 @@ def describe_tampering(worktree: Path, admin_dir: Path) -> str | None:
         return "it is not a gitdir file"
     named = line.removeprefix("gitdir:").strip()
     expected = {os.path.normpath(admin_dir), os.path.realpath(admin_dir)}
-    if not os.path.isabs(named) or os.path.normpath(named) not in expected:
+    # Joined by hand, not resolved: a link the agent made on the way does not count.
+    if os.path.normpath(os.path.join(os.path.realpath(worktree), named)) not in expected:
         return f"it points at {named}"
     return None
 
