@@ -142,6 +142,12 @@ M.subcommands = {
       forkyard().details(need(words(rest)[1], 'details <n>'))
     end,
   },
+  trust = {
+    usage = 'trust [--revoke]',
+    run = function(rest)
+      require('forkyard.trust').run(rest)
+    end,
+  },
 }
 
 --- The handler of `:Forkyard`.

@@ -1,5 +1,6 @@
 --- `:checkhealth forkyard`: the server is found and answers (its version), the sandbox
---- (bubblewrap) is there and works, a model is configured and its endpoint reachable.
+--- (bubblewrap) is there and works, whether the repository is trusted (else which keys of
+--- its `.forkyard.toml` are ignored), a model is configured and its endpoint reachable.
 local config = require('forkyard.config')
 local sessions = require('forkyard.session')
 
@@ -266,6 +267,36 @@ local function check_models(session, stats)
   end
 end
 
+--- Whether the server applies the repository's `.forkyard.toml` in full, and if not,
+--- what it left out (`forkyard/status`).
+local function check_trust(session)
+  health.start('forkyard: repository trust')
+  if not session then
+    return
+  end
+  local status, err = session:request_sync('forkyard/status', { disk = false }, SERVER_TIMEOUT_MS)
+  if not status then
+    health.warn('cannot ask the server whether this repository is trusted: ' .. tostring(err))
+    return
+  end
+  if status.trusted == nil then
+    health.info('this server does not report repository trust')
+  elseif status.trusted then
+    health.ok('repository trusted: its .forkyard.toml applies in full')
+  else
+    local ignored = status.ignoredKeys or {}
+    local advice = { ':Forkyard trust, or `forkyard trust` in a shell (recorded in ' .. tostring(status.trustFile) .. ')' }
+    if #ignored == 0 then
+      health.info('repository not trusted; nothing in its .forkyard.toml needs trust')
+    else
+      health.warn(
+        ('not trusted: %d keys of .forkyard.toml ignored (%s)'):format(#ignored, table.concat(ignored, ', ')),
+        advice
+      )
+    end
+  end
+end
+
 function M.check()
   health.start('forkyard: Neovim')
   local v = vim.version()
@@ -284,6 +315,7 @@ function M.check()
   end
   local session, stats = check_server()
   check_sandbox(session)
+  check_trust(session)
   check_models(session, stats)
   if session and session:client() then
     local client = session:client()
