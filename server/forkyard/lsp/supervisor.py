@@ -19,6 +19,8 @@ from typing import Any, Literal, TypeVar
 from anyio import CancelScope, TaskHandle
 from anyio.abc import TaskGroup
 
+from forkyard.errors import ForkyardError
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -59,6 +61,8 @@ def describe_failure(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     text = str(exc)
+    if isinstance(exc, ForkyardError) and text:
+        return text  # written for the user already
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
