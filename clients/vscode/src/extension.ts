@@ -9,6 +9,7 @@ import { type AgentNode, AgentsTreeProvider } from "./agents/view";
 import { ChatViewProvider } from "./chat/view";
 import { ForkyardConnection, showError } from "./connection";
 import type { Agent } from "./protocol";
+import { RepositoryTrust, trustStatusText } from "./trust";
 
 const AGENTS_VIEW = "forkyard.agents";
 
@@ -54,15 +55,19 @@ export function activate(context: vscode.ExtensionContext): void {
   };
   const chat = new ChatViewProvider(context.extensionUri, connection, context.workspaceState);
 
+  const trust = new RepositoryTrust(connection);
   const status = vscode.window.createStatusBarItem("forkyard.status", vscode.StatusBarAlignment.Left, 50);
   status.name = "Forkyard agents";
   status.command = "forkyard.showAgents";
   const updateStatus = () => {
-    const { text, tooltip } = statusBarText(store.all());
+    const agents = statusBarText(store.all());
+    const untrusted = trustStatusText(trust.state);
+    const text = untrusted ? `${agents.text} ${untrusted.text}` : agents.text;
+    const tooltip = untrusted ? `${agents.tooltip}\n${untrusted.tooltip}` : agents.tooltip;
     status.text = text;
     status.tooltip = tooltip;
     status.accessibilityInformation = { label: tooltip };
-    status.command = "forkyard.showAgents";
+    status.command = untrusted ? "forkyard.trustRepository" : "forkyard.showAgents";
     treeView.badge = (() => {
       const review = store.all().filter((a) => a.state === "done").length;
       return review > 0 ? { value: review, tooltip: `${review} agent(s) to review` } : undefined;
@@ -78,7 +83,9 @@ export function activate(context: vscode.ExtensionContext): void {
     treeView,
     chat,
     status,
+    trust,
     store.onDidChange(updateStatus),
+    trust.onDidChange(updateStatus),
     vscode.workspace.registerTextDocumentContentProvider(AGENT_SCHEME, new AgentFileProvider(connection, store)),
     vscode.workspace.registerTextDocumentContentProvider("forkyard-log", new AgentLogProvider(connection)),
     vscode.window.registerWebviewViewProvider(ChatViewProvider.viewId, chat, {

@@ -47,6 +47,7 @@ export interface ForkyardProtocolObjects {
   ThreadListResult?: ThreadListResult;
   ThreadReadParams?: ThreadReadParams;
   ThreadReadResult?: ThreadReadResult;
+  TrustResult?: TrustResult;
   WorktreeDiskUse?: WorktreeDiskUse;
 }
 export interface Agent {
@@ -237,6 +238,7 @@ export interface ForkyardCapabilities {
   backendDetails?: BackendInfo[];
   backends: string[];
   roles: string[];
+  trusted?: boolean;
   version?: number;
 }
 /**
@@ -271,10 +273,13 @@ export interface StatusParams {
  * An addition to PROTOCOL.md (`forkyard/status`): worktrees and the disk they use.
  */
 export interface StatusResult {
+  ignoredKeys?: string[];
   poolError?: string | null;
   poolReady: number;
   poolSize: number;
   totalDiskBytes: number;
+  trustFile?: string | null;
+  trusted?: boolean;
   worktrees: WorktreeDiskUse[];
 }
 /**
@@ -317,6 +322,15 @@ export interface ThreadReadParams {
 export interface ThreadReadResult {
   messages: Message[];
   thread: Thread;
+}
+/**
+ * The result of the `forkyard.trust` command (an addition to PROTOCOL.md).
+ */
+export interface TrustResult {
+  ignoredKeys?: string[];
+  root: string;
+  trustFile: string;
+  trusted: boolean;
 }
 
 /** Every request of the protocol: method -> params and result. */
