@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,21 +33,28 @@ def message(**fields: Any) -> bytes:
 class RawServer:
     """`forkyard serve` over pipes, spoken to byte by byte."""
 
-    def __init__(self, process: asyncio.subprocess.Process, stderr: Path) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        stderr: Path,
+        streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None,
+    ) -> None:
         self.process = process
         self.stderr = stderr
+        if streams is None:
+            assert process.stdout is not None and process.stdin is not None
+            streams = (process.stdout, process.stdin)
+        self.reader, self.writer = streams
         self.notifications: list[dict[str, Any]] = []
         self._next_id = 1000
 
     async def send(self, data: bytes) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(data)
-        await self.process.stdin.drain()
+        self.writer.write(data)
+        await self.writer.drain()
 
     async def read_message(self, timeout: float = 20.0) -> dict[str, Any]:
         """The next framed message from the server, its body at most 1 MiB."""
-        stdout = self.process.stdout
-        assert stdout is not None
+        stdout = self.reader
         with anyio.fail_after(timeout):
             length = None
             while True:
@@ -320,3 +328,52 @@ async def test_twenty_mib_content_length_is_skipped_in_chunks_and_serving_goes_o
     assert code == -32600
     await raw_server.still_serving()
     assert (raw_server.rss_kib() - before) / 1024 < 16
+
+
+async def test_the_same_bounds_hold_over_tcp(
+    server_env: dict[str, str], tmp_path: Path, repo: Path
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stderr_path = tmp_path / "server.stderr"
+    with stderr_path.open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "forkyard.cli", "serve", "--tcp", f"127.0.0.1:{port}"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
+            env=server_env,
+        )
+    try:
+        with anyio.fail_after(20):
+            while True:
+                try:
+                    streams = await asyncio.open_connection("127.0.0.1", port, limit=4 * MiB)
+                    break
+                except OSError:
+                    await anyio.sleep(0.05)  # the server is still starting to listen
+        server = RawServer(process, stderr_path, streams)
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {"processId": None, "rootUri": repo.as_uri(), "capabilities": {}},
+            }
+        )
+        await server.send(frame(body, header="content-length"))
+        assert "result" in await server.answer_to(1)
+        await server.send(message(method="initialized", params={}))
+        await server.send(frame("{nope"))
+        assert error_of(await server.answer_to(None))[0] == -32700
+        await server.send(b"Content-Length: 20971520\r\n\r\n" + b" " * (20 * MiB))
+        assert error_of(await server.answer_to(None))[0] == -32600
+        await server.still_serving()
+        server.writer.close()
+        with anyio.fail_after(20):
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert "MemoryError" not in stderr_path.read_text()
