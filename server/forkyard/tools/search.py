@@ -4,6 +4,12 @@ listing of a JavaScript project would drown the model in dependencies.
 
 Searching uses ripgrep when it is installed (fast, honours .gitignore itself) and a
 plain Python scan of the listed files otherwise; both print `path:line:text`.
+
+Neither ever reads outside the root (explorers search the user's checkout, where a
+cloned repository can hold a link to `~/.ssh`): no symlink is followed, by ripgrep (no
+`--follow`, and every path it prints is checked) or by the scan (files are opened
+through `beneath`, which refuses a link anywhere on the way). The git directory is
+skipped whatever its case.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from forkyard.tools.beneath import RealDirectories, is_git_name, open_beneath, regular_file
 from forkyard.tools.process import run_streaming
 
 GIT_TIMEOUT_SECONDS = 60.0
@@ -32,6 +39,8 @@ MAX_LINE_CHARS = 300
 #: rarely source and reading them in Python is slow).
 MAX_FALLBACK_FILE_BYTES = 8 * 1024 * 1024
 _BINARY_SNIFF_BYTES = 8192
+#: ripgrep's complaint when every file was skipped (ignored, or links it does not follow).
+_NOTHING_SEARCHED = "No files were searched"
 
 
 @cache
@@ -73,11 +82,18 @@ async def list_paths(
 async def _git_list(root: Path, relative: str, environ: Mapping[str, str]) -> list[str] | None:
     """Tracked and untracked-but-not-ignored files, or None when `root` is not the top
     of a git work tree (or git fails)."""
-    argv = ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"]
-    argv += ["--", relative]
+    # The work tree is the agent's (or an unvetted clone): its config must not get to
+    # run a program here (core.fsmonitor), nor git find a repository above the root.
+    argv = ["git", "-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false"]
+    argv += ["ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", relative]
+    env = {
+        **environ,
+        "GIT_CEILING_DIRECTORIES": str(root.parent),
+        "GIT_OPTIONAL_LOCKS": "0",
+    }
     try:
         with anyio.fail_after(GIT_TIMEOUT_SECONDS):
-            done = await anyio.run_process(argv, cwd=root, env=dict(environ), check=False)
+            done = await anyio.run_process(argv, cwd=root, env=env, check=False)
     except (OSError, TimeoutError):
         return None
     if done.returncode != 0:
@@ -87,17 +103,23 @@ async def _git_list(root: Path, relative: str, environ: Mapping[str, str]) -> li
 
 def _existing_matches(root: Path, listed: list[str], glob: str | None) -> list[str]:
     """Deduplicated, still existing (a file deleted since the last commit is still in the
-    index), glob-filtered and sorted. Blocking: runs in a worker thread."""
+    index) without a symlink on the way (a tracked directory replaced by a link to
+    elsewhere), nothing in a `.GIT` (the git directory on a case-insensitive file
+    system), glob-filtered and sorted. Blocking: runs in a worker thread."""
+    real = RealDirectories(root)
     result = {
         path
         for path in listed
-        if (glob is None or glob_matches(path, glob)) and os.path.lexists(root / path)
+        if (glob is None or glob_matches(path, glob))
+        and not any(is_git_name(part) for part in path.split("/"))
+        and real.exists(path)
     }
     return sorted(result)
 
 
 def _walk(root: Path, relative: str, glob: str | None) -> list[str]:
-    """The fallback listing. Blocking: runs in a worker thread."""
+    """The fallback listing: a walk that follows no symlink and lists links (to files or
+    directories) as entries, as git does. Blocking: runs in a worker thread."""
     ignored = _root_ignore_patterns(root)
     start = root / relative
     if start.is_file():
@@ -107,13 +129,18 @@ def _walk(root: Path, relative: str, glob: str | None) -> list[str]:
         for directory, subdirs, files in os.walk(start):
             base = Path(directory).relative_to(root).as_posix()
             prefix = "" if base == "." else base + "/"
+            links = [name for name in subdirs if os.path.islink(os.path.join(directory, name))]
             subdirs[:] = sorted(
                 name
                 for name in subdirs
-                if name != ".git" and not _ignored(prefix + name, name, ignored)
+                if name not in links
+                and not is_git_name(name)
+                and not _ignored(prefix + name, name, ignored)
             )
             candidates += [
-                prefix + name for name in files if not _ignored(prefix + name, name, ignored)
+                prefix + name
+                for name in [*files, *links]
+                if not _ignored(prefix + name, name, ignored)
             ]
     return sorted(path for path in candidates if glob is None or glob_matches(path, glob))
 
@@ -149,7 +176,11 @@ async def search_with_ripgrep(
         "--with-filename",
         "--color=never",
         "--hidden",
-        "--glob=!.git",
+        "--iglob=!.git",
+        # Never into a link (the default without a config file; said out loud anyway).
+        "--no-follow",
+        # `path NUL line:text`: the path is known exactly, to be checked below.
+        "--null",
         # Sorted output (single-threaded, still fast) reads better and is reproducible.
         "--sort=path",
         f"--max-columns={MAX_LINE_CHARS}",
@@ -165,16 +196,32 @@ async def search_with_ripgrep(
     errors: list[str] = []
     size = 0
     truncated = False
+    real = RealDirectories(root)
+    checked: dict[str, bool] = {}
+
+    def inside(path: str) -> bool:
+        """ripgrep follows no link, so this never fails; it is the backstop that keeps a
+        future flag or version from showing a line from elsewhere."""
+        known = checked.get(path)
+        if known is None:
+            known = checked[path] = real.exists(path, allow_final_link=False)
+        return known
 
     def collect(stream: str, line: str) -> None:
         nonlocal size, truncated
         if stream == "stderr":
             errors.append(line)
-        elif size + len(line) + 1 > max_chars:
+            return
+        path, nul, rest = line.partition("\0")
+        path = path.removeprefix("./")
+        if not nul or not inside(path):
+            return
+        shown = f"{path}:{rest}"
+        if size + len(shown) + 1 > max_chars:
             truncated = True
         else:
-            lines.append(line.removeprefix("./"))
-            size += len(line) + 1
+            lines.append(shown)
+            size += len(shown) + 1
 
     result = await run_streaming(
         argv,
@@ -186,6 +233,8 @@ async def search_with_ripgrep(
     )
     if result.timed_out:
         return f"search timed out after {SEARCH_TIMEOUT_SECONDS:g} s; narrow path or glob"
+    if result.returncode == 2 and not lines and any(_NOTHING_SEARCHED in e for e in errors):
+        return SearchResult([], truncated=False)  # only links, or all of it ignored
     if result.returncode == 2 and not lines:
         return "search failed: " + ("\n".join(errors[:5]) or "ripgrep exit status 2")
     return SearchResult(lines, truncated or result.truncated)
@@ -210,19 +259,14 @@ async def search_with_python(
 
 
 def _scan(root: Path, paths: list[str], regex: re.Pattern[str], max_chars: int) -> SearchResult:
-    """Blocking: runs in a worker thread."""
+    """Blocking: runs in a worker thread. Each file is opened without following a link
+    (a listed path can be a link, or have become one since the listing)."""
     lines: list[str] = []
     size = 0
+    real_root = root.resolve()
     for path in paths:
-        full = root / path
-        try:
-            if not full.is_file() or full.stat().st_size > MAX_FALLBACK_FILE_BYTES:
-                continue
-            with full.open("rb") as handle:
-                if b"\0" in handle.read(_BINARY_SNIFF_BYTES):
-                    continue
-            text = full.read_text(encoding="utf-8", errors="replace")
-        except OSError:
+        text = _read_text(real_root, path)
+        if text is None:
             continue
         found = 0
         for number, line in enumerate(text.splitlines(), start=1):
@@ -237,6 +281,26 @@ def _scan(root: Path, paths: list[str], regex: re.Pattern[str], max_chars: int) 
             if found >= MAX_MATCHES_PER_FILE:
                 break
     return SearchResult(lines, truncated=False)
+
+
+def _read_text(root: Path, path: str) -> str | None:
+    """The text of a regular file reached without links, or None when it is not one, is
+    binary or is too large to be worth scanning."""
+    try:
+        fd = open_beneath(root, path, os.O_RDONLY)
+    except (OSError, ValueError):
+        return None
+    with open(fd, "rb") as handle:
+        try:
+            status = regular_file(fd, path)
+        except OSError:
+            return None
+        if status.st_size > MAX_FALLBACK_FILE_BYTES:
+            return None
+        data = handle.read(MAX_FALLBACK_FILE_BYTES + 1)
+    if b"\0" in data[:_BINARY_SNIFF_BYTES]:
+        return None
+    return data.decode("utf-8", errors="replace")
 
 
 def _cut(line: str) -> str:
