@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 import shlex
-import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,8 +164,9 @@ async def test_nothing_can_be_remounted_writable_or_unmounted(workspace: Workspa
 
 async def test_unmounting_proc_shows_no_host_process(workspace: Workspace) -> None:
     marker = f"forkyard-host-{uuid.uuid4().hex}"
-    host = subprocess.Popen(["sleep", "1000", marker])
+    host = await anyio.open_process([sys.executable, "-c", "import time; time.sleep(1000)", marker])
     try:
+        assert marker.encode() in Path(f"/proc/{host.pid}/cmdline").read_bytes()
         output = await run_agent(
             context_for(workspace),
             "umount /proc; umount -l /proc; ls /proc | grep -c '^[0-9]'; "
@@ -173,7 +174,7 @@ async def test_unmounting_proc_shows_no_host_process(workspace: Workspace) -> No
         )
     finally:
         host.kill()
-        host.wait()
+        await host.aclose()
 
     assert marker not in output
     count = next(line for line in output.splitlines() if line.strip().isdigit())
