@@ -60,3 +60,34 @@ async def wait_for_no_process(pattern: str, timeout: float = 10) -> bool:
             await anyio.sleep(0.05)
         return True
     return False
+
+
+def processes_with(marker: str) -> list[int]:
+    """Host pids of live processes whose command line holds `marker` anywhere (bwrap,
+    the shell, the command): a sandbox's PID namespace hides them from the command,
+    not from the host. Zombies run nothing and do not count. Blocking: reads /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path("/proc", entry, "cmdline").read_bytes()
+            stat = Path("/proc", entry, "stat").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and stat[stat.rindex(b")") + 2 :][:1] not in b"ZX":
+            found.append(int(entry))
+    return found
+
+
+async def wait_for_processes_with(marker: str, count: int, seconds: float = 15) -> list[int]:
+    """Wait (bounded) until exactly `count` live processes carry `marker`; return the
+    pids seen last, so a failing assertion shows them. Processes of another PID
+    namespace raise no event here, so this polls /proc, every 50 ms."""
+    import anyio
+    import anyio.to_thread
+
+    with anyio.move_on_after(seconds):
+        while len(await anyio.to_thread.run_sync(processes_with, marker)) != count:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+    return await anyio.to_thread.run_sync(processes_with, marker)
