@@ -10,6 +10,9 @@ prompt with the repository layout) is reported on its own. Then `true` is run 50
 sandboxed (bwrap) and 50 times unsandboxed through the same process runner.
 
     uv run python bench/bench_agent_step.py [--files 2000] [--steps 240] [--runs 50]
+    uv run python bench/bench_agent_step.py --quick   # CI: small sizes, seconds
+
+Any failure (a tool error, a run that does not finish, a failing command) exits non-zero.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 
+from forkyard.agents.base import AgentContext, ApprovalAnswer
 from forkyard.agents.llm import LlmBackend
 from forkyard.models import ChatMessage, Completion, ModelConfig, ToolCall, ToolSpec
 from forkyard.models.types import StreamEvent
@@ -123,13 +127,20 @@ class InstantModel:
 
 @dataclass
 class BenchContext:
+    """The orchestrator's side of `AgentContext`, minus the orchestrator. Checked against
+    the Protocol where it is made (`as_agent_context`), so that a field the context
+    grows is a type error here, not an AttributeError in the middle of a run."""
+
     cwd: Path
     repo_root: Path
     settings: Settings
     role: RoleConfig = field(default_factory=lambda: BUILTIN_ROLES["worker"])
+    role_name: str = "worker"
     agent_number: int = 1
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    extra_env: Mapping[str, str] = field(default_factory=dict)
     log_entries: int = 0
+    tool_errors: list[str] = field(default_factory=list)
 
     @property
     def writable(self) -> bool:
@@ -137,12 +148,21 @@ class BenchContext:
 
     async def log(self, kind: str, text: str) -> None:
         self.log_entries += 1
+        if kind == "tool_result" and " -> error: " in text:
+            self.tool_errors.append(text)
+
+    async def request_approval(self, tool: str, detail: str) -> ApprovalAnswer:
+        return "allow_once"
 
     def progress(self, message: str, percentage: int | None = None) -> None:
         pass
 
     def take_followups(self) -> list[str]:
         return []
+
+
+def as_agent_context(context: BenchContext) -> AgentContext:
+    return context
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -167,10 +187,15 @@ async def bench_loop(repo: Path, steps: int) -> None:
     backend = LlmBackend(model_factory=lambda _config, _environ: model)
     context = BenchContext(cwd=repo, repo_root=repo, settings=settings)
     started = time.perf_counter()
-    outcome = await backend.run(context, "Benchmark the loop.")
+    outcome = await backend.run(as_agent_context(context), "Benchmark the loop.")
     total = time.perf_counter() - started
     await backend.aclose()
-    assert outcome.ok, outcome.error
+    if not outcome.ok:
+        raise SystemExit(f"the agent loop failed: {outcome.error}")
+    if context.tool_errors:
+        raise SystemExit("tool calls failed: " + "; ".join(context.tool_errors[:5]))
+    if len(model.tools_called) != steps:
+        raise SystemExit(f"the loop made {len(model.tools_called)} tool calls, not {steps}")
     model_time = sum(a - b for a, b in zip(model.answered_at, model.asked_at, strict=True))
     setup = model.asked_at[0] - started
     per_step = [
@@ -206,7 +231,8 @@ async def bench_sandbox(repo: Path, runs: int) -> None:
         result = await run_streaming(
             argv, cwd=repo, env=env, on_output=lambda _s, _l: None, timeout=30
         )
-        assert result.returncode == 0, result
+        if result.returncode != 0:
+            raise SystemExit(f"{argv} failed: {result}")
         return time.perf_counter() - started
 
     plain = [await timed(unsandboxed_argv("true")) for _ in range(runs)]
@@ -225,7 +251,12 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=2_000)
     parser.add_argument("--steps", type=int, default=240)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument(
+        "--quick", action="store_true", help="400 files, 28 steps, 10 runs: for CI, seconds"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.files, args.steps, args.runs = 400, 28, 10
     work = Path(tempfile.mkdtemp(prefix="forkyard-bench-step-"))
     try:
         repo = work / "repo"

@@ -3,7 +3,10 @@
 repository, and the event loop's largest stall during the burst (from the server's own
 loop watch, `forkyard/server/stats`).
 
-    uv run python bench/bench_chat_latency.py [--files 20000] [--samples 200]
+    uv run python bench/bench_chat_latency.py [--files 20000] [--samples 200] [--burst 16]
+    uv run python bench/bench_chat_latency.py --quick   # CI: small sizes, seconds
+
+An agent of the burst that does not end `done` exits non-zero.
 """
 
 from __future__ import annotations
@@ -18,10 +21,8 @@ from pathlib import Path
 
 import anyio
 
-from bench_dispatch import make_repo, percentile
+from bench_dispatch import make_repo, percentile, require_done
 from forkyard.client import ForkyardClient
-
-BURST = 16
 
 
 def describe(name: str, seconds: list[float]) -> str:
@@ -44,7 +45,7 @@ async def sample(client: ForkyardClient, samples: int, thread_id: str) -> dict[s
     return timings
 
 
-async def run(repo: Path, state: Path, samples: int) -> None:
+async def run(repo: Path, state: Path, samples: int, burst_size: int) -> None:
     env = {**os.environ, "FORKYARD_STATE_DIR": str(state)}
     client = await ForkyardClient.start(repo, env, initialization_options={"maxParallelAgents": 16})
     try:
@@ -57,7 +58,7 @@ async def run(repo: Path, state: Path, samples: int) -> None:
         command = "for i in $(seq 200); do echo $i > out_$i.txt; done; git status --short | wc -l"
 
         async def dispatch_burst() -> None:
-            for n in range(BURST):
+            for n in range(burst_size):
                 agent = await client.dispatch(command, backend="command", title=f"burst {n}")
                 ids.append(agent["id"])
 
@@ -70,7 +71,7 @@ async def run(repo: Path, state: Path, samples: int) -> None:
 
             group.start_soon(measure)
         for agent_id in ids:
-            await client.wait_for_agent(agent_id, timeout=600)
+            require_done(await client.wait_for_agent(agent_id, timeout=600))
         elapsed = time.perf_counter() - started
         stats = await client.request("forkyard/server/stats", {})
     finally:
@@ -78,7 +79,7 @@ async def run(repo: Path, state: Path, samples: int) -> None:
     for method in ("forkyard/chat", "forkyard/agent/list"):
         print(describe(f"{method} idle", idle[method]))
         print(describe(f"{method} during the burst", burst[method]))
-    print(f"burst of {BURST} agents finished in {elapsed:.1f} s")
+    print(f"burst of {burst_size} agents finished in {elapsed:.1f} s")
     print(f"largest event-loop stall during the burst: {stats['maxLoopStallMs']:.1f} ms")
 
 
@@ -86,11 +87,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=20_000)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--burst", type=int, default=16, help="agents dispatched at once")
+    parser.add_argument(
+        "--quick", action="store_true", help="500 files, 20 samples, 4 agents: for CI"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.files, args.samples, args.burst = 500, 20, 4
     work = Path(tempfile.mkdtemp(prefix="forkyard-bench-"))
     try:
         make_repo(work / "repo", args.files, 2_000)
-        anyio.run(run, work / "repo", work / "state", args.samples)
+        anyio.run(run, work / "repo", work / "state", args.samples, args.burst)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -6,6 +6,9 @@ dispatches agents one after another and times each from the request to the
 `git worktree add` of the same repository, in the same run, for comparison.
 
     uv run python bench/bench_dispatch.py [--files 20000] [--runs 20]
+    uv run python bench/bench_dispatch.py --quick   # CI: small sizes, seconds
+
+An agent that does not end `done` exits non-zero.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -45,6 +49,14 @@ def make_repo(root: Path, files: int, file_bytes: int) -> None:
     subprocess.run(["git", "commit", "-q", "-m", "bench"], cwd=root, check=True, env=GIT_ENV)
 
 
+def require_done(agent: dict[str, Any]) -> None:
+    """A benchmark of agents that fail measures nothing: stop with the reason."""
+    if agent["state"] != "done":
+        raise SystemExit(
+            f"agent {agent['id']} ended {agent['state']}: {agent.get('error') or agent}"
+        )
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))
@@ -69,7 +81,8 @@ async def time_dispatches(repo: Path, state: Path, runs: int, dirty: bool) -> li
             agent = await client.dispatch("true", backend="command", includeUncommitted=dirty)
             await client.wait_for_agent(agent["id"], {"running", "done", "failed"}, timeout=120)
             timings.append(time.perf_counter() - started)
-            await client.wait_for_agent(agent["id"], timeout=120)
+            ended = await client.wait_for_agent(agent["id"], timeout=120)
+            require_done(ended)
     finally:
         await client.stop()
     return timings
@@ -95,7 +108,10 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=20_000)
     parser.add_argument("--file-bytes", type=int, default=2_000)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="500 files, 3 runs: for CI")
     args = parser.parse_args()
+    if args.quick:
+        args.files, args.runs = 500, 3
     work = Path(tempfile.mkdtemp(prefix="forkyard-bench-"))
     try:
         repo = work / "repo"

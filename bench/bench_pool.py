@@ -12,6 +12,9 @@ starts after an `os.sync()`, so that none pays for the previous one's disk write
 
     uv run python bench/bench_pool.py [--files 20000] [--file-bytes 10000] [--runs 20]
                                       [--repos large,small]
+    uv run python bench/bench_pool.py --quick   # CI: small sizes, a few rounds
+
+An agent that does not end `done` exits non-zero.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 import anyio
 
-from bench_dispatch import GIT_ENV, make_repo, percentile
+from bench_dispatch import GIT_ENV, make_repo, percentile, require_done
 from forkyard.client import ForkyardClient
 
 PREPARED = re.compile(r"prepared worktree in (\d+) ms \((\w+)")
@@ -81,7 +84,7 @@ async def run_series(
             await client.wait_for_agent(agent["id"], {"running", "done", "failed"}, timeout=300)
             series.seconds.append(time.perf_counter() - started)
             done = await client.wait_for_agent(agent["id"], timeout=300)
-            assert done["state"] == "done", done
+            require_done(done)
             read = await client.request("forkyard/agent/read", {"agentId": agent["id"]})
             for entry in read["log"]:
                 if found := PREPARED.match(entry["text"]):
@@ -176,7 +179,12 @@ def main() -> None:
     parser.add_argument("--small-files", type=int, default=200)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--repos", default="large,small", help="which of large,small to run")
+    parser.add_argument(
+        "--quick", action="store_true", help="300 and 50 files of 2 kB, 2 runs: for CI"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.files, args.file_bytes, args.small_files, args.runs = 300, 2_000, 50, 2
     wanted = set(args.repos.split(","))
     work = Path(tempfile.mkdtemp(prefix="forkyard-bench-pool-"))
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())

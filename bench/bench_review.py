@@ -3,6 +3,9 @@ each changed in several hunks, and the time from an agent reaching `done` to its
 diagnostics being published for a 100-file diff.
 
     uv run python bench/bench_review.py [--agents 32] [--samples 300]
+    uv run python bench/bench_review.py --quick   # CI: 4 agents, 20 samples
+
+An agent that does not end `done` exits non-zero.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 from lsprotocol import types
@@ -55,9 +59,12 @@ async def run(root: Path, state: Path, agents: int, samples: int) -> None:
     lsp = client.lsp
 
     def published() -> list[tuple[float, str, int]]:
+        # Standard notifications arrive as lsprotocol objects, not the dicts of the
+        # client's annotation.
+        notifications: list[tuple[str, Any]] = list(client.notifications)
         return [
             (at, params.uri, len(params.diagnostics))
-            for (method, params), at in zip(client.notifications, client.arrivals, strict=True)
+            for (method, params), at in zip(notifications, client.arrivals, strict=True)
             if method == types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS
         ]
 
@@ -69,7 +76,9 @@ async def run(root: Path, state: Path, agents: int, samples: int) -> None:
             agent = await client.dispatch(f"sed -i '{script}' big.py", backend="command")
             ids.append(agent["id"])
         for agent_id in ids:
-            await client.wait_for_agent(agent_id, timeout=600)
+            ended = await client.wait_for_agent(agent_id, timeout=600)
+            if ended["state"] != "done":
+                raise SystemExit(f"agent {agent_id} ended {ended['state']}: {ended}")
         uri = (root / "big.py").as_uri()
         lsp.text_document_did_open(
             types.DidOpenTextDocumentParams(
@@ -107,7 +116,8 @@ async def run(root: Path, state: Path, agents: int, samples: int) -> None:
         )
         done = await client.wait_for_agent(wide["id"], timeout=300)
         done_at = time.perf_counter()
-        assert done["changes"]["files"] == SMALL_FILES, done["changes"]
+        if done["state"] != "done" or done["changes"]["files"] != SMALL_FILES:
+            raise SystemExit(f"the {SMALL_FILES}-file agent ended wrong: {done}")
 
         def all_published() -> bool:
             uris = {u for _, u, n in published()[before:] if n and "/pkg/" in u}
@@ -127,7 +137,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--agents", type=int, default=32)
     parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--quick", action="store_true", help="4 agents, 20 samples: for CI")
     args = parser.parse_args()
+    if args.quick:
+        args.agents, args.samples = 4, 20
     work = Path(tempfile.mkdtemp(prefix="forkyard-bench-"))
     try:
         make_repo(work / "repo")
