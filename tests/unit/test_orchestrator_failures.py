@@ -18,7 +18,7 @@ import pytest
 
 from forkyard.app import ForkyardApp
 from forkyard.lsp.supervisor import MAX_REPORT_CHARS, Supervisor
-from forkyard.orchestrator import orchestrator as orchestrator_module
+from forkyard.orchestrator import runner as runner_module
 from forkyard.workspace.diff import diff_worktree
 from forkyard.workspace.git import GitError, Repository
 from forkyard.workspace.hardened import WorktreeTampered
@@ -113,7 +113,7 @@ async def test_a_diff_failing_in_an_exception_group_fails_only_that_agent(
             raise ExceptionGroup("diff", [GitError("fatal: index file corrupt")])
         return await diff_worktree(worktree, *args, **kwargs)
 
-    monkeypatch.setattr(orchestrator_module, "diff_worktree", failing_diff)
+    monkeypatch.setattr(runner_module, "diff_worktree", failing_diff)
     async with running(repo, tmp_path) as (app, watch, told):
         waiter = await dispatch(app, WAITER, "waiter")
         broken = await dispatch(app, "echo mine > mine.txt", "broken")
@@ -147,7 +147,9 @@ async def test_a_commit_refused_for_a_tampered_worktree_fails_the_agent(
 
     async def refusing_commit(self: Repository, worktree: Path, *args: Any, **kwargs: Any) -> Any:
         if "tampered" in worktree.name:
-            raise WorktreeTampered(f"{worktree}/.git is not the file Forkyard wrote")
+            raise WorktreeTampered(
+                f"{worktree}/.git is not the file Forkyard wrote", commit="0123456789abcdef"
+            )
         return await original(self, worktree, *args, **kwargs)
 
     monkeypatch.setattr(Repository, "commit_worktree", refusing_commit)
@@ -156,7 +158,7 @@ async def test_a_commit_refused_for_a_tampered_worktree_fails_the_agent(
         failed = await watch.final(tampered.id)
         assert failed.state == "failed"
         assert failed.error is not None and "is not the file Forkyard wrote" in failed.error
-        assert "kept" in failed.error
+        assert "committed as 0123456789ab" in failed.error
         fine = await dispatch(app, "echo y > y.txt", "fine")
         assert (await watch.final(fine.id)).state == "done"
 

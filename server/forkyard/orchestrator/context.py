@@ -10,7 +10,8 @@ from forkyard.agents.base import ApprovalAnswer
 from forkyard.settings import RoleConfig, Settings
 
 if TYPE_CHECKING:
-    from forkyard.orchestrator.orchestrator import AgentRuntime, Orchestrator
+    from forkyard.orchestrator.orchestrator import Orchestrator
+    from forkyard.orchestrator.runtime import AgentRuntime
 
 
 class RunContext:

@@ -11,18 +11,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
 
-from forkyard.agents.base import ApprovalAnswer, Backend, RunOutcome
+from forkyard.agents.base import ApprovalAnswer, Backend
 from forkyard.clock import new_id, now_iso
 from forkyard.errors import InvalidRequest, UnknownAgent
-from forkyard.orchestrator.context import RunContext
-from forkyard.orchestrator.events import Listeners, NoticeLevel, OrchestratorListener
-from forkyard.orchestrator.failures import cause_of, keep_running
+from forkyard.orchestrator.events import Listeners, OrchestratorListener
+from forkyard.orchestrator.failures import keep_running
+from forkyard.orchestrator.runner import FINISH_TIMEOUT_SECONDS, AgentRunner
+from forkyard.orchestrator.runtime import AgentRuntime, is_dir
 from forkyard.settings import RoleConfig, Settings
 from forkyard.store import Store
 from forkyard.workspace.diff import WorktreeDiff, diff_worktree, file_at
@@ -35,9 +35,9 @@ from forkyard.workspace.pool import (
     sparse_folders,
     trash_directory,
 )
-from forkyard.workspace.setup import PortRange, SetupError, port_range, set_up_worktree
+from forkyard.workspace.setup import PortRange, port_range
 from forkyard_protocol.messages import AgentDispatchParams
-from forkyard_protocol.models import ACTIVE_STATES, Agent, ChangeCounts, LogEntry, Progress
+from forkyard_protocol.models import ACTIVE_STATES, Agent, LogEntry, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -48,26 +48,7 @@ Approver = Callable[[Agent, str, str], Awaitable[ApprovalAnswer]]
 LOG_FLUSH_SECONDS = 0.25
 #: How often to look at the settings again while automatic worktree gc is off.
 GC_IDLE_SECONDS = 3600.0
-FINISH_TIMEOUT_SECONDS = 60
 MAX_NUMBER_DIGITS = 18
-
-
-@dataclass
-class AgentRuntime:
-    """An agent and what only a running server knows about it."""
-
-    agent: Agent
-    cancel_scope: anyio.CancelScope | None = None
-    user_cancelled: bool = False
-    followups: list[str] = field(default_factory=list)
-    rerun: str | None = None
-    last_progress_emit: float = 0.0
-    progress_flush_pending: bool = False
-    pending_log: list[LogEntry] = field(default_factory=list)
-    #: Folders of a sparse worktree (dispatch `paths`, else the role's); None: all.
-    sparse_paths: list[str] | None = None
-    #: The setup step failed: a follow-up in the same worktree runs it again.
-    setup_failed: bool = False
 
 
 class Orchestrator:
@@ -105,6 +86,7 @@ class Orchestrator:
             trash_directory(self.worktrees_dir),
             lambda: self.settings.worktree,
         )
+        self.runner = AgentRunner(self)
 
     @property
     def settings(self) -> Settings:
@@ -208,7 +190,7 @@ class Orchestrator:
         agent = self.resolve(ref).agent
         if not agent.worktree:
             return None
-        if not await _is_dir(agent.worktree):
+        if not await is_dir(agent.worktree):
             raise InvalidRequest(f"agent #{agent.number}'s worktree is gone: {agent.worktree}")
         return await diff_worktree(Path(agent.worktree), agent.base_ref, self.repository.root)
 
@@ -317,7 +299,7 @@ class Orchestrator:
             return agent.model_copy(deep=True)
         if agent.state in ("applied", "discarded"):
             raise InvalidRequest(f"agent #{agent.number} was {agent.state}; dispatch a new one")
-        if agent.worktree and not await _is_dir(agent.worktree):
+        if agent.worktree and not await is_dir(agent.worktree):
             raise InvalidRequest(f"agent #{agent.number}'s worktree is gone: {agent.worktree}")
         runtime.rerun = text
         runtime.user_cancelled = False
@@ -377,7 +359,9 @@ class Orchestrator:
         while self._queue and len(self._active) < limit:
             runtime = self._queue.pop(0)
             self._active.add(runtime.agent.id)
-            self._task_group.start_soon(self._run, runtime, name=f"agent #{runtime.agent.number}")
+            self._task_group.start_soon(
+                self.runner.run, runtime, name=f"agent #{runtime.agent.number}"
+            )
 
     async def request_approval(
         self, runtime: AgentRuntime, tool: str, detail: str
@@ -396,183 +380,9 @@ class Orchestrator:
         self._pump()
         self.pool.wake()
 
-    async def _run(self, runtime: AgentRuntime) -> None:
-        number = runtime.agent.number
-        scope = anyio.CancelScope()
-        runtime.cancel_scope = scope
-        try:
-            with scope:
-                await self._work(runtime)
-                return
-            with anyio.CancelScope(shield=True):
-                await self._finish(runtime, RunOutcome(False, "", None), state="cancelled")
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self._finish(
-                        runtime,
-                        RunOutcome(False, "", "the server stopped while this agent ran"),
-                        state="interrupted",
-                    )
-                except Exception:
-                    logger.exception("agent #%s: could not record the interruption", number)
-            raise
-        except Exception as exc:
-            # Anything the run or its finishing raised is this agent's failure, never
-            # the supervisor's: the other agents run on.
-            with anyio.CancelScope(shield=True):
-                await self._fail(runtime, exc)
-        finally:
-            runtime.cancel_scope = None
-            self._active.discard(runtime.agent.id)
-            self._pump()
-
-    async def _work(self, runtime: AgentRuntime) -> None:
-        agent = runtime.agent
-        role = self.settings.role(agent.role) or RoleConfig()
-        backend = self.backends[agent.backend]
-        try:
-            await self._update(runtime, state="starting", progress=Progress(message="starting"))
-            ports = self.ports(agent.number)
-            cwd = await self._prepare(runtime, role, ports)
-            await self._update(runtime, state="running", progress=Progress(message="running"))
-            context = RunContext(self, runtime, cwd, role, extra_env=ports.environment())
-            instruction = runtime.rerun or agent.task
-            runtime.rerun = None
-            while True:
-                outcome = await backend.run(context, instruction)
-                if not outcome.ok or not runtime.followups:
-                    break
-                instruction = runtime.followups.pop(0)
-        except (GitError, OSError, SetupError) as exc:
-            outcome = RunOutcome(False, "", str(exc))
-        except Exception as exc:
-            logger.exception("agent #%s failed", agent.number)
-            outcome = RunOutcome(False, "", cause_of(exc))
-        await self._finish(runtime, outcome, state="done" if outcome.ok else "failed")
-
-    async def _fail(self, runtime: AgentRuntime, exc: BaseException) -> None:
-        """The last resort for an agent whose finishing raised: `failed`, with the cause,
-        its worktree and files kept. Even a failing store only loses the persistence."""
-        agent = runtime.agent
-        logger.error("agent #%s failed", agent.number, exc_info=exc)
-        kept = f"; its worktree {agent.worktree} is kept" if agent.worktree else ""
-        error = f"Forkyard could not finish this agent: {cause_of(exc)}{kept}"
-        try:
-            await self._update(runtime, state="failed", progress=None, error=error)
-        except Exception:
-            logger.exception("could not record agent #%s as failed", agent.number)
-            previous = runtime.agent.state
-            runtime.agent = runtime.agent.model_copy(
-                update={"state": "failed", "progress": None, "error": error}
-            )
-            self.listeners.agent_changed(runtime.agent, previous)
-            self._notify_waiters(runtime)
-        self.listeners.notice(
-            "error",
-            f"Forkyard agent #{agent.number} ({agent.title}) failed: {error}",
-            runtime.agent,
-        )
-
     def ports(self, agent_number: int) -> PortRange:
         """The agent's own ports, the same after a restart (derived from its number)."""
         return port_range(self.settings.worktree, agent_number, self.repo_key)
-
-    async def _prepare(self, runtime: AgentRuntime, role: RoleConfig, ports: PortRange) -> Path:
-        """The agent's worktree: from the warm pool when it can serve, else a fresh
-        (maybe sparse) checkout; then the setup step of `[worktree]`."""
-        agent = runtime.agent
-        if not role.worktree:
-            return self.repository.root
-        if agent.worktree and await _is_dir(agent.worktree):
-            path = Path(agent.worktree)
-            if runtime.setup_failed:
-                await self._set_up(runtime, path, ports)
-            return path
-        assert agent.branch is not None
-        path = self.worktrees_dir / agent.branch.removeprefix("forkyard/")
-        report = await self.pool.make_worktree(
-            path,
-            branch=agent.branch,
-            commit=agent.base_ref,
-            sparse_paths=runtime.sparse_paths or (),
-        )
-        await self._update(runtime, worktree=str(path))
-        await self._log(runtime, "system", report)
-        await self._log(runtime, "system", f"ports {ports} (FORKYARD_PORT_BASE, FORKYARD_PORTS)")
-        await self._set_up(runtime, path, ports)
-        return path
-
-    async def _set_up(self, runtime: AgentRuntime, path: Path, ports: PortRange) -> None:
-        async def log(kind: str, text: str) -> None:
-            await self._log(runtime, kind, text)
-
-        runtime.setup_failed = True
-        await set_up_worktree(
-            path,
-            checkout=self.repository.root,
-            settings=self.settings,
-            git_env=self.repository.env,
-            environ=self.environ,
-            extra_env=ports.environment(),
-            log=log,
-        )
-        runtime.setup_failed = False
-
-    async def _finish(self, runtime: AgentRuntime, outcome: RunOutcome, *, state: str) -> None:
-        """Record the end of a run: the work committed to the agent's branch (so it is
-        in a ref whatever happens next), the change counts, and the final state."""
-        agent = runtime.agent
-        changes = agent.changes
-        record_error: str | None = None
-        if agent.worktree and await _is_dir(agent.worktree):
-            try:
-                with anyio.fail_after(FINISH_TIMEOUT_SECONDS):
-                    diff = await diff_worktree(
-                        Path(agent.worktree), agent.base_ref, self.repository.root
-                    )
-                    changes = ChangeCounts(
-                        files=len(diff.files),
-                        additions=sum(f.additions for f in diff.files),
-                        deletions=sum(f.deletions for f in diff.files),
-                    )
-                    await self.repository.commit_worktree(
-                        Path(agent.worktree), f"forkyard: agent #{agent.number}: {agent.title}"
-                    )
-            except Exception as exc:
-                # A diff or commit that fails (a tampered worktree, git gone, a bug; in
-                # an ExceptionGroup from diff's task group) fails this agent only.
-                logger.warning(
-                    "agent #%s: could not record its worktree", agent.number, exc_info=exc
-                )
-                record_error = (
-                    f"could not record the worktree {agent.worktree}: {cause_of(exc)}; "
-                    "its files are kept there"
-                )
-                await self._log(runtime, "system", record_error)
-        summary = outcome.summary or agent.summary
-        error = outcome.error
-        if state == "cancelled":
-            error = None
-            summary = summary or "cancelled by the user"
-        if record_error is not None:
-            error = f"{error}; {record_error}" if error else record_error
-            if state in ("done", "cancelled"):
-                state = "failed"
-        await self._update(
-            runtime, state=state, progress=None, summary=summary, error=error, changes=changes
-        )
-        await self._flush_logs()
-        level: NoticeLevel = (
-            "info" if state == "done" else "warning" if state == "cancelled" else "error"
-        )
-        text = f"Forkyard agent #{agent.number} ({agent.title}) {state}"
-        if state == "done":
-            text += f": {changes.files} file(s) changed, +{changes.additions} -{changes.deletions}"
-        elif error:
-            text += f": {error}"
-        if state != "interrupted":
-            self.listeners.notice(level, text, runtime.agent)
 
     # --- worktree lifecycle ----------------------------------------------------------
 
@@ -698,10 +508,6 @@ class Orchestrator:
     async def _state_changed(self, runtime: AgentRuntime) -> None:
         """Wait for the agent's next change, without polling."""
         await self._state_waiters.setdefault(runtime.agent.id, anyio.Event()).wait()
-
-
-async def _is_dir(path: str | Path) -> bool:
-    return await anyio.Path(path).is_dir()
 
 
 def _short_hash(text: str) -> str:
