@@ -256,8 +256,9 @@ def describe_structure_error(method: str, exc: BaseException) -> str:
     if isinstance(cause, BaseValidationError):
         from cattrs import transform_error
 
-        for line in transform_error(cause, path="params"):
-            details.append(line)
+        # Paths are from the message's root: "… @ params.range.start".
+        for line in transform_error(cause, path=""):
+            details.append(line.replace("@ .", "@ ", 1))
     text = "; ".join(details) if details else describe(cause)
     if len(text) > QUOTE_CHARS:
         text = text[: QUOTE_CHARS - 1] + "…"
