@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import anyio.to_thread
 import pytest
 
 from forkyard.agents.command import CommandBackend
@@ -30,7 +29,7 @@ from forkyard.tools.sandbox import (
 )
 from forkyard.tools.sandbox_paths import toolchain_dirs
 from tests.fakes.agent_context import FakeAgentContext, Workspace, make_workspace, server_environ
-from tests.helpers import git
+from tests.helpers import git, wait_for_processes_with
 
 SECRET = "forkyard-attack-secret-2718"
 
@@ -295,32 +294,6 @@ async def sandboxed(command: str, policy: SandboxPolicy, cwd: Path) -> ProcessRe
     )
 
 
-def processes_with(marker: str) -> list[int]:
-    """Host pids of live processes whose command line holds `marker` (bwrap, the shell,
-    the sleeps): the sandbox's PID namespace hides them from the command, not from us."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path("/proc", entry, "cmdline").read_bytes()
-            stat = Path("/proc", entry, "stat").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmdline and stat[stat.rindex(b")") + 2 :][:1] not in b"ZX":
-            found.append(int(entry))
-    return found
-
-
-async def wait_for_none(marker: str, seconds: float) -> list[int]:
-    """Wait (bounded) until no process carries `marker`; return the ones left."""
-    with anyio.move_on_after(seconds):
-        # Processes of another PID namespace raise no event here: poll.
-        while await anyio.to_thread.run_sync(processes_with, marker):  # noqa: ASYNC110
-            await anyio.sleep(0.05)
-    return await anyio.to_thread.run_sync(processes_with, marker)
-
-
 @pytest.mark.timeout(180)
 async def test_fifty_commands_stopped_right_after_they_start_leave_nothing(
     tmp_path: Path,
@@ -354,4 +327,4 @@ async def test_fifty_commands_stopped_right_after_they_start_leave_nothing(
         stopped += 1 if by_timeout or scope.cancelled_caught else 0
 
     assert stopped == 50
-    assert await wait_for_none(marker, seconds=10) == []
+    assert await wait_for_processes_with(marker, 0, seconds=10) == []
