@@ -202,11 +202,20 @@ async def test_a_failing_log_flush_loses_nothing_and_the_flusher_starts_again(
             await original(agent_id, entries)
 
         monkeypatch.setattr(store, "append_log", flaky_append)
-        agent = await dispatch(app, "echo from-the-agent", "logged")
-        await watch.final(agent.id)
+        agent = await dispatch(app, "echo from-the-agent; " + WAITER, "logged")
+        # While the agent works, only the background flusher writes: it is the one failing.
         await failed_once.wait()
+        [(level, text)] = await watch.until(
+            lambda: [n for n in watch.notices if "log flusher" in n[1]]
+        )
+        assert level == "warning"
+        assert len(text) <= 64
+        assert text.endswith("(see the log)")
+        worktree = Path(watch.agents[agent.id].worktree or "")
+        (worktree / "go").touch()
+        assert (await watch.final(agent.id)).state == "done"
         _, log = await app.orchestrator.read(agent.id)
-        assert any("from-the-agent" in entry.text for entry in log), log
+        assert any("from-the-agent" in entry.text for entry in log), "nothing lost"
 
 
 async def test_the_supervisor_contains_failures_and_lets_cancellation_through() -> None:

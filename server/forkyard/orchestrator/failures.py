@@ -48,12 +48,12 @@ async def keep_running(
     while True:
         try:
             await func()
-        except Exception as exc:
+        except Exception:
             logger.exception("%s failed; starting it again in %.0f s", what, delay)
             if notify is not None and not told:
                 told = True
-                kind = type(leaf(exc)).__name__
-                notify(f"Forkyard: {what} failed ({kind}); it starts again (see the log)")
+                # Short: editors show a notice wider than a line as a prompt.
+                notify(f"Forkyard: {what} failed; restarting (see the log)")
         else:
             return
         await anyio.sleep(delay)

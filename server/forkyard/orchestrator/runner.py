@@ -205,7 +205,11 @@ class AgentRunner:
         await self.o._update(
             runtime, state=state, progress=None, summary=summary, error=error, changes=changes
         )
-        await self.o._flush_logs()
+        try:
+            await self.o._flush_logs()
+        except Exception:
+            # The agent's outcome stands; its log entries wait for the next flush.
+            logger.exception("agent #%s: could not write its log yet", agent.number)
         level: NoticeLevel = (
             "info" if state == "done" else "warning" if state == "cancelled" else "error"
         )
