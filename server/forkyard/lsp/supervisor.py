@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: What the user is shown at most: one line, then "see the log".
-MAX_REPORT_CHARS = 96
+#: What the user is shown at most: one line, with " (see the log)" under 100 chars.
+MAX_REPORT_CHARS = 84
 #: The same failure is told to the user at most once in this many seconds.
 REPORT_QUIET_SECONDS = 60.0
 
