@@ -150,6 +150,22 @@ async def test_forkyard_trust_refuses_another_repository(
     assert revoked["trusted"] is False and revoked["ignoredKeys"] == ["worktree.setup"]
 
 
+async def test_a_broken_trust_file_trusts_nothing_and_the_server_keeps_serving(
+    start_server: StartServer, tmp_path: Path, server_env: dict[str, str], trust_repo: Any
+) -> None:
+    clone = clone_of(tmp_path, '[worktree]\nsetup = "true"\n')
+    trust_repo(clone)
+    trust_file = Path(server_env["XDG_CONFIG_HOME"]) / "forkyard" / "trusted.json"
+    trust_file.write_text('{"repositories": {"' + str(clone.resolve()) + '": ')
+    client = await start_server(clone)
+    await client.wait_until(lambda: any("trusts no repository" in m for m in messages(client)))
+    status = await client.request("forkyard/status", {"disk": False})
+    assert status["trusted"] is False and status["ignoredKeys"] == ["worktree.setup"]
+    # Trusting again writes a good file in its place.
+    assert (await execute(client, "forkyard.trust"))["trusted"] is True
+    assert str(clone.resolve()) in trust_file.read_text()
+
+
 @contextlib.contextmanager
 def tcp_listener() -> Iterator[socket.socket]:
     """What the hostile setup sends its loot to. A connection completes in the kernel
