@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from forkyard.settings import BUILTIN_ROLES, AgentLimits, RoleConfig, Settings
-from forkyard.tools import file_tools
+from forkyard.tools import file_tools, search
 from forkyard.tools.agent_tools import ToolBox, ToolResult
 from forkyard.tools.search import ripgrep_path
 from tests.helpers import git, make_repo
@@ -115,6 +116,22 @@ async def test_a_tracked_folder_replaced_by_a_link_is_not_searched(
     assert MARKER not in result.text
     assert "no matches" in result.text
     assert "src/app.py" not in (await call(box, "list_files")).text
+
+
+async def test_the_scan_does_not_follow_a_folder_that_became_a_link_after_listing(
+    tmp_path: Path, outside: Path
+) -> None:
+    """The fallback lists, then reads: a folder swapped for a link in between is not
+    read through."""
+    root = make_repo(tmp_path / "wt", {"sub/app.py": f"{INSIDE}\n", "top.py": f"{INSIDE}\n"})
+    listed = await search.list_paths(root, ".", None, {"PATH": os.defpath})
+    assert listed == ["sub/app.py", "top.py"]
+    shutil.rmtree(root / "sub")
+    (root / "sub").symlink_to(outside)
+    (root / "top.py").unlink()
+    (root / "top.py").symlink_to(outside / "secret.txt")
+    found = search._scan(root, [*listed, "deep/../secret.txt"], re.compile("forkyard"), 10_000)
+    assert found.lines == []
 
 
 async def test_ripgrep_told_to_follow_links_still_shows_nothing_from_outside(

@@ -53,6 +53,14 @@ def parts_of(relative: PurePath | str) -> list[str]:
 def directory_beneath(root: Path, parts: list[str], *, create: bool = False) -> Iterator[int]:
     """A descriptor of the directory `root/parts...`, reached without following any
     symlink below `root`; `create` makes the missing directories on the way."""
+    fd = _open_directory(root, parts, create=create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_directory(root: Path | str, parts: list[str], *, create: bool = False) -> int:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in parts:
@@ -66,9 +74,10 @@ def directory_beneath(root: Path, parts: list[str], *, create: bool = False) -> 
                 raise
             os.close(fd)
             fd = inner
-        yield fd
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
 def open_beneath(
@@ -102,40 +111,78 @@ def regular_file(fd: int, shown: str) -> os.stat_result:
     return status
 
 
-class RealDirectories:
-    """Answers "does this listed path name a file reached without symlinks?" for many
-    paths of one root, checking each directory once (a listing has thousands of files
-    in a few directories)."""
+class ManyBeneath:
+    """Many accesses below one root, for listings and scans of thousands of files in a
+    few directories: each directory is checked (and opened) once, not once per file.
+    Paths are POSIX strings relative to the root, as git and ripgrep print them."""
 
     def __init__(self, root: Path) -> None:
-        self._root = root
+        self._root = os.fspath(root)
         self._known: dict[str, bool] = {"": True}
+        self._directory: tuple[str, int] | None = None
+
+    def __enter__(self) -> ManyBeneath:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._close_directory()
 
     def is_real_dir(self, relative: str) -> bool:
+        """Whether `relative` is a directory reached without a symlink."""
         known = self._known.get(relative)
         if known is None:
-            parent = relative.rpartition("/")[0]
-            known = self.is_real_dir(parent) and _lstat_is(self._root / relative, stat.S_ISDIR)
+            parent, _, name = relative.rpartition("/")
+            known = (
+                _plain_name(name)
+                and self.is_real_dir(parent)
+                and _lstat_is(os.path.join(self._root, relative), stat.S_ISDIR)
+            )
             self._known[relative] = known
         return known
 
     def exists(self, relative: str, *, allow_final_link: bool = True) -> bool:
         """Whether `relative` exists with no symlink among its directories (and, unless
         `allow_final_link`, none as its last component)."""
+        parent, _, name = relative.rpartition("/")
+        if not _plain_name(name) or not self.is_real_dir(parent):
+            return False
+        test = _exists if allow_final_link else _not_link
+        return _lstat_is(os.path.join(self._root, relative), test)
+
+    def open(self, relative: str, flags: int) -> int:
+        """Like `open_beneath`; the last directory opened is kept for the next file."""
+        parent, _, name = relative.rpartition("/")
+        if not _plain_name(name):
+            raise IsADirectoryError(errno.EISDIR, "is not a file name", relative)
+        if self._directory is None or self._directory[0] != parent:
+            self._close_directory()
+            self._directory = (parent, _open_directory(self._root, parts_of(parent)))
+        fd = self._directory[1]
         try:
-            parts = parts_of(relative)
-        except ValueError:
-            return False
-        if not parts or not self.is_real_dir("/".join(parts[:-1])):
-            return False
-        try:
-            status = os.lstat(self._root.joinpath(*parts))
-        except OSError:
-            return False
-        return allow_final_link or not stat.S_ISLNK(status.st_mode)
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+        except OSError as error:
+            _raise_link(error, fd, name)
+            raise
+
+    def _close_directory(self) -> None:
+        if self._directory is not None:
+            os.close(self._directory[1])
+            self._directory = None
 
 
-def _lstat_is(path: Path, test: Callable[[int], bool]) -> bool:
+def _plain_name(name: str) -> bool:
+    return name not in ("", ".", "..")
+
+
+def _exists(_mode: int) -> bool:
+    return True
+
+
+def _not_link(mode: int) -> bool:
+    return not stat.S_ISLNK(mode)
+
+
+def _lstat_is(path: str, test: Callable[[int], bool]) -> bool:
     try:
         mode = os.lstat(path).st_mode
     except OSError:

@@ -26,7 +26,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from forkyard.tools.beneath import RealDirectories, is_git_name, open_beneath, regular_file
+from forkyard.tools.beneath import ManyBeneath, is_git_name, regular_file
 from forkyard.tools.process import run_streaming
 
 GIT_TIMEOUT_SECONDS = 60.0
@@ -106,7 +106,7 @@ def _existing_matches(root: Path, listed: list[str], glob: str | None) -> list[s
     index) without a symlink on the way (a tracked directory replaced by a link to
     elsewhere), nothing in a `.GIT` (the git directory on a case-insensitive file
     system), glob-filtered and sorted. Blocking: runs in a worker thread."""
-    real = RealDirectories(root)
+    real = ManyBeneath(root)
     result = {
         path
         for path in listed
@@ -196,7 +196,7 @@ async def search_with_ripgrep(
     errors: list[str] = []
     size = 0
     truncated = False
-    real = RealDirectories(root)
+    real = ManyBeneath(root)
     checked: dict[str, bool] = {}
 
     def inside(path: str) -> bool:
@@ -261,11 +261,17 @@ async def search_with_python(
 def _scan(root: Path, paths: list[str], regex: re.Pattern[str], max_chars: int) -> SearchResult:
     """Blocking: runs in a worker thread. Each file is opened without following a link
     (a listed path can be a link, or have become one since the listing)."""
+    with ManyBeneath(root.resolve()) as files:
+        return _scan_files(files, paths, regex, max_chars)
+
+
+def _scan_files(
+    files: ManyBeneath, paths: list[str], regex: re.Pattern[str], max_chars: int
+) -> SearchResult:
     lines: list[str] = []
     size = 0
-    real_root = root.resolve()
     for path in paths:
-        text = _read_text(real_root, path)
+        text = _read_text(files, path)
         if text is None:
             continue
         found = 0
@@ -283,11 +289,11 @@ def _scan(root: Path, paths: list[str], regex: re.Pattern[str], max_chars: int) 
     return SearchResult(lines, truncated=False)
 
 
-def _read_text(root: Path, path: str) -> str | None:
+def _read_text(files: ManyBeneath, path: str) -> str | None:
     """The text of a regular file reached without links, or None when it is not one, is
     binary or is too large to be worth scanning."""
     try:
-        fd = open_beneath(root, path, os.O_RDONLY)
+        fd = files.open(path, os.O_RDONLY)
     except (OSError, ValueError):
         return None
     with open(fd, "rb") as handle:
