@@ -98,8 +98,8 @@ def test_run_list_diff_apply_and_chat(tmp_path: Path, server_env: dict[str, str]
     assert begins[0]["title"] == f"agent #1: {GREETING_TASK}"
     assert begins[0]["cancellable"] is True
     assert "agent #1" in begins[0]["status"]
-    assert "is done" in result["done_notification"]
-    assert ":Forkyard diff 1" in result["done_notification"]
+    assert result["done_notification"].startswith("Forkyard #1 done, 1 file(s) +1 -1: sed")
+    assert result["done_notification"].endswith(":Forkyard diff 1 | apply 1"), "kept whole"
 
     # The diff tab: your file against the agent's version, side by side.
     assert result["tabs_with_diff"] == result["tabs_before_diff"] + 1
@@ -245,6 +245,8 @@ def test_a_missing_server_is_reported(tmp_path: Path, server_env: dict[str, str]
 
     assert result["clients"] == 0
     messages = [n["message"] for n in result["notifications"]]
-    assert any(f"{missing} is not executable" in m for m in messages), messages
+    # The reason first, the path after it (cut to the screen's width if need be); the
+    # whole path is in :checkhealth.
+    assert any("server not executable (:checkhealth forkyard): " in m for m in messages), messages
     health = "\n".join(result["health"])
     assert f"ERROR server command not found: {missing}" in health, health

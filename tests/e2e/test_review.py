@@ -206,6 +206,7 @@ async def test_the_done_notice_offers_apply_and_discard(
     capabilities = default_capabilities()
     assert capabilities.window is not None
     capabilities.window.show_message = types.ShowMessageRequestClientCapabilities()
+    capabilities.experimental = {"forkyard": {"noticeActions": True}}
     client = await start_server(review_repo, capabilities=capabilities)
     editor = Editor(client)
     asked: list[types.ShowMessageRequestParams] = []
@@ -231,3 +232,29 @@ async def test_the_done_notice_offers_apply_and_discard(
         listed = await client.request("forkyard/agent/list", {})
         assert listed["agents"][0]["state"] == "done", "no answer does nothing"
     assert not any("is done" in m.message for m in client.lsp.messages), "no duplicate notice"  # type: ignore[attr-defined]
+
+
+async def test_a_client_that_does_not_opt_in_gets_a_plain_one_line_done_notice(
+    start_server: StartServer, review_repo: Path
+) -> None:
+    """Stock Neovim shows a message request as a blocking inputlist: a client that has
+    `window.showMessage` but does not opt into action notices is told with a message."""
+    capabilities = default_capabilities()
+    assert capabilities.window is not None
+    capabilities.window.show_message = types.ShowMessageRequestClientCapabilities()
+    client = await start_server(review_repo, capabilities=capabilities)
+    asked: list[types.ShowMessageRequestParams] = []
+
+    @client.lsp.feature(types.WINDOW_SHOW_MESSAGE_REQUEST)
+    def choose(params: types.ShowMessageRequestParams) -> None:
+        asked.append(params)
+
+    title = "a title long enough to make the notice wider than a terminal's line " * 2
+    agent = await run_agent(client, "sed -i 's/return 6$/return 60/' app.py", title)
+    await client.wait_for_agent(agent["id"], {"done"})
+    messages = client.lsp.messages  # type: ignore[attr-defined]
+    [done] = await client.wait_until(lambda: [m for m in messages if "done" in m.message])
+    assert done.message.startswith("Forkyard agent #1 (a title long")
+    assert done.message.endswith("done: 1 file(s) changed, +1 -1")
+    assert len(done.message) <= 64 and "\n" not in done.message
+    assert not asked, "no message request for a done agent"

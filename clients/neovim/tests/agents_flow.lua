@@ -53,7 +53,7 @@ H.run(function()
   H.step('done')
 
   H.result.done_notification = H.wait_for('the done notification', function()
-    return H.notified('agent #1 .* is done')
+    return H.notified('#1 done')
   end).message
   H.wait_for('the progress to end', function()
     for _, p in ipairs(H.result.progress) do

@@ -15,6 +15,7 @@ from lsprotocol import types
 from forkyard.agents.base import ApprovalAnswer
 from forkyard.app import ForkyardApp
 from forkyard.errors import InvalidRequest
+from forkyard.lsp.notices import short_notice
 from forkyard.lsp.server import ForkyardServer, parse_params
 from forkyard.orchestrator.events import NoticeLevel
 from forkyard.orchestrator.orchestrator import Approver
@@ -111,10 +112,11 @@ class AgentBridge:
             progress.tokens.pop(token, None)
 
     def notice(self, level: NoticeLevel, text: str, agent: Agent | None = None) -> None:
-        window = self.server.client_capabilities.window
-        if agent is not None and agent.state == "done" and window and window.show_message:
+        if agent is not None and agent.state == "done" and self.server.client_wants_actions():
             return  # announced with "Show diff / Apply / Discard" actions by the review
-        self.server.window_show_message(types.ShowMessageParams(type=_LEVELS[level], message=text))
+        self.server.window_show_message(
+            types.ShowMessageParams(type=_LEVELS[level], message=short_notice(text))
+        )
 
 
 APPROVAL_ACTIONS: dict[str, ApprovalAnswer] = {

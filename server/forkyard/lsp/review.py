@@ -180,8 +180,7 @@ class Review:
         return bool(code_action and code_action.resolve_support)
 
     def supports_message_actions(self) -> bool:
-        window = self.server.client_capabilities.window
-        return bool(window and window.show_message)
+        return self.server.client_wants_actions()
 
     async def _ask_what_next(self, review: AgentReview) -> None:
         agent = review.agent

@@ -29,6 +29,7 @@ from pygls.protocol import (
 import forkyard
 from forkyard.app import ForkyardApp
 from forkyard.errors import InvalidRequest
+from forkyard.lsp.notices import client_shows_actions_without_blocking
 from forkyard.lsp.supervisor import Supervisor, one_line, redact, secret_values
 from forkyard.lsp.wire import (
     ByteSource,
@@ -159,6 +160,10 @@ class ForkyardServer(LanguageServer):
 
     def notify(self, method: str, params: WireModel) -> None:
         self.protocol.notify(method, params.wire())
+
+    def client_wants_actions(self) -> bool:
+        """Whether done agents are announced with actions (see `lsp/notices.py`)."""
+        return client_shows_actions_without_blocking(self.client_capabilities.experimental)
 
     def client_supports_progress(self) -> bool:
         window = self.client_capabilities.window

@@ -150,10 +150,13 @@ class Orchestrator:
 
         orphans = await anyio.to_thread.run_sync(unowned)
         if orphans:
+            # A notice is one short line (an editor shows a longer one as a prompt): the
+            # folders' names there, their whole paths in the log and `forkyard status`.
+            logger.warning("worktrees no agent owns, kept: %s", ", ".join(orphans))
             self.listeners.notice(
                 "warning",
-                f"Forkyard found {len(orphans)} worktree(s) no agent owns; kept, not deleted: "
-                + ", ".join(orphans),
+                f"Forkyard kept {len(orphans)} worktree(s) no agent owns: "
+                + ", ".join(Path(p).name for p in orphans),
             )
 
     async def stop(self) -> None:

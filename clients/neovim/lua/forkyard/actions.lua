@@ -3,7 +3,7 @@
 local M = {}
 
 local function notify(text, level)
-  vim.notify('Forkyard: ' .. text, level or vim.log.levels.INFO, { title = 'forkyard' })
+  require('forkyard.notice').show('Forkyard: ' .. text, level)
 end
 
 local function failed(what, err)

@@ -120,7 +120,7 @@ local function with_agent(fn)
   return function()
     local number = M.agent_at_cursor()
     if not number then
-      vim.notify('Forkyard: put the cursor on an agent line', vim.log.levels.WARN)
+      require('forkyard.notice').show('Forkyard: put the cursor on an agent line', vim.log.levels.WARN)
       return
     end
     fn(number)
@@ -173,7 +173,7 @@ end
 function M.refresh(session)
   session:request('forkyard/agent/list', vim.empty_dict(), function(err, result)
     if err then
-      vim.notify('Forkyard: ' .. (err.message or 'cannot list agents'), vim.log.levels.ERROR)
+      require('forkyard.notice').show('Forkyard: ' .. (err.message or 'cannot list agents'), vim.log.levels.ERROR)
       return
     end
     for _, agent in ipairs(result.agents or {}) do
@@ -239,7 +239,7 @@ end
 function M.details(session, ref)
   session:request('forkyard/agent/read', { agentId = actions.agent_ref(session, ref) }, function(err, result)
     if err then
-      vim.notify('Forkyard: ' .. (err.message or 'cannot read the agent'), vim.log.levels.ERROR)
+      require('forkyard.notice').show('Forkyard: ' .. (err.message or 'cannot read the agent'), vim.log.levels.ERROR)
       return
     end
     local agent = result.agent

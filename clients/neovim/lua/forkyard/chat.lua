@@ -276,7 +276,7 @@ function View:send(text)
   self.session:request('forkyard/chat', params, function(err, result)
     self.first_send_pending = false
     if err then
-      vim.notify('Forkyard chat: ' .. (err.message or vim.inspect(err)), vim.log.levels.ERROR)
+      require('forkyard.notice').show('Forkyard chat: ' .. (err.message or vim.inspect(err)), vim.log.levels.ERROR)
     elseif result and not self.thread_id then
       self.thread_id = result.threadId
       self.session.last_thread_id = result.threadId
@@ -297,7 +297,7 @@ function View:stop()
   end
   self.session:request('forkyard/chat/interrupt', { threadId = self.thread_id }, function(err)
     if err then
-      vim.notify('Forkyard: ' .. (err.message or 'cannot interrupt'), vim.log.levels.WARN)
+      require('forkyard.notice').show('Forkyard: ' .. (err.message or 'cannot interrupt'), vim.log.levels.WARN)
     end
   end)
 end
@@ -410,7 +410,7 @@ function M.open(session, thread, context)
     if view.thread_id then
       session:load_thread(view.thread_id, function(err)
         if err then
-          vim.notify('Forkyard: ' .. (err.message or 'cannot read the thread'), vim.log.levels.ERROR)
+          require('forkyard.notice').show('Forkyard: ' .. (err.message or 'cannot read the thread'), vim.log.levels.ERROR)
         end
       end)
     end
@@ -429,7 +429,7 @@ function M.stop(session)
   elseif session.last_thread_id then
     session:request('forkyard/chat/interrupt', { threadId = session.last_thread_id })
   else
-    vim.notify('Forkyard: no chat to stop', vim.log.levels.WARN)
+    require('forkyard.notice').show('Forkyard: no chat to stop', vim.log.levels.WARN)
   end
 end
 

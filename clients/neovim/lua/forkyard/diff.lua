@@ -131,7 +131,7 @@ function M.show_file(state, index)
       return
     end
     if err then
-      vim.notify('Forkyard: ' .. (err.message or 'cannot read the agent file'), vim.log.levels.ERROR)
+      require('forkyard.notice').show('Forkyard: ' .. (err.message or 'cannot read the agent file'), vim.log.levels.ERROR)
       return
     end
     local buf = scratch(name, text_lines(result.text), file.path)
@@ -266,17 +266,17 @@ end
 function M.open(session, ref, path)
   session:request('forkyard/agent/diff', { agentId = actions.agent_ref(session, ref) }, function(err, result)
     if err then
-      vim.notify('Forkyard: ' .. (err.message or 'cannot read the diff'), vim.log.levels.ERROR)
+      require('forkyard.notice').show('Forkyard: ' .. (err.message or 'cannot read the diff'), vim.log.levels.ERROR)
       return
     end
     local agent = session.agents[result.agentId] or session:agent(ref)
     if not agent then
-      vim.notify('Forkyard: unknown agent ' .. tostring(ref), vim.log.levels.ERROR)
+      require('forkyard.notice').show('Forkyard: unknown agent ' .. tostring(ref), vim.log.levels.ERROR)
       return
     end
     local files = result.files or {}
     if #files == 0 then
-      vim.notify(('Forkyard: agent #%d changed no file'):format(agent.number), vim.log.levels.INFO)
+      require('forkyard.notice').show(('Forkyard: agent #%d changed no file'):format(agent.number), vim.log.levels.INFO)
       return
     end
     local state = tabs[tab_key(session, agent)]

@@ -14,7 +14,7 @@ M._setup_done = false
 local function session_or_warn()
   local session, err = sessions.current()
   if not session then
-    vim.notify('Forkyard: ' .. err, vim.log.levels.WARN)
+    require('forkyard.notice').show('Forkyard: ' .. err, vim.log.levels.WARN)
   end
   return session
 end
@@ -106,7 +106,7 @@ function M.setup(opts)
   for name, lhs in pairs(config.options.keymaps or {}) do
     local action = KEYMAP_ACTIONS[name]
     if not action then
-      vim.notify(('Forkyard: unknown keymap action %q'):format(name), vim.log.levels.WARN)
+      require('forkyard.notice').show(('Forkyard: unknown keymap action %q'):format(name), vim.log.levels.WARN)
     elseif lhs then
       vim.keymap.set('n', lhs, action[1], { desc = action[2] })
     end

@@ -122,7 +122,7 @@ function Session:emit(event, ...)
   for _, fn in pairs(self.listeners[event] or {}) do
     local ok, err = pcall(fn, ...)
     if not ok then
-      vim.notify('forkyard: ' .. tostring(err), vim.log.levels.ERROR)
+      require('forkyard.notice').show('forkyard: ' .. tostring(err), vim.log.levels.ERROR)
     end
   end
 end
@@ -187,7 +187,7 @@ function Session:start(bufnr)
     -- Said once, not at every buffer opened; commands say it again when used.
     if not self.told_missing then
       self.told_missing = true
-      vim.notify('Forkyard: ' .. self:_start_failure(), vim.log.levels.WARN, { title = 'forkyard' })
+      require('forkyard.notice').show('Forkyard: ' .. self:_start_failure(), vim.log.levels.WARN)
     end
     return nil
   end
@@ -262,14 +262,33 @@ function Session:request(method, params, callback)
   end
 end
 
+--- A done agent's notice with the outcome first and its title last, where cutting it to
+--- the screen's width loses the least; the server's own text when the agent is unknown.
+function Session:_done_text(number, message)
+  for _, agent in pairs(self.agents) do
+    if tostring(agent.number) == tostring(number) then
+      local c = agent.changes or {}
+      return ('Forkyard #%d done, %d file(s) +%d -%d: %s'):format(
+        agent.number,
+        c.files or 0,
+        c.additions or 0,
+        c.deletions or 0,
+        agent.title or ''
+      )
+    end
+  end
+  return message
+end
+
 --- Why the server cannot be started, as far as we can tell.
 function Session:_start_failure()
   local cmd = self:client_config().cmd
   local exe = type(cmd) == 'table' and cmd[1] or nil
   if exe and vim.fn.executable(exe) ~= 1 then
-    return ('cannot start the Forkyard server: %s is not executable (see :checkhealth forkyard)'):format(exe)
+    -- The reason first: a notice is cut to the screen's width, and the path is long.
+    return ('server not executable (:checkhealth forkyard): %s'):format(exe)
   end
-  return 'cannot start the Forkyard server (see :checkhealth forkyard and :LspLog)'
+  return 'server cannot start (:checkhealth forkyard, :LspLog)'
 end
 
 --- A request answered before returning, for the few places that must (completion,
@@ -308,6 +327,8 @@ function Session:_set_agent(agent)
   end
   self.agents[agent.id] = agent
   self:emit('agent', agent, previous and previous.state or nil)
+  -- For statuslines and the user's own autocommands: `data` is the agent (wire format).
+  vim.api.nvim_exec_autocmds('User', { pattern = 'ForkyardAgentChanged', modeline = false, data = agent })
 end
 
 --- Agents, newest first.
@@ -381,6 +402,11 @@ local MESSAGE_LEVELS = {
 
 local DONE_ACTIONS = { 'Show diff', 'Apply', 'Discard' }
 
+--- What to type next about a done agent, kept whole when the notice is cut to fit.
+local function done_hint(number)
+  return ('  :Forkyard diff %s | apply %s'):format(number, number)
+end
+
 local function is_done_question(params)
   local titles = vim.tbl_map(function(action)
     return action.title
@@ -409,7 +435,12 @@ function Session:handlers()
     -- echoes them; vim.notify lets notification plugins show them.
     ['window/showMessage'] = function(_, params)
       local level = MESSAGE_LEVELS[params.type] or vim.log.levels.INFO
-      vim.notify(params.message, level, { title = 'forkyard' })
+      local number = params.message:match('agent #(%d+) %b() done') or params.message:match('agent #(%d+) .-is done')
+      if number and config.options.notify_on_done then
+        require('forkyard.notice').show_with(self:_done_text(number, params.message), done_hint(number), level)
+      elseif not number then
+        require('forkyard.notice').show(params.message, level)
+      end
       return vim.NIL
     end,
     -- A done agent is announced with "Show diff / Apply / Discard". Answering must not
@@ -433,9 +464,7 @@ function Session:handlers()
         return answer
       end
       if config.options.notify_on_done then
-        local hint = number and ('  :Forkyard diff %s | apply %s | discard %s'):format(number, number, number)
-          or ''
-        vim.notify(params.message .. hint, vim.log.levels.INFO, { title = 'forkyard' })
+        require('forkyard.notice').show_with(params.message, number and done_hint(number) or '')
       end
       return vim.NIL
     end,

@@ -1,0 +1,28 @@
+-- Neovim 0.11 with the Forkyard plugin, set up as its README says. Instrumentation for
+-- the test: agents' states go to FORKYARD_TEST_STATES (through the plugin's own
+-- `User ForkyardAgentChanged` event), and three command agents are dispatched once the
+-- server attaches.
+vim.opt.runtimepath:prepend(assert(os.getenv('FORKYARD_TEST_PLUGIN')))
+local states = assert(os.getenv('FORKYARD_TEST_STATES'))
+local tasks = vim.json.decode(assert(os.getenv('FORKYARD_TEST_TASKS')))
+
+require('forkyard').setup({ cmd = vim.json.decode(assert(os.getenv('FORKYARD_TEST_SERVER_CMD'))) })
+
+vim.api.nvim_create_autocmd('User', {
+  pattern = 'ForkyardAgentChanged',
+  callback = function(args)
+    local file = assert(io.open(states, 'a'))
+    file:write(('%d %s\n'):format(args.data.number, args.data.state))
+    file:close()
+  end,
+})
+
+vim.api.nvim_create_autocmd('LspAttach', {
+  once = true,
+  callback = function(args)
+    local client = assert(vim.lsp.get_client_by_id(args.data.client_id))
+    for _, task in ipairs(tasks) do
+      client:request('workspace/executeCommand', { command = 'forkyard.dispatch', arguments = { task } })
+    end
+  end,
+})
