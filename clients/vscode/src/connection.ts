@@ -101,6 +101,20 @@ export class ForkyardConnection implements vscode.Disposable {
       // The `connectionOptions.maxRestartCount` default (4 in 3 minutes) is fine.
     };
     const client = new LanguageClient("forkyard", "Forkyard", serverOptions, clientOptions);
+    // VS Code shows a message with actions as a toast that never takes the cursor, so it
+    // asks for "Show diff / Apply / Discard" on done agents (the server sends editors that
+    // do not ask a plain message: a modal question would interrupt their users).
+    client.registerFeature({
+      fillClientCapabilities(capabilities) {
+        capabilities.experimental = {
+          ...(capabilities.experimental as object | undefined),
+          forkyard: { noticeActions: true },
+        };
+      },
+      initialize() {},
+      getState: () => ({ kind: "static" }),
+      clear() {},
+    });
     for (const [method, handlers] of this.handlers) {
       client.onNotification(method, (params: unknown) => handlers.forEach((handler) => handler(params)));
     }
