@@ -92,3 +92,35 @@ def test_envelope_problems_and_short_quotes() -> None:
     assert check_envelope({"jsonrpc": "2.0", "id": 1, "method": "m"})["params"] is None
     assert len(quote("x" * 10_000)) < 210
     assert len(quote(json.dumps({"k": "v" * 10_000}).encode())) < 210
+
+
+async def test_a_message_that_fails_inside_the_server_is_answered_and_reading_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from forkyard.lsp.server import create_server
+    from forkyard.lsp.wire import INTERNAL_ERROR, MessageLoop
+
+    server = create_server()
+    answers: list[tuple[object, int, str]] = []
+    handled: list[object] = []
+
+    def handle(message: object) -> None:
+        handled.append(message)
+        if len(handled) == 1:
+            raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.protocol, "handle_message", handle)
+    requests = [{"jsonrpc": "2.0", "id": n, "method": "shutdown"} for n in (1, 2)]
+    data = framed(json.dumps({"jsonrpc": "2.0", "id": 0, "method": "shutdown"}))
+
+    def answer(msg_id: object, code: int, message: str) -> None:
+        answers.append((msg_id, code, message))
+
+    loop = MessageLoop(server.protocol, FrameReader(Trickle(data, 64)), answer)
+    await loop.run()
+    assert answers[0][:2] == (0, -32002), "before initialize"
+    loop.initialized = True
+    loop.reader = FrameReader(Trickle(b"".join(framed(json.dumps(r)) for r in requests), 64))
+    await loop.run()
+    assert answers[1] == (1, INTERNAL_ERROR, "internal error: RuntimeError: a bug")
+    assert len(handled) == 2, "the next message was handed over"

@@ -40,6 +40,7 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 INVALID_PARAMS = -32602
 SERVER_NOT_INITIALIZED = -32002
+INTERNAL_ERROR = -32603
 
 _CONTENT_LENGTH = re.compile(rb"content-length[ \t]*:", re.IGNORECASE)
 #: A header's name (RFC 9110 token); anything else on a header line is garbage.
@@ -295,11 +296,18 @@ class MessageLoop:
                 if frame.close:
                     raise ConnectionLost(frame.problem or "unreadable stream")
                 continue
+            data: dict[str, Any] | None = None
             try:
-                self.deliver(await self.parse(frame.body))
+                data = await self.parse(frame.body)
+                self.deliver(data)
             except MessageError as error:
                 logger.warning("message refused: %s", error.message)
                 self.answer(error.msg_id, error.code, error.message)
+            except Exception as exc:
+                # A bug in handing one message over must not end the connection.
+                logger.exception("message not handled")
+                if data is not None and "method" in data and "id" in data:
+                    self.answer(data["id"], INTERNAL_ERROR, f"internal error: {describe(exc)}")
 
     async def parse(self, body: bytes) -> dict[str, Any]:
         try:
