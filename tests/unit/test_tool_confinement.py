@@ -11,15 +11,19 @@ import re
 import shutil
 import stat
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from forkyard.agents.llm import LlmBackend
 from forkyard.settings import BUILTIN_ROLES, AgentLimits, RoleConfig, Settings
 from forkyard.tools import file_tools, search
 from forkyard.tools.agent_tools import ToolBox, ToolResult
 from forkyard.tools.search import ripgrep_path
+from tests.fakes.agent_context import FakeAgentContext, server_environ
+from tests.fakes.model_server import FakeModelServer, Reply
 from tests.helpers import git, make_repo
 
 MARKER = f"forkyard-outside-marker-{uuid.uuid4().hex}"
@@ -363,3 +367,61 @@ async def test_listing_does_not_run_the_repository_fsmonitor(tmp_path: Path) -> 
     listing = await call(toolbox(root, role="explorer"), "list_files")
     assert listing.text.splitlines() == ["src/app.py"]
     assert not ran.exists()
+
+
+# --- through the agent loop -------------------------------------------------------------
+
+
+@dataclass
+class LoopContext(FakeAgentContext):
+    role_name: str = "worker"
+
+
+async def test_the_agent_loop_gets_tool_errors_and_the_model_never_sees_outside(
+    fake_model_server: FakeModelServer, tmp_path: Path, outside: Path
+) -> None:
+    """A hostile tree under the built-in agent: each attack is a normal tool error the
+    model reads, the run goes on to finish, and no request to the model holds the
+    marker from outside."""
+    root = make_repo(tmp_path / "wt", {"src/app.py": f"x = '{INSIDE}'\n"})
+    (root / "a").symlink_to("b")
+    (root / "b").symlink_to("a")
+    (root / "escape").symlink_to(outside)
+    (root / "secret_link").symlink_to(outside / "secret.txt")
+    (root / ".GIT").mkdir()
+    (root / ".GIT" / "config").write_text("[core]\n")
+    before = outside_snapshot(outside)
+    attacks = [
+        ("read_file", {"path": "a"}),
+        ("read_file", {"path": "secret_link"}),
+        ("write_file", {"path": "b/x", "content": "x"}),
+        ("write_file", {"path": ".GIT/config", "content": "[core]\n\tfsmonitor = evil\n"}),
+        ("edit_file", {"path": "escape/secret.txt", "old_text": "f", "new_text": "g"}),
+        ("delete_file", {"path": "a/x"}),
+        ("search", {"pattern": MARKER_PATTERN}),
+        ("list_files", {"path": "escape"}),
+    ]
+    fake_model_server.script(
+        *[Reply(tool_calls=[call]) for call in attacks], Reply(text="Nothing to do.")
+    )
+    settings = Settings(
+        models={"default": fake_model_server.model_config("openai")},
+        agent=AgentLimits(max_tool_output_chars=4000),
+    )
+    context = LoopContext(cwd=root, repo_root=root, settings=settings, environ=server_environ())
+    backend = LlmBackend()
+    try:
+        outcome = await backend.run(context, "Look around.")
+    finally:
+        await backend.aclose()
+    assert outcome.ok, outcome.error
+    results = [text for kind, text in context.logs if kind == "tool_result"]
+    assert len(results) == len(attacks)
+    errors = [text for text in results if " -> error: " in text]
+    assert [text.split(" ", 1)[0] for text in errors] == [
+        name for name, _ in attacks if name != "search"
+    ], results
+    assert results[6].startswith("search -> no matches"), results[6]
+    assert all(MARKER not in request.raw.decode() for request in fake_model_server.requests)
+    assert outside_snapshot(outside) == before
+    assert (root / ".GIT" / "config").read_text() == "[core]\n"

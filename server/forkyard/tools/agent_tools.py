@@ -291,6 +291,11 @@ class ToolBox:
             return ToolResult("the file is not UTF-8 text", is_error=True)
         except OSError as error:
             return ToolResult(f"{name} failed: {error.strerror or error}", is_error=True)
+        except (RuntimeError, ValueError) as error:
+            # What the standard library raises for paths it cannot take (pathlib's
+            # "Symlink loop", an embedded NUL): the tree is hostile, not the server
+            # broken, and the model can still choose another path.
+            return ToolResult(f"{name} failed: {error}", is_error=True)
         return ToolResult(
             truncate_output(result.text, self.max_chars), result.is_error, result.finish_summary
         )
