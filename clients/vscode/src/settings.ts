@@ -25,16 +25,27 @@ export const SERVER_SETTINGS: readonly string[] = [
   "maxLogEntriesPerAgent",
 ];
 
+/** Settings that reach the network, name secrets or weaken the sandbox: a workspace's
+ * `.vscode/settings.json` comes with a cloned repository, so only the user's own (global)
+ * value of these is sent, as the server takes them from `.forkyard.toml` only for a
+ * repository the user trusted. */
+export const USER_ONLY_SETTINGS: ReadonlySet<string> = new Set([
+  "stateDir",
+  "models",
+  "agentModel",
+  "roles",
+  "allowUnsandboxedCommands",
+]);
+
 /** Settings only the extension reads; never sent to the server. */
 export const CLIENT_ONLY_SETTINGS: readonly string[] = ["server.command", "saveAfterApply", "agentProgress"];
 
-function userValue(inspection: Inspection | undefined): unknown {
+function userValue(inspection: Inspection | undefined, userOnly: boolean): unknown {
   if (!inspection) return undefined;
-  for (const value of [
-    inspection.workspaceFolderValue,
-    inspection.workspaceValue,
-    inspection.globalValue,
-  ]) {
+  const scopes = userOnly
+    ? [inspection.globalValue]
+    : [inspection.workspaceFolderValue, inspection.workspaceValue, inspection.globalValue];
+  for (const value of scopes) {
     if (value !== undefined && value !== null && value !== "") return value;
   }
   return undefined;
@@ -44,7 +55,7 @@ function userValue(inspection: Inspection | undefined): unknown {
 export function serverSettings(inspect: (key: string) => Inspection | undefined): Record<string, unknown> {
   const settings: Record<string, unknown> = {};
   for (const key of SERVER_SETTINGS) {
-    const value = userValue(inspect(key));
+    const value = userValue(inspect(key), USER_ONLY_SETTINGS.has(key));
     if (value !== undefined) settings[key] = value;
   }
   return settings;
