@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import forkyard
+
 if TYPE_CHECKING:
     from forkyard.settings import Settings
     from forkyard.workspace.git import Repository
@@ -17,6 +19,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "protocol" / "schema" / "for
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="forkyard", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"forkyard {forkyard.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the language server (stdio by default)")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on a TCP socket instead")
