@@ -16,6 +16,8 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.fakes.agent_context import wait_until_no_processes_in
+
 pytestmark = pytest.mark.timeout(120)
 
 MiB = 1024 * 1024
@@ -84,6 +86,19 @@ class RawServer:
                 continue
             if got.get("id") == msg_id:
                 return got
+
+    async def notification(self, predicate: Any, timeout: float = 30.0) -> dict[str, Any]:
+        """The first notification (kept or arriving) that `predicate` accepts."""
+        with anyio.fail_after(timeout):
+            while True:
+                for seen in self.notifications:
+                    if predicate(seen):
+                        return seen
+                got = await self.read_message(timeout)
+                if "method" in got and "id" in got:
+                    await self.send(message(id=got["id"], result=None))
+                elif "method" in got:
+                    self.notifications.append(got)
 
     async def request(self, method: str, params: Any = None, **extra: Any) -> dict[str, Any]:
         self._next_id += 1
@@ -306,6 +321,18 @@ async def test_a_terabyte_content_length_closes_cleanly_without_allocating(
     raw_server: RawServer, repo: Path
 ) -> None:
     await raw_server.initialize(repo)
+    dispatched = await raw_server.request(
+        "forkyard/agent/dispatch", {"task": "echo begun; sleep 299792", "backend": "command"}
+    )
+    agent_id = dispatched["result"]["agent"]["id"]
+    running = await raw_server.notification(
+        lambda n: (
+            n["method"] == "forkyard/agent/changed"
+            and n["params"]["agent"]["id"] == agent_id
+            and n["params"]["agent"]["state"] == "running"
+        )
+    )
+    worktree = Path(running["params"]["agent"]["worktree"])
     await raw_server.send(b'Content-Length: 1099511627776\r\n\r\n{"jsonrpc": "2.0", "id": 5')
     code, text = error_of(await raw_server.answer_to(None))
     assert code == -32600
@@ -316,6 +343,7 @@ async def test_a_terabyte_content_length_closes_cleanly_without_allocating(
     tail = raw_server.stderr_tail()
     assert "MemoryError" not in tail
     assert "closing the connection" in tail
+    assert await wait_until_no_processes_in(worktree) == [], "the agent's command is gone"
 
 
 async def test_twenty_mib_content_length_is_skipped_in_chunks_and_serving_goes_on(
