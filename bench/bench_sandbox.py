@@ -4,6 +4,7 @@ when root), and in today's sandbox (own user namespace, no capabilities, an allo
 file system, the PID namespace ended through `--info-fd`). Prints median and p95.
 
     uv run python bench/bench_sandbox.py [--runs 50]
+    uv run python bench/bench_sandbox.py --quick   # CI: 10 runs
 """
 
 from __future__ import annotations
@@ -92,4 +93,6 @@ async def main(runs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
-    anyio.run(main, parser.parse_args().runs)
+    parser.add_argument("--quick", action="store_true", help="10 runs: for CI")
+    args = parser.parse_args()
+    anyio.run(main, 10 if args.quick else args.runs)
