@@ -124,3 +124,11 @@ async def test_a_message_that_fails_inside_the_server_is_answered_and_reading_go
     await loop.run()
     assert answers[1] == (1, INTERNAL_ERROR, "internal error: RuntimeError: a bug")
     assert len(handled) == 2, "the next message was handed over"
+
+
+def test_server_not_ready_answers_32002_with_a_message() -> None:
+    from forkyard.lsp.server import ServerNotReady
+
+    error = ServerNotReady().to_response_error()
+    assert error.code == -32002
+    assert "initialize" in error.message
