@@ -165,6 +165,10 @@ class Settings(BaseModel):
     backends: dict[str, ExternalBackendConfig] = Field(default_factory=dict)
     worktree: WorktreeSettings = Field(default_factory=WorktreeSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    #: "background": agents' commands run at nice 10 in the idle I/O class, so builds
+    #: and test runs of agents never make the editor or the user's own work stutter;
+    #: "normal": at the server's priority.
+    agent_priority: Literal["background", "normal"] = "background"
 
     def role(self, name: str) -> RoleConfig | None:
         """A configured role, else a built-in one, else None."""
