@@ -266,14 +266,17 @@ async def test_a_link_swapped_in_after_the_check_is_not_followed(
     assert outside_snapshot(outside) == before
 
 
-async def test_a_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_fifo_is_refused_without_hanging(tmp_path: Path, engine: str) -> None:
     root = make_repo(tmp_path / "wt", {"a.txt": f"{INSIDE}\n"})
     os.mkfifo(root / "pipe")
-    box = toolbox(root)
+    box = toolbox(root, engine=engine)
     for tool, arguments in [
         ("read_file", {}),
         ("write_file", {"content": "x"}),
         ("edit_file", {"old_text": "x", "new_text": "y"}),
+        ("search", {"pattern": "x"}),
+        ("list_files", {}),
     ]:
         result = await call(box, tool, path="pipe", **arguments)
         assert result.is_error

@@ -238,6 +238,8 @@ def existing_relative(root: Path, path: str) -> str:
     target = confined(root, path, for_write=False)
     if not target.exists():
         raise ToolFailure(f"{path} does not exist; list_files shows what does")
+    if not (target.is_dir() or target.is_file()):  # ripgrep would wait on a FIFO
+        raise ToolFailure(_NOT_REGULAR.format(path=path))
     return relative_display(root, target)
 
 
