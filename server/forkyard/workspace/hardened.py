@@ -190,10 +190,16 @@ def minimal_environment(base: Mapping[str, str]) -> dict[str, str]:
 
 
 async def _locate(common_dir: Path, worktree: Path, root: Path) -> tuple[Path, str | None]:
-    admin = await anyio.to_thread.run_sync(find_admin_dir, common_dir, worktree)
-    if admin is None:
+    found = await anyio.to_thread.run_sync(_admin_and_tampering, common_dir, worktree)
+    if found is None:
         raise WorktreeUnknown(f"not a worktree of {root}: {worktree}")
-    return admin, await anyio.to_thread.run_sync(describe_tampering, worktree, admin)
+    return found
+
+
+def _admin_and_tampering(common_dir: Path, worktree: Path) -> tuple[Path, str | None] | None:
+    """Both looks in one worker thread: dispatch takes a pooled worktree through this."""
+    admin = find_admin_dir(common_dir, worktree)
+    return None if admin is None else (admin, describe_tampering(worktree, admin))
 
 
 async def checkout_git(
