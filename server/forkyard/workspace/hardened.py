@@ -23,6 +23,12 @@ server's environment. So every command the server runs in or for an agent's work
 Checkouts of the user's own commits into worktrees no agent has used yet (the pool,
 fresh worktrees) keep the user's config, filters included (a checkout must give the
 files the user's own checkout would), with the git dir named and hooks and fsmonitor off.
+
+The price: the user's own filter drivers do not run on an agent's files either (an
+in-tree attribute could point any file at them), so a file of a filtered kind (a Git LFS
+one, say) that the agent changed is committed to its branch as its plain content. Files
+it left alone keep their blobs: git only reads files whose stat data changed. Nothing
+here reaches the network: none of these commands fetches.
 """
 
 from __future__ import annotations
