@@ -6,15 +6,18 @@ cannot write. Each test checks the host afterwards, as a user would."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shlex
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from forkyard.agents.command import CommandBackend
@@ -29,7 +32,7 @@ from forkyard.tools.sandbox import (
 )
 from forkyard.tools.sandbox_paths import toolchain_dirs
 from tests.fakes.agent_context import FakeAgentContext, Workspace, make_workspace, server_environ
-from tests.helpers import git, wait_for_processes_with
+from tests.helpers import git, processes_with, wait_for_processes_with
 
 SECRET = "forkyard-attack-secret-2718"
 
@@ -328,3 +331,46 @@ async def test_fifty_commands_stopped_right_after_they_start_leave_nothing(
 
     assert stopped == 50
     assert await wait_for_processes_with(marker, 0, seconds=10) == []
+
+
+def nice_and_io_class(pid: int) -> tuple[int, str]:
+    """The niceness (field 19 of /proc/PID/stat) and the I/O class `ionice` reports."""
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    nice = int(stat[stat.rindex(b")") + 2 :].split()[16])
+    io_class = subprocess.run(
+        ["ionice", "-p", str(pid)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return nice, io_class
+
+
+async def wait_for_sleep(marker: str) -> int:
+    """The host pid of `sleep MARKER` once it runs (no event announces an exec)."""
+    wanted = f"sleep\0{marker}\0".encode()
+    with anyio.fail_after(15):
+        while True:
+            for pid in await anyio.to_thread.run_sync(processes_with, marker):
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/cmdline").read_bytes() == wanted:
+                        return pid
+            await anyio.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("priority", "expected"), [("background", (10, "idle")), ("normal", (0, "none: prio 0"))]
+)
+async def test_agents_commands_run_at_background_priority_unless_told_otherwise(
+    workspace: Workspace, priority: str, expected: tuple[int, str]
+) -> None:
+    if os.getpriority(os.PRIO_PROCESS, 0) != 0:
+        pytest.skip("the test runner itself runs niced")
+    marker = str(random.randrange(10**8, 10**9))
+    context = context_for(workspace)
+    context.settings = context.settings.model_copy(update={"agent_priority": priority})
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(CommandBackend().run, context, f"sleep {marker}")
+        pid = await wait_for_sleep(marker)
+        seen = await anyio.to_thread.run_sync(nice_and_io_class, pid)
+        tasks.cancel_scope.cancel()
+
+    assert seen == expected

@@ -52,6 +52,7 @@ class CommandBackend:
             writable=[context.cwd] if context.writable else [],
             readable=readable,
             extra_env=context.extra_env,
+            priority=context.settings.agent_priority,
         )
         env = scrubbed_env(context.environ, policy)
         if status.available:
@@ -60,7 +61,7 @@ class CommandBackend:
             )
         elif context.settings.allow_unsandboxed_commands and context.writable:
             await context.log("system", "bubblewrap is unavailable: running unsandboxed")
-            argv = unsandboxed_argv(instruction)
+            argv = unsandboxed_argv(instruction, policy.priority)
         else:
             return RunOutcome(
                 ok=False,

@@ -39,7 +39,12 @@ from forkyard.agents.external_config import ExternalBackendConfig, backend_confi
 from forkyard.agents.external_output import OutputReader, Redactor
 from forkyard.settings import Settings, current_environ
 from forkyard.tools.process import run_streaming
-from forkyard.tools.sandbox import SandboxPolicy, probe_sandbox, sandboxed_argv
+from forkyard.tools.sandbox import (
+    SandboxPolicy,
+    priority_prefix,
+    probe_sandbox,
+    sandboxed_argv,
+)
 from forkyard.tools.sandbox_paths import venv_base
 from forkyard.workspace.sandbox_view import sandbox_read_paths
 
@@ -297,6 +302,7 @@ async def execute(context: AgentContext, launch: Launch, invocation: Invocation)
             env_allowlist=frozenset(env),
             readable=readable,
             nested_sandbox=launch.nested_sandbox,
+            priority=settings.agent_priority,
         )
         # No `env=` here: bwrap inherits `env` from run_streaming, so API keys never
         # appear on bwrap's command line.
@@ -305,7 +311,7 @@ async def execute(context: AgentContext, launch: Launch, invocation: Invocation)
         )
     elif settings.allow_unsandboxed_commands and context.writable:
         await context.log("system", "bubblewrap is unavailable: running unsandboxed")
-        argv = invocation.argv
+        argv = [*priority_prefix(settings.agent_priority), *invocation.argv]
     else:
         return RunOutcome(
             False,

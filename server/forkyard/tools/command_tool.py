@@ -54,13 +54,17 @@ async def run_command(
         )
     else:
         readable = await anyio.to_thread.run_sync(git_read_paths, repo_root, worktree)
-    policy = SandboxPolicy(writable=[root] if writable else [], readable=readable)
+    policy = SandboxPolicy(
+        writable=[root] if writable else [],
+        readable=readable,
+        priority=settings.agent_priority if settings is not None else "background",
+    )
     env = scrubbed_env(environ, policy)
     note = ""
     if status.available:
         argv = await anyio.to_thread.run_sync(partial(sandboxed_argv, command, policy, cwd=root))
     elif allow_unsandboxed and writable:
-        argv = unsandboxed_argv(command)
+        argv = unsandboxed_argv(command, policy.priority)
         note = "[ran unsandboxed: the sandbox is unavailable]\n"
     else:
         return (

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import anyio.to_thread
@@ -45,6 +46,10 @@ SHELL = "/bin/sh"
 #: The user and group a server running as root appears as in a sandbox that makes
 #: sandboxes of its own.
 NESTED_SANDBOX_ID = 1000
+#: The niceness of agents' commands at background priority.
+BACKGROUND_NICE = 10
+
+Priority = Literal["background", "normal"]
 PROBE_TIMEOUT_SECONDS = 10.0
 INSTALL_HINT = "bwrap not installed: apt-get install bubblewrap"
 
@@ -73,6 +78,8 @@ class SandboxPolicy:
     #: creates: the kernel keeps this sandbox's mounts locked (read-only stays so,
     #: nothing can be unmounted to reveal what lies beneath).
     nested_sandbox: bool = False
+    #: "background": the command and all it starts run at nice 10, idle I/O class.
+    priority: Priority = "normal"
 
 
 @dataclass(frozen=True)
@@ -192,8 +199,26 @@ def sandboxed_argv(
             if name != "HOME":
                 argv += ["--setenv", name, value]
     argv += ["--setenv", "HOME", SANDBOX_HOME]
-    argv += ["--", SHELL, "-c", command]
+    argv += ["--", *priority_prefix(policy.priority), SHELL, "-c", command]
     return argv
+
+
+def priority_prefix(priority: Priority) -> list[str]:
+    """What runs the shell at background priority: `nice` and `ionice` (util-linux) in
+    front of it, so the whole tree inherits it. Nothing when they are not installed."""
+    if priority != "background":
+        return []
+    prefix = []
+    if nice := _tool("nice"):
+        prefix += [nice, "-n", str(BACKGROUND_NICE)]
+    if ionice := _tool("ionice"):
+        prefix += [ionice, "-t", "-c", "3"]  # -t: run anyway where it cannot be set
+    return prefix
+
+
+@cache
+def _tool(name: str) -> str | None:
+    return shutil.which(name, path=os.defpath)
 
 
 def _mounts(policy: SandboxPolicy, cwd: Path) -> list[str]:
@@ -233,9 +258,9 @@ def network_config_paths() -> list[Path]:
     return []
 
 
-def unsandboxed_argv(command: str) -> list[str]:
+def unsandboxed_argv(command: str, priority: Priority = "normal") -> list[str]:
     """`/bin/sh -c command`, for users who explicitly allowed unsandboxed commands."""
-    return [SHELL, "-c", command]
+    return [*priority_prefix(priority), SHELL, "-c", command]
 
 
 def scrubbed_env(environ: Mapping[str, str], policy: SandboxPolicy) -> dict[str, str]:

@@ -393,12 +393,13 @@ async def run_setup_command(
         readable=readable,
         network=config.setup_network,
         extra_env=dict(extra_env),
+        priority=settings.agent_priority,
     )
     if status.available:
         argv = await anyio.to_thread.run_sync(lambda: sandboxed_argv(command, policy, cwd=worktree))
     elif settings.allow_unsandboxed_commands:
         await log(LOG_KIND, "bubblewrap is unavailable: running the setup unsandboxed")
-        argv = unsandboxed_argv(command)
+        argv = unsandboxed_argv(command, policy.priority)
     else:
         raise SetupError(f"cannot run the setup: the sandbox is unavailable ({status.reason})")
     await log(LOG_KIND, f"$ {command}")
