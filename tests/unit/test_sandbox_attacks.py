@@ -21,7 +21,7 @@ import anyio.to_thread
 import pytest
 
 from forkyard.agents.command import CommandBackend
-from forkyard.settings import BUILTIN_ROLES, SandboxSettings, Settings
+from forkyard.settings import BUILTIN_ROLES, SandboxSettings, Settings, WorktreeSettings
 from forkyard.tools.process import ProcessResult, run_streaming
 from forkyard.tools.sandbox import (
     SandboxPolicy,
@@ -31,8 +31,9 @@ from forkyard.tools.sandbox import (
     scrubbed_env,
 )
 from forkyard.tools.sandbox_paths import toolchain_dirs
+from forkyard.workspace.setup import bring_ignored_files
 from tests.fakes.agent_context import FakeAgentContext, Workspace, make_workspace, server_environ
-from tests.helpers import git, processes_with, wait_for_processes_with
+from tests.helpers import GIT_ENV, git, processes_with, wait_for_processes_with
 
 SECRET = "forkyard-attack-secret-2718"
 
@@ -374,3 +375,40 @@ async def test_agents_commands_run_at_background_priority_unless_told_otherwise(
         tasks.cancel_scope.cancel()
 
     assert seen == expected
+
+
+async def test_linked_folders_are_readable_through_their_links_and_nothing_beside(
+    workspace: Workspace,
+) -> None:
+    """`[worktree] link` links the user's node_modules: the agent reads it through the
+    links, cannot write it, and still sees nothing else of the checkout."""
+    checkout = workspace.repo
+    for tree in (checkout, workspace.worktree):
+        (tree / ".gitignore").write_text(".env\nnode_modules/\n")
+    package = checkout / "node_modules" / "left-pad"
+    package.mkdir(parents=True)
+    (package / "index.js").write_text("module.exports = 1\n")
+    brought = await bring_ignored_files(
+        checkout, workspace.worktree, copy=[], link=["node_modules"], env=GIT_ENV
+    )
+    assert brought.linked == ["node_modules"]
+    context = context_for(workspace)
+    context.settings = context.settings.model_copy(
+        update={"worktree": WorktreeSettings(link=["node_modules"])}
+    )
+
+    output = await run_agent(
+        context,
+        "cat node_modules/left-pad/index.js\n"
+        + attempts(
+            {
+                "write the user's package": "echo x > node_modules/left-pad/index.js",
+                "read the checkout's .env": f"cat {checkout}/.env",
+            }
+        ),
+    )
+
+    assert "module.exports = 1" in output
+    assert "BROKE" not in output, output
+    assert SECRET not in output
+    assert (package / "index.js").read_text() == "module.exports = 1\n"
