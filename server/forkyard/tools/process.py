@@ -148,7 +148,7 @@ class _Stopper:
 
     async def __call__(self) -> None:
         grace = self._grace
-        if self._info is not None and await stop_sandbox(self._info, grace):
+        if self._info is not None and await stop_sandbox(self._info, grace, self._process.pid):
             grace = 0  # the namespace had its grace; what is left is bwrap itself
         await terminate_process_group(self._process.pid, grace)
 

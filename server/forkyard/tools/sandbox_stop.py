@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import signal
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -68,7 +69,7 @@ class SandboxInfo:
             self._fd = None
 
 
-async def stop_sandbox(info: SandboxInfo, grace_seconds: float) -> bool:
+async def stop_sandbox(info: SandboxInfo, grace_seconds: float, bwrap_pid: int) -> bool:
     """End the sandbox's PID namespace: SIGTERM its processes, wait up to
     `grace_seconds` for its command to exit, then SIGKILL its init and wait (bounded)
     for the namespace to empty. False when there was no namespace to end (bwrap never
@@ -81,7 +82,8 @@ async def stop_sandbox(info: SandboxInfo, grace_seconds: float) -> bool:
     except OSError:
         return False  # the init exited: the namespace died with it
     try:
-        if not await anyio.to_thread.run_sync(_in_namespace, info.child_pid, info.pid_namespace):
+        ours = await anyio.to_thread.run_sync(_ours, info.child_pid, info.pid_namespace, bwrap_pid)
+        if not ours:
             return False  # the pid was reused: the namespace is long gone
         members = await anyio.to_thread.run_sync(_namespace_members, info.pid_namespace)
         if grace_seconds > 0 and any(pid != info.child_pid for pid in members):
@@ -110,8 +112,18 @@ def _namespace_id(pid: int) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def _in_namespace(pid: int, namespace: int) -> bool:
-    return _namespace_id(pid) == namespace
+def _ours(pid: int, namespace: int, bwrap_pid: int) -> bool:
+    """Whether `pid` is still the sandbox's init: in its namespace, or (where the link
+    cannot be read) still the child of the bwrap we started, which we have not reaped,
+    so its pid cannot have been reused."""
+    if _namespace_id(pid) == namespace:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return fields[0] not in (b"Z", b"X") and int(fields[1]) == bwrap_pid
 
 
 def _namespace_members(namespace: int) -> list[int]:
