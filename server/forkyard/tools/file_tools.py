@@ -74,7 +74,7 @@ def _opened(root: Path, target: Path, path: str, flags: int, mode: str) -> Itera
         fd = open_beneath(root.resolve(), relative, flags, create_parents=bool(flags & os.O_CREAT))
     except LinkInTheWay:
         raise ToolFailure(
-            f"{path}: a symlink appeared on the way to it (or it is a loop of symlinks); "
+            f"{path}: a symlink appeared on the way to it (or it is a symlink loop); "
             f"nothing was read or written"
         ) from None
     except FileNotFoundError:
