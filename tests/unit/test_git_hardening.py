@@ -188,7 +188,8 @@ async def test_a_tampered_git_file_runs_nothing_and_leaves_the_user_repository_a
 
 
 async def test_in_tree_attributes_never_pick_the_users_own_drivers(scene: Scene) -> None:
-    """Only `.gitattributes` is the agent's; the commands are in the user's config."""
+    """Only `.gitattributes` is the agent's; the commands are in the user's config (and
+    the user's hooks, which run for the user's own git, not for an agent's work)."""
     for key, name in (
         ("filter.x.clean", "user-clean"),
         ("filter.x.smudge", "user-smudge"),
@@ -200,6 +201,10 @@ async def test_in_tree_attributes_never_pick_the_users_own_drivers(scene: Scene)
         ("core.fsmonitor", "user-fsmonitor"),
     ):
         git(scene.repo, "config", key, "true" if name is None else scene.marker(name))
+    hooks = scene.repo / ".git" / "hooks"
+    for hook in ("post-index-change", "reference-transaction", "pre-commit"):
+        (hooks / hook).write_text(f"#!/bin/sh\n{scene.marker('user-hook-' + hook)}\n")
+        (hooks / hook).chmod(0o755)
     before = scene.user_state()
     agent_work(scene)
     tip = git(scene.repo, "rev-parse", scene.branch).strip()
