@@ -278,13 +278,18 @@ def test_toolchains_on_path_bring_what_they_need_and_never_a_home(tmp_path: Path
     (manager / "versions").mkdir(parents=True)
     (manager / "shims").mkdir()
     home = tmp_path / "home"
+    (home / "versions").mkdir()  # a home that looks like a version manager's root
+    (home / "bin").mkdir()
     path = os.pathsep.join(
-        [str(venv / "bin"), str(manager / "shims"), str(home), "/", "relative/bin", "/usr/bin"]
+        [
+            *(str(venv / "bin"), str(manager / "shims"), str(home / "bin")),
+            *(str(home), "/", "relative/bin", "/usr/bin"),
+        ]
     )
 
     found = toolchain_dirs(path, (str(home),))
 
-    assert found == (venv, base, manager)
+    assert found == (venv, base, manager, home / "bin")
 
 
 async def sandboxed(command: str, policy: SandboxPolicy, cwd: Path) -> ProcessResult:

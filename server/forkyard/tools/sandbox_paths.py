@@ -80,13 +80,13 @@ def toolchain_dirs(path_value: str, homes: tuple[str, ...] = ()) -> tuple[Path, 
             continue
         if any(directory == refuse or refuse.is_relative_to(directory) for refuse in refused):
             continue
-        for needed in _needed_by(directory):
-            if needed not in found and not any(needed == r for r in refused):
+        for needed in _needed_by(directory, refused):
+            if needed not in found and not any(r.is_relative_to(needed) for r in refused):
                 found.append(needed)
     return tuple(found)
 
 
-def _needed_by(directory: Path) -> list[Path]:
+def _needed_by(directory: Path, refused: set[Path]) -> list[Path]:
     needed = [directory]
     venv_config = directory.parent / "pyvenv.cfg"
     if venv_config.is_file():
@@ -94,6 +94,8 @@ def _needed_by(directory: Path) -> list[Path]:
         if (base := venv_base(venv_config)) is not None:
             needed.append(base)
     for ancestor in list(directory.parents)[:_MANAGER_DEPTH]:
+        if any(r.is_relative_to(ancestor) for r in refused):
+            break  # a home, or above one: never a toolchain's root
         if any((ancestor / marker).is_dir() for marker in VERSION_MANAGER_MARKERS):
             needed = [ancestor, *[path for path in needed if not path.is_relative_to(ancestor)]]
             break
