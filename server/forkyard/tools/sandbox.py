@@ -93,6 +93,8 @@ class _ProbeCache:
     while the server runs, and probing costs a process start."""
 
     status: SandboxStatus | None = None
+    #: Whether this bwrap has `--disable-userns` (0.8 and later); assumed until probed.
+    disable_userns: bool = True
 
 
 @cache
@@ -124,6 +126,13 @@ async def _probe() -> SandboxStatus:
     path = bwrap_path()
     if path is None:
         return SandboxStatus(False, INSTALL_HINT)
+    try:
+        with anyio.fail_after(PROBE_TIMEOUT_SECONDS):
+            usage = await anyio.run_process([path, "--help"], check=False, env={})
+        # Older bwraps (before 0.8) lack it; the rest of the sandbox holds without it.
+        _ProbeCache.disable_userns = b"--disable-userns" in usage.stdout + usage.stderr
+    except (OSError, TimeoutError):
+        pass  # the probe below tells what is wrong
     argv = await anyio.to_thread.run_sync(
         lambda: sandboxed_argv("true", SandboxPolicy(writable=[]), cwd=Path("/"), env={})
     )
@@ -168,7 +177,7 @@ def sandboxed_argv(
         raise FileNotFoundError(INSTALL_HINT)
     argv = [bwrap, "--unshare-all", "--unshare-user", "--cap-drop", "ALL"]
     if not policy.nested_sandbox:
-        argv += ["--disable-userns"]
+        argv += ["--disable-userns"] if _ProbeCache.disable_userns else []
     elif os.geteuid() == 0:
         # Root inside may not map itself into a namespace of its own without
         # CAP_SETFCAP (the kernel's guard for file capabilities): be another user.
