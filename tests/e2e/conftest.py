@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import pytest_lsp
 
@@ -41,8 +42,35 @@ async def start_server(server_env: dict[str, str]) -> AsyncIterator[StartServer]
         return client
 
     yield start
+    stalls: list[float] = []
     for client in started:
+        stalls += await largest_loop_stall(client)
         await client.stop()
+    worst = max(stalls, default=0.0)
+    assert worst < MAX_LOOP_STALL_MS, (
+        f"the server's event loop stalled for {worst:.0f} ms during this test "
+        f"(limit {MAX_LOOP_STALL_MS} ms): something blocked it"
+    )
+
+
+#: The longest the server's event loop may go without running during an end-to-end
+#: test: a request waits at least that long behind whatever blocked it.
+MAX_LOOP_STALL_MS = 250
+
+
+async def largest_loop_stall(client: ForkyardClient) -> list[float]:
+    """The server's largest loop stall so far (`forkyard/server/stats`), or nothing when
+    the test already stopped or killed it."""
+    process = client.server_process
+    if process is None or process.returncode is not None:
+        return []
+    with anyio.move_on_after(5):
+        try:
+            stats = await client.request("forkyard/server/stats", {})
+        except Exception:  # a server the test left unable to answer says nothing here
+            return []
+        return [float(stats["maxLoopStallMs"])]
+    return []
 
 
 @pytest.fixture
