@@ -417,3 +417,28 @@ async def test_linked_folders_are_readable_through_their_links_and_nothing_besid
     assert "BROKE" not in output, output
     assert SECRET not in output
     assert (package / "index.js").read_text() == "module.exports = 1\n"
+
+
+async def test_a_sandboxed_command_ignoring_sigterm_is_killed_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    marker = str(random.randrange(10**8, 10**9))
+    worktree = tmp_path / "worktree"
+    worktree.mkdir()
+    policy = SandboxPolicy(writable=[worktree])
+    environ = dict(os.environ)
+    script = f"trap '' TERM; setsid sh -c \"trap '' TERM; sleep {marker}\" & sleep {marker}; wait"
+
+    with anyio.fail_after(20):
+        result = await run_streaming(
+            sandboxed_argv(script, policy, cwd=worktree, env=environ),
+            cwd=worktree,
+            env=scrubbed_env(environ, policy),
+            on_output=lambda _stream, _line: None,
+            timeout=1,
+            kill_grace_seconds=0.3,
+        )
+
+    assert result.timed_out
+    assert result.duration_seconds < 10
+    assert await wait_for_processes_with(marker, 0, seconds=10) == []
