@@ -89,7 +89,7 @@ class ExternalCommandBackend(ExternalProgramBackend):
             return RunOutcome(
                 False, "", f"backend {self.name!r} has no command: set backends.{self.name}.command"
             )
-        home = AgentHome.for_agent(context, self.name)
+        home = await anyio.to_thread.run_sync(AgentHome.for_agent, context, self.name)
         await anyio.to_thread.run_sync(home.prepare, context.environ)
         command = expand_command(
             config.command,

@@ -99,13 +99,18 @@ class Invocation:
 # -- finding the program ------------------------------------------------------------------
 
 
+#: `.agents/` beside the Forkyard checkout this server runs from, found once at import
+#: (it does not move while the server runs, and resolving it touches the file system).
+_CHECKOUT_INSTALL_DIR = Path(forkyard.__file__).resolve().parents[2] / LOCAL_INSTALL_DIRNAME
+
+
 def local_install_dirs(environ: Mapping[str, str]) -> list[Path]:
     """Folders the install script may have filled: FORKYARD_AGENTS_DIR, then `.agents/`
     of the Forkyard checkout this server runs from."""
     dirs = []
     if configured := environ.get("FORKYARD_AGENTS_DIR"):
         dirs.append(Path(configured).expanduser())
-    dirs.append(Path(forkyard.__file__).resolve().parents[2] / LOCAL_INSTALL_DIRNAME)
+    dirs.append(_CHECKOUT_INSTALL_DIR)
     return dirs
 
 
@@ -175,7 +180,8 @@ class AgentHome:
     @classmethod
     def for_agent(cls, context: AgentContext, backend_name: str) -> AgentHome:
         """Keyed by repository, directory and agent number: unique per agent, and the
-        same again when the agent runs a follow-up or after a server restart."""
+        same again when the agent runs a follow-up or after a server restart. Resolves
+        paths: call it from a worker thread."""
         identity = f"{context.repo_root.resolve()}\0{context.cwd.resolve()}\0"
         identity += str(context.agent_number)
         key = hashlib.sha256(identity.encode()).hexdigest()[:16]
@@ -399,7 +405,7 @@ class ExternalProgramBackend:
         program = await anyio.to_thread.run_sync(find_program, self.spec, config, context.environ)
         if program is None:
             return RunOutcome(False, "", not_found_reason(self.spec, config, context.environ))
-        home = AgentHome.for_agent(context, self.name)
+        home = await anyio.to_thread.run_sync(AgentHome.for_agent, context, self.name)
         await anyio.to_thread.run_sync(home.prepare, context.environ)
         session = await anyio.to_thread.run_sync(home.read_session)
         launch = Launch(

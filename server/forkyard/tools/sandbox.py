@@ -99,7 +99,9 @@ class _ProbeCache:
 
 @cache
 def bwrap_path() -> str | None:
-    """Absolute path of bwrap, or None when it is not installed."""
+    """Absolute path of bwrap, or None when it is not installed. Looked up once, when
+    this module is imported (at the server's start, before it serves), so that callers
+    on the event loop never search PATH."""
     return shutil.which("bwrap")
 
 
@@ -228,6 +230,12 @@ def priority_prefix(priority: Priority) -> list[str]:
 @cache
 def _tool(name: str) -> str | None:
     return shutil.which(name, path=os.defpath)
+
+
+# Warm the lookups above at import (see `bwrap_path`).
+bwrap_path()
+_tool("nice")
+_tool("ionice")
 
 
 def _mounts(policy: SandboxPolicy, cwd: Path) -> list[str]:
