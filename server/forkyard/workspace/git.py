@@ -54,6 +54,10 @@ FALLBACK_IDENTITY = ("Forkyard", "forkyard@localhost")
 #: Agents' branches are `forkyard/<number>-<slug>`: the only branches the server commits to.
 AGENT_BRANCH_PREFIX = "refs/heads/forkyard/"
 
+#: `git worktree list` meeting a worktree's records while another process writes them.
+_HALF_WRITTEN = re.compile(r"failed to read .*worktrees/")
+_LIST_ATTEMPTS = 5
+
 #: Options for `git add -A` into a temporary index: a split index would write shared
 #: index files into the repository, and the embedded-repository advice is noise here.
 _TEMP_INDEX_ADD = (
@@ -400,9 +404,27 @@ class Repository:
         return found.line
 
     async def list_worktrees(self) -> list[WorktreeInfo]:
-        """Every worktree of the repository, the user's own checkout first."""
-        listed = await self.git("worktree", "list", "--porcelain", "-z")
-        return parse_worktree_list(listed.stdout)
+        """Every worktree of the repository, the user's own checkout first.
+
+        git writes a worktree's records (`worktrees/<id>/gitdir`, `commondir`, ...) one
+        file at a time and reads them without a lock: a list during `worktree add` or
+        `prune` dies on a half-written entry ("failed to read .../commondir"). So it
+        runs under `write_lock`, which every registration and removal of ours holds;
+        one of another process's (`forkyard gc`, the user's git) is waited out by a
+        few bounded retries."""
+        for attempt in range(_LIST_ATTEMPTS):
+            async with self.write_lock:
+                listed = await run_git(
+                    "worktree", "list", "--porcelain", "-z",
+                    cwd=self.root, env=self.env, check=False,
+                )  # fmt: skip
+            if listed.returncode == 0:
+                return parse_worktree_list(listed.stdout)
+            if attempt + 1 == _LIST_ATTEMPTS or not _HALF_WRITTEN.search(listed.stderr):
+                break
+            await anyio.sleep(0.02 * 2**attempt)
+        message = listed.stderr.strip() or "(no message)"
+        raise GitError(f"`git worktree list` failed in {self.root}: {message}", stderr=message)
 
     async def _find_worktree(self, worktree: Path) -> WorktreeInfo | None:
         wanted = await anyio.Path(worktree).resolve()
