@@ -25,6 +25,7 @@ from tests.fakes.agent_context import (
 )
 from tests.fakes.model_server import FakeModelServer, Reply
 from tests.helpers import git
+from tests.unit.test_host_git_planted import plant_fsmonitor
 
 
 @pytest.fixture
@@ -96,6 +97,27 @@ async def test_a_follow_up_continues_aiders_chat(
     assert (first.ok, second.ok) == (True, True)
     assert second.summary == "Yes, 42 again."
     assert "The answer is 42." in model.last_request.text, "the chat history is restored"
+    assert "--restore-chat-history" in context.log_text("command").splitlines()[-1]
+
+
+async def test_a_follow_up_runs_nothing_the_agent_planted_in_its_worktree(
+    workspace: Workspace, model: FakeModelServer, tmp_path: Path
+) -> None:
+    """Between runs the agent owned its worktree: a `.git` pointing at a repository of
+    its own with an fsmonitor hook is ignored by the host's git of the follow-up (aider's
+    private index). The hook may run in the sandbox: its marker is where only the host
+    can write."""
+    model.script(Reply(text="The answer is 42."), Reply(text="Yes, 42 again."))
+    context = aider_context(workspace, model)
+    backend = AiderBackend()
+    assert (await backend.run(context, "What is the answer?")).ok
+    host_only = tmp_path / "host-only"
+    host_only.mkdir(mode=0o700)
+    plant_fsmonitor(workspace.worktree, host_only / "ran")
+
+    await backend.run(context, "Are you sure?")
+
+    assert not (host_only / "ran").exists(), "the planted hook ran on the host"
     assert "--restore-chat-history" in context.log_text("command").splitlines()[-1]
 
 

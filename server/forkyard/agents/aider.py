@@ -32,6 +32,7 @@ from forkyard.agents.external_runtime import (
     install_root,
 )
 from forkyard.tools.process import ProcessResult
+from forkyard.workspace.git import GitError, Repository
 
 MESSAGE_FILE = "forkyard-message.md"
 CHAT_HISTORY_FILE = ".aider.chat.history.md"
@@ -145,18 +146,35 @@ async def _private_git(context: AgentContext, home: Path) -> dict[str, str]:
     repository's objects through an alternate: aider `git add`s every file it creates,
     and the repository (the worktree's git metadata included) is read-only in the
     sandbox. Nothing aider does with git reaches the user's repository or the agent's
-    branch; Forkyard records the worktree itself. {} outside a git repository."""
-    git_env = {"PATH": context.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
-    done = await anyio.run_process(
-        ["git", "rev-parse", "--git-path", "index", "--git-path", "objects"],
-        cwd=context.cwd,
-        env=git_env,
-        check=False,
-    )
-    paths = done.stdout.decode(errors="replace").splitlines()
-    if done.returncode != 0 or len(paths) != 2:
+    branch; Forkyard records the worktree itself. {} outside a git repository.
+
+    This runs on the host, on a follow-up after the agent has worked in its worktree
+    too: so the worktree's index and the object store are found from the repository's
+    own records, and git there runs hardened (`Repository.worktree_git`), never by
+    discovery through a `.git` or config the agent could have planted (an fsmonitor
+    hook would run on `update-index`)."""
+    try:
+        repository = await Repository.discover(context.repo_root, context.environ)
+        if context.writable:
+            git = await repository.worktree_git(context.cwd)
+            # GitPython, which aider reads the worktree's own index with (it ignores
+            # GIT_INDEX_FILE), cannot read a version 4 index (the user's `index.version`
+            # or `feature.manyFiles` gives one): aider would report "Unable to read
+            # staged files" and miss them. Only the agent's worktree: an explorer's
+            # directory is the user's checkout.
+            await git.run("update-index", "--index-version", "3", check=False)
+            index, objects = git.index, repository.common_dir / "objects"
+        else:
+            # The user's checkout, which agents cannot write: git as everywhere there.
+            found = await repository.git(
+                "rev-parse", "--git-path", "index", "--git-path", "objects"
+            )
+            paths = found.text.splitlines()
+            if len(paths) != 2:
+                return {}
+            index, objects = (repository.root / path for path in paths)
+    except GitError:
         return {}
-    index, objects = (context.cwd / path for path in paths)
     private_index = home / "git-index"
     private_objects = home / "git-objects"
 
@@ -167,22 +185,11 @@ async def _private_git(context: AgentContext, home: Path) -> dict[str, str]:
         else:
             private_index.unlink(missing_ok=True)
 
-    if context.writable:
-        # Agent worktrees get a version 4 index (workspace/pool.py), which GitPython,
-        # that aider reads the worktree's own index with (it ignores GIT_INDEX_FILE),
-        # cannot read: aider would report "Unable to read staged files" and miss them.
-        # Only the agent's worktree: an explorer's directory is the user's checkout.
-        await anyio.run_process(
-            ["git", "update-index", "--index-version", "3"],
-            cwd=context.cwd,
-            env=git_env,
-            check=False,
-        )
     await anyio.to_thread.run_sync(copy_index)
     return {
         "GIT_INDEX_FILE": str(private_index),
         "GIT_OBJECT_DIRECTORY": str(private_objects),
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects.resolve()),
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(await anyio.Path(objects).resolve()),
     }
 
 

@@ -195,7 +195,9 @@ class Orchestrator:
             return None
         if not await is_dir(agent.worktree):
             raise InvalidRequest(f"agent #{agent.number}'s worktree is gone: {agent.worktree}")
-        return await diff_worktree(Path(agent.worktree), agent.base_ref, self.repository.root)
+        return await diff_worktree(
+            Path(agent.worktree), agent.base_ref, self.repository.root, repository=self.repository
+        )
 
     async def file(self, ref: str, path: str) -> str | None:
         agent = self.resolve(ref).agent

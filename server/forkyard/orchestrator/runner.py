@@ -152,6 +152,7 @@ class AgentRunner:
             environ=self.o.environ,
             extra_env=ports.environment(),
             log=log,
+            repository=self.o.repository,
         )
         runtime.setup_failed = False
 
@@ -165,7 +166,10 @@ class AgentRunner:
             try:
                 with anyio.fail_after(FINISH_TIMEOUT_SECONDS):
                     diff = await diff_worktree(
-                        Path(agent.worktree), agent.base_ref, self.o.repository.root
+                        Path(agent.worktree),
+                        agent.base_ref,
+                        self.o.repository.root,
+                        repository=self.o.repository,
                     )
                     changes = ChangeCounts(
                         files=len(diff.files),

@@ -43,7 +43,7 @@ from forkyard.tools.sandbox import (
     scrubbed_env,
     unsandboxed_argv,
 )
-from forkyard.workspace.git import run_git
+from forkyard.workspace.git import Repository, run_git
 
 WORKTREEINCLUDE = ".worktreeinclude"
 HIGHEST_PORT = 65_535
@@ -318,10 +318,17 @@ async def bring_ignored_files(
     copy: Sequence[str],
     link: Sequence[str],
     env: Mapping[str, str],
+    *,
+    repository: Repository | None = None,
 ) -> BroughtFiles:
     """Copy (or link) the ignored files of `checkout` that the patterns select into
     `worktree`; whatever the worktree would not ignore (its base ignores less than the
-    user's checkout) is taken out again, so it never shows up in the agent's diff."""
+    user's checkout) is taken out again, so it never shows up in the agent's diff.
+
+    git in the worktree runs hardened (`Repository.worktree_git`): a setup that failed
+    and is tried again finds a worktree its sandboxed command could have changed (its
+    `.git`, say), and git must not discover a repository or run a hook through that.
+    Pass the `repository` when there is one: else it is found from `checkout`."""
     copy_patterns, link_patterns = parse_patterns(copy), parse_patterns(link)
     if not copy_patterns and not link_patterns:
         return BroughtFiles()
@@ -333,8 +340,11 @@ async def bring_ignored_files(
     placed = brought.copied + brought.linked
     if not placed:
         return brought
-    checked = await run_git(
-        "check-ignore", "-z", "--stdin", cwd=worktree, env=env, check=False,
+    if repository is None:
+        repository = await Repository.discover(checkout, env)
+    git = await repository.worktree_git(worktree)
+    checked = await git.run(
+        "check-ignore", "-z", "--stdin", check=False,
         input=b"".join(os.fsencode(path) + b"\0" for path in placed),
     )  # fmt: skip
     ignored = {os.fsdecode(raw) for raw in checked.stdout.split(b"\0") if raw}
@@ -439,6 +449,7 @@ async def set_up_worktree(
     environ: Mapping[str, str],
     extra_env: Mapping[str, str],
     log: Log,
+    repository: Repository | None = None,
 ) -> None:
     """Bring the ignored files, then run the setup command, as `[worktree]` says."""
     config = settings.worktree
@@ -446,7 +457,9 @@ async def set_up_worktree(
     if config.worktreeinclude:
         copy += await read_worktreeinclude(checkout)
     if copy or config.link:
-        brought = await bring_ignored_files(checkout, worktree, copy, config.link, git_env)
+        brought = await bring_ignored_files(
+            checkout, worktree, copy, config.link, git_env, repository=repository
+        )
         for path in brought.copied:
             await log(LOG_KIND, f"copied {path}")
         for path in brought.linked:
