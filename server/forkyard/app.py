@@ -21,6 +21,7 @@ from forkyard.conversation.history import ModelHandle
 from forkyard.conversation.service import Conversation, ConversationListener, Turn
 from forkyard.errors import InvalidRequest
 from forkyard.models import ChatModel, ModelConfig, create_chat_model
+from forkyard.models.loading import load_sdks
 from forkyard.orchestrator.orchestrator import Orchestrator
 from forkyard.review.service import ReviewService
 from forkyard.settings import LoadedSettings, Settings, SettingsProblem, load_settings
@@ -133,6 +134,10 @@ class ForkyardApp:
     async def start(self, task_group: TaskGroup) -> None:
         await self.orchestrator.start(task_group)
         await self.conversation.start(task_group)
+        if self.settings.models:
+            # Loading the SDKs takes a second of a worker thread: now, while the editor
+            # is still opening, rather than when the person sends their first message.
+            task_group.start_soon(load_sdks, name="loading the model SDKs")
 
     async def reload_settings(
         self, client_settings: Mapping[str, Any] | None
