@@ -15,6 +15,7 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,12 +25,60 @@ import anyio
 from bench_dispatch import make_repo, percentile, require_done
 from forkyard.client import ForkyardClient
 
+# The fake model server of the tests: real HTTP on 127.0.0.1, no key, no network.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.fakes.model_server import FakeModelServer, Reply
+
 
 def describe(name: str, seconds: list[float]) -> str:
     ms = [s * 1000 for s in seconds]
     return (
         f"{name:<40} median {statistics.median(ms):7.2f} ms   p99 {percentile(ms, 0.99):7.2f} ms"
-        f"   (n={len(ms)})"
+        f"   max {max(ms):7.2f} ms   (n={len(ms)})"
+    )
+
+
+async def first_chat_with_a_model(repo: Path, state: Path) -> None:
+    """A fresh server with a model configured (a fake OpenAI server on 127.0.0.1): how
+    long its first `forkyard/chat` takes to answer, to its first streamed word and to the
+    end of the turn, and the loop's largest stall meanwhile (the SDK loads then)."""
+    with FakeModelServer() as model:
+        model.script(Reply(text="The first answer, streamed in a few pieces."))
+        config = model.model_config("openai").model_dump(exclude_none=True)
+        env = {**os.environ, "FORKYARD_STATE_DIR": str(state)}
+        client = await ForkyardClient.start(
+            repo, env, initialization_options={"models": {"default": config}}
+        )
+        try:
+            started = time.perf_counter()
+            result = await client.request("forkyard/chat", {"text": "hello"})
+            answered = time.perf_counter() - started
+
+            def streamed(method: str) -> bool:
+                return any(
+                    m == method and p.get("turnId") == result["turnId"]
+                    for m, p in client.notifications
+                )
+
+            await client.wait_until(lambda: streamed("forkyard/chat/delta"), timeout=60)
+            first_word = time.perf_counter() - started
+            await client.wait_until(
+                lambda: any(
+                    m == "forkyard/chat/turn"
+                    and p.get("turnId") == result["turnId"]
+                    and p.get("state") in ("completed", "failed")
+                    for m, p in client.notifications
+                ),
+                timeout=60,
+            )
+            ended = time.perf_counter() - started
+            stats = await client.request("forkyard/server/stats", {})
+        finally:
+            await client.stop()
+    print(
+        f"first chat with a model: answered {answered * 1000:.1f} ms, first word "
+        f"{first_word * 1000:.0f} ms, turn ended {ended * 1000:.0f} ms, largest loop stall "
+        f"{stats['maxLoopStallMs']:.1f} ms"
     )
 
 
@@ -97,6 +146,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="forkyard-bench-"))
     try:
         make_repo(work / "repo", args.files, 2_000)
+        anyio.run(first_chat_with_a_model, work / "repo", work / "model-state")
         anyio.run(run, work / "repo", work / "state", args.samples, args.burst)
     finally:
         shutil.rmtree(work, ignore_errors=True)
