@@ -7,6 +7,11 @@ dispatches agents one after another and times each from the request to the
 
     uv run python bench/bench_dispatch.py [--files 20000] [--runs 20]
     uv run python bench/bench_dispatch.py --quick   # CI: small sizes, seconds
+    uv run python bench/bench_dispatch.py --burst 16  # 16 at once, right after initialize
+
+With `--burst N`, a fresh server gets N dispatches at once the moment `initialize` has
+been answered, while its warm pool is still filling: each agent is timed from its own
+request to `running`; the first dispatched, and the median and p95 of all N, are printed.
 
 An agent that does not end `done` exits non-zero.
 """
@@ -88,6 +93,37 @@ async def time_dispatches(repo: Path, state: Path, runs: int, dirty: bool) -> li
     return timings
 
 
+async def time_burst(repo: Path, state: Path, count: int) -> tuple[float, list[float]]:
+    """N dispatches sent together right after `initialize` (no wait for the pool): the
+    first dispatched's dispatch -> running, and everyone's."""
+    env = {**os.environ, "FORKYARD_STATE_DIR": str(state)}
+    options = {"maxParallelAgents": count}
+    client = await ForkyardClient.start(repo, env, initialization_options=options)
+    timings: dict[int, float] = {}
+    ids: list[str] = []
+    try:
+
+        async def one(index: int, sent: anyio.Event) -> None:
+            started = time.perf_counter()
+            agent = await client.dispatch("true", backend="command", title=f"burst {index}")
+            sent.set()
+            ids.append(agent["id"])
+            await client.wait_for_agent(agent["id"], {"running", "done", "failed"}, timeout=600)
+            timings[index] = time.perf_counter() - started
+
+        async with anyio.create_task_group() as group:
+            for index in range(count):
+                sent = anyio.Event()
+                group.start_soon(one, index, sent)
+                if index == 0:
+                    await sent.wait()  # the first is the first the server numbers
+        for agent_id in ids:
+            require_done(await client.wait_for_agent(agent_id, timeout=600))
+    finally:
+        await client.stop()
+    return timings[0], [timings[index] for index in range(count)]
+
+
 def time_worktree_adds(repo: Path, target: Path, runs: int) -> list[float]:
     timings = []
     for index in range(runs):
@@ -109,9 +145,13 @@ def main() -> None:
     parser.add_argument("--file-bytes", type=int, default=2_000)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="500 files, 3 runs: for CI")
+    parser.add_argument(
+        "--burst", type=int, default=0, help="only: N dispatches at once right after start"
+    )
     args = parser.parse_args()
     if args.quick:
         args.files, args.runs = 500, 3
+        args.burst = min(args.burst, 4)
     work = Path(tempfile.mkdtemp(prefix="forkyard-bench-"))
     try:
         repo = work / "repo"
@@ -122,6 +162,11 @@ def main() -> None:
             f"repository: {args.files} files, {size.stdout.split()[0]} "
             f"(made in {time.perf_counter() - started:.1f} s)"
         )
+        if args.burst:
+            first, everyone = anyio.run(time_burst, repo, work / "state-burst", args.burst)
+            print(f"{'burst: the first dispatched -> running':<34} {first * 1000:8.1f} ms")
+            print(describe(f"burst: all {args.burst} -> running", everyone))
+            return
         clean = anyio.run(time_dispatches, repo, work / "state-clean", args.runs, False)
         (repo / "pkg000" / "module_00000.py").write_text("# edited by the user\n")
         (repo / "untracked.txt").write_text("new\n")

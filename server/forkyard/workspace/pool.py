@@ -9,7 +9,9 @@ outside the lock, points HEAD at the branch and runs a two-way `read-tree -m -u`
 the pooled commit to the agent's base, which rewrites only the files that differ. Since
 nothing ever writes into a pooled worktree, its index and files agree with its commit,
 and the result is the same tree a fresh checkout of the base would give. The pool then
-refills behind it.
+refills behind it. A dispatch finding it empty (right after start) never waits for it
+but gets a fresh checkout at once; one started while another runs yields the CPU to it
+(`nice` 19), so that the first of a burst is not as slow as the last.
 
 Rules that keep this invisible to everything else:
 
@@ -50,6 +52,8 @@ TRASH_DIR_NAME = ".trash"
 SETTLE_SECONDS = 1.1
 #: Background checkouts yield the CPU to agents and the chat.
 BACKGROUND_NICENESS = "10"
+#: A fresh checkout behind another one yields to it almost entirely.
+QUEUED_NICENESS = "19"
 #: Attributes decide how blobs become files (eol, filters): when they differ between
 #: two commits, unchanged blobs may need different files, so the pool is not used.
 _ATTRIBUTES_PATHSPEC = ":(glob)**/.gitattributes"
@@ -71,12 +75,14 @@ def checkout_options(workers: int) -> tuple[str, ...]:
     return ("-c", f"checkout.workers={workers}")
 
 
-async def background_git(git: WorktreeGit, *args: str) -> GitResult:
-    """git at a lower CPU priority, for work nobody waits on."""
+async def background_git(
+    git: WorktreeGit, *args: str, niceness: str = BACKGROUND_NICENESS
+) -> GitResult:
+    """git at a lower CPU priority, for work nobody waits on (or that waits its turn)."""
     nice = await anyio.to_thread.run_sync(shutil.which, "nice")
     if nice is None:
         return await git.run(*args)
-    command = [nice, "-n", BACKGROUND_NICENESS, "git", "-c", "core.quotepath=off"]
+    command = [nice, "-n", niceness, "git", "-c", "core.quotepath=off"]
     command += [*git.options, *args]
     done = await anyio.run_process(command, cwd=git.worktree, env=git.env, check=False)
     stderr = done.stderr.decode("utf-8", errors="replace")
@@ -99,7 +105,7 @@ async def add_worktree(
     trash_dir: Path,
     sparse_paths: Sequence[str] = (),
     checkout_workers: int = 0,
-    background: bool = False,
+    niceness: str | None = None,
 ) -> None:
     """A new worktree at `path` checked out at `commit`, on a new branch (None: detached).
 
@@ -124,8 +130,8 @@ async def add_worktree(
                 await git.run("sparse-checkout", "set", "--cone", "--", *sparse_paths)
         checkout = (*checkout_options(checkout_workers), "reset", "--hard", "--quiet")
         checkout += ("--no-recurse-submodules",)
-        if background:
-            await background_git(git, *checkout)
+        if niceness is not None:  # else at the server's own priority
+            await background_git(git, *checkout, niceness=niceness)
         else:
             await git.run(*checkout)
     except BaseException:
@@ -219,6 +225,7 @@ class WorktreePool:
         self._wake = anyio.Event()
         self._changed = anyio.Event()
         self._idle = anyio.Event()
+        self._fresh_checkouts = 0  # running now
         #: Why the last fill failed (None when it did not): shown by `forkyard status`.
         self.last_error: str | None = None
 
@@ -285,7 +292,7 @@ class WorktreePool:
                 branch=None,
                 trash_dir=self.trash_dir,
                 checkout_workers=self._settings().checkout_workers,
-                background=True,
+                niceness=BACKGROUND_NICENESS,
             )
             await self._settle(await self.repository.checkout_git(path))
             self._ready.append(PooledWorktree(path, head))
@@ -331,10 +338,10 @@ class WorktreePool:
         except GitError as exc:
             self.last_error = str(exc)
             return
-        directory = await anyio.to_thread.run_sync(_resolved, self.directory)
+        directory = Path(await anyio.Path(self.directory).resolve())
         registered: set[Path] = set()
         for info in listed:
-            path = await anyio.to_thread.run_sync(_resolved, info.path)
+            path = Path(await anyio.Path(info.path).resolve())
             if not path.is_relative_to(directory):
                 continue
             registered.add(path)
@@ -383,15 +390,17 @@ class WorktreePool:
         started = anyio.current_time()
         pooled = not sparse_paths and await self.take(path, branch, commit)
         if not pooled:
-            await add_worktree(
-                self.repository,
-                path,
-                commit=commit,
-                branch=branch,
-                trash_dir=self.trash_dir,
-                sparse_paths=sparse_paths,
-                checkout_workers=self._settings().checkout_workers,
-            )
+            behind = self._fresh_checkouts > 0
+            self._fresh_checkouts += 1
+            try:
+                await add_worktree(
+                    self.repository, path, commit=commit, branch=branch,
+                    trash_dir=self.trash_dir, sparse_paths=sparse_paths,
+                    checkout_workers=self._settings().checkout_workers,
+                    niceness=QUEUED_NICENESS if behind else None,
+                )  # fmt: skip
+            finally:
+                self._fresh_checkouts -= 1
         elapsed_ms = (anyio.current_time() - started) * 1000
         how = "pooled" if pooled else "fresh"
         if sparse_paths:
@@ -454,10 +463,6 @@ class WorktreePool:
                 return False
             raise
         return True
-
-
-def _resolved(path: Path) -> Path:
-    return path.resolve()
 
 
 def _children(directory: Path) -> list[Path]:
