@@ -6,7 +6,7 @@ missing argument) come back as text too, never as a failed turn.
 
 from __future__ import annotations
 
-import shlex
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -114,15 +114,11 @@ class ChatCommands:
 
     async def _dispatch(self, rest: str, thread_id: str | None) -> str:
         role = "worker"
-        try:
-            words = shlex.split(rest)
-        except ValueError:
-            words = rest.split()
-        if len(words) >= 2 and words[0] == "--role":
-            role = words[1]
-            task = rest.split(words[1], 1)[1].strip()
-        else:
-            task = rest
+        task = rest.strip()
+        # `--role R` is the first two words; the task is the rest exactly as typed (its
+        # quotes and spacing kept), never cut at the first place R's letters occur.
+        if match := re.match(r"--role\s+(\S+)\s*", task):
+            role, task = match.group(1), task[match.end() :]
         if not task:
             return "Usage: `/dispatch [--role R] <task>`"
         agent = await self.orchestrator.dispatch(
