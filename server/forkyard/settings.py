@@ -299,25 +299,37 @@ def merge_sources(sources: list[SettingsSource]) -> LoadedSettings:
     problems: list[SettingsProblem] = []
     for source in sources:
         values = normalise_keys(source.values)
-        for _ in range(100):
+        # Each round drops every key the validation named, so it ends: at the latest
+        # when the source has no key left.
+        while True:
             candidate = copy.deepcopy(accepted)
             _deep_merge(candidate, values)
             try:
                 Settings.model_validate(candidate)
             except ValidationError as exc:
-                error = exc.errors()[0]
-                loc = tuple(str(part) for part in error["loc"])
-                if not _has_path(values, loc[:1]):
-                    # Earlier sources were valid, so this cannot happen; if it does,
-                    # ignore the whole source rather than loop.
-                    problems.append(SettingsProblem(source.name, ".".join(loc), error["msg"]))
-                    values = {}
-                    continue
-                removed = _drop_deepest(values, loc)
-                message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-                problems.append(
-                    SettingsProblem(source.name, ".".join(removed), f"{message}; ignored")
-                )
+                dropped = False
+                for error in exc.errors():
+                    loc = tuple(str(part) for part in error["loc"])
+                    if not _has_path(values, loc[:1]):
+                        continue  # a key an earlier drop of this round already removed
+                    removed = _drop_deepest(values, loc)
+                    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+                    problems.append(
+                        SettingsProblem(source.name, ".".join(removed), f"{message}; ignored")
+                    )
+                    dropped = True
+                if not dropped:
+                    # Earlier sources were valid, so this cannot happen; if it does, the
+                    # whole source is ignored, and said so, rather than loop.
+                    error = exc.errors()[0]
+                    problems.append(
+                        SettingsProblem(
+                            source.name,
+                            ".".join(str(part) for part in error["loc"]),
+                            f"{error['msg']}; this source is ignored",
+                        )
+                    )
+                    break
                 continue
             accepted = candidate
             break

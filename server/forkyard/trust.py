@@ -225,7 +225,7 @@ def split_repository_values(
     return result
 
 
-def ignored_summary(untrusted: list[str], *, limit: int = 100) -> str:
+def ignored_summary(untrusted: list[str], *, limit: int = 88) -> str:
     """One short line naming the ignored keys and how to trust: an editor shows it as is,
     and Neovim asks to "press ENTER" for anything longer than its command line."""
     # `models.default.base_url` and `.api_key_env` read as one `models.default` here; the
@@ -236,7 +236,7 @@ def ignored_summary(untrusted: list[str], *, limit: int = 100) -> str:
         name = ".".join(parts[:2]) if parts[0] in ("models", "roles", "backends") else key
         if name not in names:
             names.append(name)
-    head, tail = ".forkyard.toml untrusted, ignored ", "; to apply: forkyard trust"
+    head, tail = ".forkyard.toml untrusted, ignored ", "; run forkyard trust"
     shown: list[str] = []
     for index, name in enumerate(names):
         more = len(names) - index - 1

@@ -28,12 +28,11 @@ async def test_bad_settings_are_reported_by_name_and_the_rest_applies(
 ) -> None:
     (repo / ".forkyard.toml").write_text("max_parallel_agents = 1\nfrobnicate = 3\n")
     client = await start_server(repo, initialization_options={"maxParallelAgents": "lots"})
-    await client.wait_until(lambda: len(messages(client)) >= 2)
-    shown = "\n".join(messages(client))
+    # One line for both, so that the editor shows no stack of messages.
+    [shown] = await client.wait_until(lambda: [m for m in messages(client) if "ignored" in m])
     assert "'frobnicate'" in shown
-    assert ".forkyard.toml" in shown
     assert "'max_parallel_agents'" in shown
-    assert "initializationOptions" in shown
+    assert len(shown) <= 88 and "\n" not in shown
     # max_parallel_agents = 1 from the file still applies: two agents run one at a time.
     first = await client.dispatch("sleep 0.5", backend="command")
     second = await client.dispatch("true", backend="command")

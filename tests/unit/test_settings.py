@@ -104,3 +104,13 @@ def test_configured_roles_join_the_builtin_ones() -> None:
 def test_state_dir_from_the_environment(tmp_path: Path) -> None:
     settings = merge_sources([]).settings
     assert settings.resolved_state_dir({"FORKYARD_STATE_DIR": str(tmp_path)}) == tmp_path
+
+
+def test_a_source_with_many_bad_keys_loses_only_those() -> None:
+    """Every bad key is named, however many there are, and the good ones still apply."""
+    values = {f"no_such_key_{n}": n for n in range(150)}
+    values.update({"max_parallel_agents": 5, "command_timeout_seconds": "soon"})
+    loaded = merge_sources([SettingsSource("editor", values)])
+    assert loaded.settings.max_parallel_agents == 5
+    named = {problem.key for problem in loaded.problems}
+    assert named == {*(f"no_such_key_{n}" for n in range(150)), "command_timeout_seconds"}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,14 @@ from lsprotocol import types
 from pygls.uris import to_fs_path
 
 from forkyard.errors import InvalidRequest
+from forkyard.lsp.notices import settings_notices
 from forkyard.lsp.server import ForkyardServer
 from forkyard.settings import SettingsProblem
 from forkyard_protocol.messages import TrustResult
 
 TRUST_USAGE = 'forkyard.trust takes [], [path] or [{"path"?: string, "revoke"?: boolean}]'
+
+logger = logging.getLogger(__name__)
 
 
 def _forkyard_section(settings: Any) -> Mapping[str, Any] | None:
@@ -44,9 +48,12 @@ def raise_usage() -> Any:
 
 
 def show_problems(ls: ForkyardServer, problems: list[SettingsProblem]) -> None:
+    """All of them in the log, one line to the person (`lsp/notices.py`)."""
     for problem in problems:
+        logger.warning("%s", problem)
+    for notice in settings_notices(problems):
         ls.window_show_message(
-            types.ShowMessageParams(type=types.MessageType.Warning, message=str(problem))
+            types.ShowMessageParams(type=types.MessageType.Warning, message=notice)
         )
 
 

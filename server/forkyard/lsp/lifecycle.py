@@ -12,6 +12,7 @@ from pygls.uris import to_fs_path
 
 import forkyard
 from forkyard.app import ForkyardApp
+from forkyard.lsp.config import show_problems
 from forkyard.lsp.server import ForkyardServer
 from forkyard.settings import current_environ
 from forkyard.tools.sandbox import probe_sandbox
@@ -73,10 +74,7 @@ def register(server: ForkyardServer) -> None:
     @server.feature(types.INITIALIZED)
     async def initialized(ls: ForkyardServer, _params: Any) -> None:
         app = ls.require_app()
-        for problem in app.loaded.problems:
-            ls.window_show_message(
-                types.ShowMessageParams(type=types.MessageType.Warning, message=str(problem))
-            )
+        show_problems(ls, app.loaded.problems)
         sandbox = await probe_sandbox()
         if not sandbox.available:
             # Said once per session: commands are refused (or, if the user allowed it,

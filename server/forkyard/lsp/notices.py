@@ -13,12 +13,20 @@ Notices are one short line: an editor shows a message wider than its command lin
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from forkyard.settings import SettingsProblem
 
 #: Longest notice we send: with the prefix stock Neovim puts before it
 #: ("LSP[forkyard][Info] "), it fits the command line of a 100-column terminal beside
 #: the ruler.
 MAX_NOTICE_CHARS = 64
+#: A notice that must name something (a setting, a reason) may take a 100-column
+#: terminal's whole command line beside the ruler, as Neovim measures it.
+MAX_DETAIL_CHARS = 88
 #: An agent's title inside a notice keeps at least this much when the notice is cut.
 MIN_TITLE_CHARS = 12
 
@@ -50,3 +58,20 @@ def short_notice(text: str) -> str:
         room = max(MAX_NOTICE_CHARS - (len(line) - len(title)), MIN_TITLE_CHARS)
         line = line[: start + 2] + cut(title, room) + line[end:]
     return cut(line, MAX_NOTICE_CHARS)
+
+
+def settings_notices(problems: Sequence[SettingsProblem]) -> list[str]:
+    """The lines to show for the settings problems of a (re)load, however many there are:
+    messages in a row stack up into a prompt too. A problem that brings its own one-line
+    summary (an untrusted repository's ignored keys, with how to trust) keeps it; the
+    others share one line naming each key and its source. The whole list goes to the log."""
+    lines = [cut(p.summary, MAX_DETAIL_CHARS) for p in problems if p.summary is not None]
+    plain = [p for p in problems if p.summary is None]
+    if len(plain) == 1:
+        lines.append(cut(str(plain[0]), MAX_DETAIL_CHARS))
+    elif plain:
+        named = ", ".join(f"'{p.key}' ({PurePath(p.source).name})" for p in plain)
+        if len(named) > MAX_DETAIL_CHARS - 30:  # the keys alone, their sources in the log
+            named = ", ".join(f"'{p.key}'" for p in plain)
+        lines.append(cut(f"Forkyard ignored {named}; see the log", MAX_DETAIL_CHARS))
+    return lines
