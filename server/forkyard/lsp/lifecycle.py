@@ -13,6 +13,7 @@ from pygls.uris import to_fs_path
 import forkyard
 from forkyard.app import ForkyardApp
 from forkyard.lsp.config import show_problems
+from forkyard.lsp.notices import MAX_DETAIL_CHARS, cut
 from forkyard.lsp.server import ForkyardServer
 from forkyard.settings import current_environ
 from forkyard.tools.sandbox import probe_sandbox
@@ -80,15 +81,14 @@ def register(server: ForkyardServer) -> None:
             # Said once per session: commands are refused (or, if the user allowed it,
             # run unsandboxed) until bubblewrap can run.
             allowed = app.settings.allow_unsandboxed_commands
+            logger.warning("cannot sandbox agent commands: %s", sandbox.reason)
+            verdict = "run UNSANDBOXED" if allowed else "are refused"
             ls.window_show_message(
                 types.ShowMessageParams(
                     type=types.MessageType.Warning,
-                    message=f"Forkyard cannot sandbox agent commands: {sandbox.reason}. "
-                    + (
-                        "They run unsandboxed, as allow_unsandboxed_commands says."
-                        if allowed
-                        else "They are refused until bubblewrap works, or until you set "
-                        "allow_unsandboxed_commands = true."
+                    message=cut(
+                        f"Forkyard: no sandbox, agent commands {verdict}: {sandbox.reason}",
+                        MAX_DETAIL_CHARS,
                     ),
                 )
             )
