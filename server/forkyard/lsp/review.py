@@ -261,12 +261,18 @@ class Review:
                 confined.write_files, self.root, build.server_writes
             )
             build.touched = [path for path in build.touched if path not in failed]
+            # One line (a longer one is cut): what went wrong first, the rest in the
+            # apply's conflicts.
+            written = len(build.server_writes) - len(failed)
+            message = (
+                f"Forkyard did not write {len(failed)} file(s): {next(iter(failed.values()))}"
+                if failed
+                else f"Forkyard created or deleted {written} file(s) itself (your editor can't)"
+            )
             self.server.window_show_message(
                 types.ShowMessageParams(
                     type=types.MessageType.Warning if failed else types.MessageType.Info,
-                    message=f"Forkyard created or deleted {len(build.server_writes) - len(failed)}"
-                    " file(s) itself: your editor does not support file operations in edits"
-                    + "".join(f"; {reason}" for reason in failed.values()),
+                    message=message,
                 )
             )
         conflicts = plan.conflicts + [Conflict(path=p, reason=r) for p, r in failed.items()]

@@ -29,7 +29,11 @@ from pygls.protocol import (
 import forkyard
 from forkyard.app import ForkyardApp
 from forkyard.errors import InvalidRequest
-from forkyard.lsp.notices import client_shows_actions_without_blocking
+from forkyard.lsp.notices import (
+    MAX_DETAIL_CHARS,
+    client_shows_actions_without_blocking,
+    cut,
+)
 from forkyard.lsp.supervisor import Supervisor, one_line, redact, secret_values
 from forkyard.lsp.wire import (
     ByteSource,
@@ -142,6 +146,15 @@ class ForkyardServer(LanguageServer):
         if self.task_group is None:
             raise RuntimeError("the supervisor task group is not running")
         self.task_group.start_soon(func, name=name)
+
+    def window_show_message(self, params: types.ShowMessageParams) -> None:
+        """Every message the person sees is one line that fits (`lsp/notices.py`): a
+        longer one raises a prompt in terminal editors. Whatever is cut is in the log."""
+        line = cut(params.message, MAX_DETAIL_CHARS)
+        if line != params.message:
+            logger.info("message shown cut to one line: %s", params.message)
+            params = types.ShowMessageParams(type=params.type, message=line)
+        super().window_show_message(params)
 
     def tell_user(self, text: str) -> None:
         self.window_show_message(
