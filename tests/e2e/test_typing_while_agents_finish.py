@@ -85,6 +85,18 @@ def type_until_agents_are_done(
     return words
 
 
+def type_and_check(
+    terminal: Terminal, states: Path, notes: Path, save: Callable[[Terminal], None]
+) -> None:
+    """Type while the agents finish, save, and check what the person would: every word in
+    the file, no prompt on any screen seen, all three agents done."""
+    words = type_until_agents_are_done(terminal, states, notes, save)
+    assert notes.read_text().split() == words, "every typed character is in the file"
+    seen = [s for s in terminal.screens if prompt_on(s) is not None]
+    assert not seen, f"a prompt interrupted the person:\n{seen[0]}"
+    assert done_count(states) == 3
+
+
 def save_in_neovim(terminal: Terminal) -> None:
     terminal.key("Escape")
     terminal.type(":w\r")
@@ -123,11 +135,7 @@ def test_typing_in_neovim_is_never_interrupted_by_agents_finishing(
         terminal.start([NVIM, "--clean", "-u", str(init), "-n", str(notes)], cwd=repo, env=env)
         terminal.wait_for("Neovim", lambda screen: "notes.txt" in screen)
         terminal.key("i")
-        words = type_until_agents_are_done(terminal, states, notes, save_in_neovim)
-        assert notes.read_text().split() == words, "every typed character is in the file"
-        seen = [s for s in terminal.screens if prompt_on(s) is not None]
-        assert not seen, f"a prompt interrupted the person:\n{seen[0]}"
-        assert done_count(states) == 3
+        type_and_check(terminal, states, notes, save_in_neovim)
     finally:
         terminal.close()
 
@@ -149,10 +157,6 @@ def test_typing_in_emacs_with_eglot_is_never_interrupted_by_agents_finishing(
             env=terminal_env(server_env, states),
         )
         terminal.wait_for("eglot connected", lambda _: done_count(states) >= 0 and states.exists())
-        words = type_until_agents_are_done(terminal, states, notes, save_in_emacs)
-        assert notes.read_text().split() == words, "every typed character is in the file"
-        seen = [s for s in terminal.screens if prompt_on(s) is not None]
-        assert not seen, f"a prompt interrupted the person:\n{seen[0]}"
-        assert done_count(states) == 3
+        type_and_check(terminal, states, notes, save_in_emacs)
     finally:
         terminal.close()

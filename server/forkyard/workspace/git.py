@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +32,13 @@ from forkyard.workspace.hardened import (
     checkout_git,
     parse_ident,
 )
-from forkyard.workspace.runner import GitError, GitResult, git_environment, run_git
+from forkyard.workspace.runner import (
+    GitError,
+    GitResult,
+    git_environment,
+    run_git,
+    tree_through_a_copy_of,
+)
 
 #: Re-exported: the rest of Forkyard imports git's errors and runner from here.
 __all__ = [
@@ -58,17 +63,6 @@ AGENT_BRANCH_PREFIX = "refs/heads/forkyard/"
 _HALF_WRITTEN = re.compile(r"failed to read .*worktrees/")
 _LIST_ATTEMPTS = 5
 
-#: Options for `git add -A` into a temporary index: a split index would write shared
-#: index files into the repository, and the embedded-repository advice is noise here.
-_TEMP_INDEX_ADD = (
-    "-c",
-    "core.splitIndex=false",
-    "-c",
-    "advice.addEmbeddedRepo=false",
-    "add",
-    "-A",
-)
-
 
 async def checkout_tree(root: Path, env: Mapping[str, str]) -> str:
     """The tree sha of the checkout at `root` exactly as it is on disk: tracked files as
@@ -79,21 +73,13 @@ async def checkout_tree(root: Path, env: Mapping[str, str]) -> str:
     that changed are read again: fast on large repositories, and racy-git safe.
     """
     index = root / (await run_git("rev-parse", "--git-path", "index", cwd=root, env=env)).line
-    scratch = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, None, "forkyard-index-"))
-    try:
-        temp_index = scratch / "index"
-        await anyio.to_thread.run_sync(_copy_if_present, index, temp_index)
-        temp_env = {**env, "GIT_INDEX_FILE": str(temp_index)}
-        await run_git(*_TEMP_INDEX_ADD, cwd=root, env=temp_env)
-        return (await run_git("write-tree", cwd=root, env=temp_env)).line
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
 
+    base_env = env
 
-def _copy_if_present(source: Path, target: Path) -> None:
-    if source.is_file():
-        shutil.copy2(source, target)
+    async def run(*args: str, env: Mapping[str, str]) -> GitResult:
+        return await run_git(*args, cwd=root, env={**base_env, **env})
+
+    return await tree_through_a_copy_of(index, run)
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,7 +43,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from forkyard.workspace.runner import GitError, GitResult, run_git
+from forkyard.workspace.runner import GitError, GitResult, run_git, tree_through_a_copy_of
 
 #: Variables kept from the server's environment for git on an agent's worktree: what git
 #: needs to find programs, decode names and write temporary files; nothing that could
@@ -289,22 +287,6 @@ def parse_ident(line: str) -> tuple[str, str] | None:
 
 
 async def tree_of(git: WorktreeGit) -> str:
-    """The tree sha of the worktree's files as they are (tracked, untracked but not
-    ignored, deletions), through a temporary copy of its index: the index itself, which
-    the agent or its tools may have staged anything in, is left as it was. The copy
-    keeps git's cached stat data, so only changed files are read again."""
-    scratch = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, None, "forkyard-index-"))
-    try:
-        temp_index = scratch / "index"
-        await anyio.to_thread.run_sync(_copy_if_present, git.index, temp_index)
-        env = {"GIT_INDEX_FILE": str(temp_index)}
-        await git.run("-c", "core.splitIndex=false", "add", "-A", env=env)
-        return (await git.run("write-tree", env=env)).line
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
-
-
-def _copy_if_present(source: Path, target: Path) -> None:
-    if source.is_file():
-        shutil.copy2(source, target)
+    """The tree sha of the worktree's files as they are, its own index untouched (the
+    agent or its tools may have staged anything there)."""
+    return await tree_through_a_copy_of(git.index, git.run)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 
 from forkyard.errors import ForkyardError
 
@@ -100,3 +103,35 @@ async def run_git(
             stderr=stderr,
         )
     return result
+
+
+#: Runs git with extra environment variables, in whatever repository the caller means.
+GitRun = Callable[..., Awaitable[GitResult]]
+
+
+async def tree_through_a_copy_of(index: Path, run: GitRun) -> str:
+    """The tree sha of a work tree's files as they are on disk (tracked, untracked but
+    not ignored, deletions), through a temporary copy of its index, so the index itself
+    (the user's, or an agent's that anything may be staged in) is left as it was. The
+    copy keeps git's cached stat data, so only changed files are read again: fast on
+    large repositories, and racy-git safe. `run(*args, env=...)` runs git there."""
+    scratch = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, None, "forkyard-index-"))
+    try:
+        temp_index = scratch / "index"
+        await anyio.to_thread.run_sync(_copy_if_present, index, temp_index)
+        env = {"GIT_INDEX_FILE": str(temp_index)}
+        # A split index would write shared index files into the repository, and the
+        # embedded-repository advice is noise here.
+        await run(
+            "-c", "core.splitIndex=false", "-c", "advice.addEmbeddedRepo=false", "add", "-A",
+            env=env,
+        )  # fmt: skip
+        return (await run("write-tree", env=env)).line
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
+
+
+def _copy_if_present(source: Path, target: Path) -> None:
+    if source.is_file():
+        shutil.copy2(source, target)

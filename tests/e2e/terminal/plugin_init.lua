@@ -4,7 +4,6 @@
 -- server attaches.
 vim.opt.runtimepath:prepend(assert(os.getenv('FORKYARD_TEST_PLUGIN')))
 local states = assert(os.getenv('FORKYARD_TEST_STATES'))
-local tasks = vim.json.decode(assert(os.getenv('FORKYARD_TEST_TASKS')))
 
 require('forkyard').setup({ cmd = vim.json.decode(assert(os.getenv('FORKYARD_TEST_SERVER_CMD'))) })
 
@@ -17,12 +16,4 @@ vim.api.nvim_create_autocmd('User', {
   end,
 })
 
-vim.api.nvim_create_autocmd('LspAttach', {
-  once = true,
-  callback = function(args)
-    local client = assert(vim.lsp.get_client_by_id(args.data.client_id))
-    for _, task in ipairs(tasks) do
-      client:request('workspace/executeCommand', { command = 'forkyard.dispatch', arguments = { task } })
-    end
-  end,
-})
+dofile(vim.fs.joinpath(vim.fs.dirname(debug.getinfo(1, 'S').source:sub(2)), 'dispatch_on_attach.lua'))

@@ -2,7 +2,6 @@
 -- Instrumentation for the test, not part of what a user configures: agents' states go to
 -- FORKYARD_TEST_STATES, and three command agents are dispatched once the server attaches.
 local states = assert(os.getenv('FORKYARD_TEST_STATES'))
-local tasks = vim.json.decode(assert(os.getenv('FORKYARD_TEST_TASKS')))
 
 local function record(agent)
   local file = assert(io.open(states, 'a'))
@@ -28,12 +27,4 @@ vim.lsp.handlers['forkyard/agent/changed'] = function(_, params)
   record(params.agent)
 end
 
-vim.api.nvim_create_autocmd('LspAttach', {
-  once = true,
-  callback = function(args)
-    local client = assert(vim.lsp.get_client_by_id(args.data.client_id))
-    for _, task in ipairs(tasks) do
-      client:request('workspace/executeCommand', { command = 'forkyard.dispatch', arguments = { task } })
-    end
-  end,
-})
+dofile(vim.fs.joinpath(vim.fs.dirname(debug.getinfo(1, 'S').source:sub(2)), 'dispatch_on_attach.lua'))
