@@ -70,3 +70,17 @@ def blocking_guard(request: pytest.FixtureRequest) -> Iterator[BlockBuster | Non
         yield guard
     finally:
         guard.deactivate()
+
+
+@pytest.fixture
+async def working_bwrap() -> None:
+    """Skip only where bwrap is not installed; an installed bwrap that cannot run is a
+    failure, since the server would then refuse to run commands."""
+    from forkyard.tools.sandbox import probe_sandbox, sandbox_available
+
+    available, reason = sandbox_available()
+    if not available and "not installed" in reason:
+        pytest.skip(reason)
+    status = await probe_sandbox()
+    assert status.available, f"bwrap is installed but cannot run here: {status.reason}"
+    assert sandbox_available() == (True, status.reason), "the probe's answer is remembered"

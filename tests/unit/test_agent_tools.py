@@ -18,7 +18,7 @@ import pytest
 
 from forkyard.settings import BUILTIN_ROLES, AgentLimits, RoleConfig, Settings
 from forkyard.tools.agent_tools import TOOL_NAMES, ToolBox, ToolResult
-from forkyard.tools.sandbox import SandboxStatus, probe_sandbox, sandbox_available
+from forkyard.tools.sandbox import SandboxStatus
 from forkyard.tools.search import ripgrep_path
 from tests.helpers import git
 
@@ -45,15 +45,6 @@ def outside(tmp_path: Path) -> Path:
     directory.mkdir()
     (directory / "secret.txt").write_text("outside secret\n")
     return directory
-
-
-@pytest.fixture
-async def working_bwrap() -> None:
-    available, reason = sandbox_available()
-    if not available and "not installed" in reason:
-        pytest.skip(reason)
-    status = await probe_sandbox()
-    assert status.available, f"bwrap is installed but cannot run here: {status.reason}"
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from forkyard.agents.base import RunOutcome
 from forkyard.agents.llm import ELIDED, LlmBackend
 from forkyard.settings import BUILTIN_ROLES, AgentLimits, RoleConfig, Settings
 from forkyard.tools.agent_tools import ApprovalAnswer
-from forkyard.tools.sandbox import probe_sandbox, sandbox_available
 from tests.fakes.model_server import FakeModelServer, RecordedRequest, Reply
 from tests.helpers import git
 
@@ -77,14 +76,6 @@ async def backend() -> AsyncIterator[LlmBackend]:
     backend = LlmBackend()
     yield backend
     await backend.aclose()
-
-
-@pytest.fixture
-async def working_bwrap() -> None:
-    available, reason = sandbox_available()
-    if not available and "not installed" in reason:
-        pytest.skip(reason)
-    assert (await probe_sandbox()).available
 
 
 def make_settings(server: FakeModelServer, **limits: Any) -> Settings:

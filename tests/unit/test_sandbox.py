@@ -22,28 +22,17 @@ from forkyard.tools.sandbox import (
     DEFAULT_ENV_ALLOWLIST,
     SANDBOX_HOME,
     SandboxPolicy,
-    probe_sandbox,
-    sandbox_available,
     sandboxed_argv,
     scrubbed_env,
     unsandboxed_argv,
 )
 from tests.helpers import git, make_repo
 
+pytestmark = pytest.mark.usefixtures("working_bwrap")
+
+
 PYTHON = shlex.quote(sys.executable)
 SECRET = "sk-test-secret"
-
-
-@pytest.fixture(autouse=True)
-async def working_bwrap() -> None:
-    """Skip only where bwrap is not installed; an installed bwrap that cannot run is a
-    failure, since the server would then refuse to run commands."""
-    available, reason = sandbox_available()
-    if not available and "not installed" in reason:
-        pytest.skip(reason)
-    status = await probe_sandbox()
-    assert status.available, f"bwrap is installed but cannot run here: {status.reason}"
-    assert sandbox_available() == (True, status.reason)
 
 
 @pytest.fixture

@@ -25,8 +25,6 @@ from forkyard.settings import BUILTIN_ROLES, SandboxSettings, Settings, Worktree
 from forkyard.tools.process import ProcessResult, run_streaming
 from forkyard.tools.sandbox import (
     SandboxPolicy,
-    probe_sandbox,
-    sandbox_available,
     sandboxed_argv,
     scrubbed_env,
 )
@@ -35,16 +33,10 @@ from forkyard.workspace.setup import bring_ignored_files
 from tests.fakes.agent_context import FakeAgentContext, Workspace, make_workspace, server_environ
 from tests.helpers import GIT_ENV, git, processes_with, wait_for_processes_with
 
+pytestmark = pytest.mark.usefixtures("working_bwrap")
+
+
 SECRET = "forkyard-attack-secret-2718"
-
-
-@pytest.fixture(autouse=True)
-async def working_bwrap() -> None:
-    available, reason = sandbox_available()
-    if not available and "not installed" in reason:
-        pytest.skip(reason)
-    status = await probe_sandbox()
-    assert status.available, f"bwrap is installed but cannot run here: {status.reason}"
 
 
 @pytest.fixture
