@@ -220,11 +220,18 @@ async def test_a_failing_log_flush_loses_nothing_and_the_flusher_starts_again(
 
 async def test_the_supervisor_contains_failures_and_lets_cancellation_through() -> None:
     told: list[str] = []
+    both_told = anyio.Event()
     sibling_ran = anyio.Event()
     secret = "sk-very-secret-value-123"
+
+    def report(line: str) -> None:
+        told.append(line)
+        if len(told) == 2:
+            both_told.set()
+
     with anyio.fail_after(10):
         async with anyio.create_task_group() as task_group:
-            supervisor = Supervisor(task_group, report=told.append, secrets=lambda: [secret])
+            supervisor = Supervisor(task_group, report=report, secrets=lambda: [secret])
 
             async def boom() -> None:
                 raise ValueError(f"bad thing with {secret} " + "x" * 500)
@@ -234,7 +241,7 @@ async def test_the_supervisor_contains_failures_and_lets_cancellation_through() 
                     inner.start_soon(boom)
 
             async def sibling() -> None:
-                await anyio.sleep(0.05)
+                await both_told.wait()  # still running after both failures
                 sibling_ran.set()
                 await anyio.sleep_forever()
 
