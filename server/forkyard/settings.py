@@ -53,10 +53,6 @@ class RoleConfig(BaseModel):
     #: names `paths` overrides them. None: whole worktrees.
     paths: list[str] | None = None
 
-    @property
-    def can_write(self) -> bool:
-        return self.worktree
-
 
 BUILTIN_ROLES: dict[str, RoleConfig] = {
     "explorer": RoleConfig(
@@ -169,6 +165,12 @@ class Settings(BaseModel):
     #: and test runs of agents never make the editor or the user's own work stutter;
     #: "normal": at the server's priority.
     agent_priority: Literal["background", "normal"] = "background"
+    #: How long `forkyard daemon` runs on with no front connected and no agent running
+    #: before it exits; 0: it exits as soon as that happens.
+    daemon_idle_seconds: float = Field(default=900.0, ge=0)
+    #: How long an approval (a tool use the role's policy asks about) waits for the
+    #: person's answer; no answer by then is Deny.
+    approval_timeout_seconds: float = Field(default=600.0, gt=0)
 
     def role(self, name: str) -> RoleConfig | None:
         """A configured role, else a built-in one, else None."""

@@ -159,6 +159,8 @@ UNTRUSTED_REPOSITORY_KEYS = frozenset(
         "max_parallel_agents",
         "command_timeout_seconds",
         "max_log_entries_per_agent",
+        "daemon_idle_seconds",
+        "approval_timeout_seconds",
         "agent",
         "worktree.pool_size",
         "worktree.checkout_workers",

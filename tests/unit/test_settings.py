@@ -108,9 +108,62 @@ def test_state_dir_from_the_environment(tmp_path: Path) -> None:
 
 def test_a_source_with_many_bad_keys_loses_only_those() -> None:
     """Every bad key is named, however many there are, and the good ones still apply."""
-    values = {f"no_such_key_{n}": n for n in range(150)}
+    values: dict[str, object] = {f"no_such_key_{n}": n for n in range(150)}
     values.update({"max_parallel_agents": 5, "command_timeout_seconds": "soon"})
     loaded = merge_sources([SettingsSource("editor", values)])
     assert loaded.settings.max_parallel_agents == 5
     named = {problem.key for problem in loaded.problems}
     assert named == {*(f"no_such_key_{n}" for n in range(150)), "command_timeout_seconds"}
+
+
+def test_daemon_idle_and_approval_timeout_defaults() -> None:
+    settings = merge_sources([]).settings
+    assert settings.daemon_idle_seconds == 900
+    assert settings.approval_timeout_seconds == 600
+
+
+def test_daemon_idle_and_approval_timeout_from_the_user_file_and_the_editor(
+    tmp_path: Path,
+) -> None:
+    env = environ_for(tmp_path)
+    user_file = tmp_path / "config" / "forkyard" / "config.toml"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text("daemon_idle_seconds = 0\napproval_timeout_seconds = 30\n")
+    loaded = load_settings(None, env)
+    assert loaded.problems == []
+    assert loaded.settings.daemon_idle_seconds == 0, "0 is allowed: exit when idle"
+    assert loaded.settings.approval_timeout_seconds == 30
+    loaded = load_settings(None, env, initialization_options={"daemonIdleSeconds": 120})
+    assert loaded.settings.daemon_idle_seconds == 120, "camelCase from the editor"
+    assert loaded.settings.approval_timeout_seconds == 30
+
+
+def test_an_untrusted_repository_may_set_the_two_limits(tmp_path: Path) -> None:
+    """Both are harmless timings (trust.py's allow-list): an unanswered approval is a Deny
+    whenever it times out, and the idle time only keeps the daemon alive or not."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".forkyard.toml").write_text(
+        "daemon_idle_seconds = 60\napproval_timeout_seconds = 45\n"
+    )
+    loaded = load_settings(repo, environ_for(tmp_path))
+    assert not loaded.trusted
+    assert loaded.ignored_keys == []
+    assert loaded.settings.daemon_idle_seconds == 60
+    assert loaded.settings.approval_timeout_seconds == 45
+
+
+def test_bad_daemon_idle_and_approval_timeout_are_named_and_defaults_hold(
+    tmp_path: Path,
+) -> None:
+    env = environ_for(tmp_path)
+    user_file = tmp_path / "config" / "forkyard" / "config.toml"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text("daemon_idle_seconds = -1\napproval_timeout_seconds = 0\n")
+    loaded = load_settings(None, env, initialization_options={"approvalTimeoutSeconds": "a while"})
+    messages = [str(problem) for problem in loaded.problems]
+    assert any("'daemon_idle_seconds'" in m and "config.toml" in m for m in messages), messages
+    assert any("'approval_timeout_seconds'" in m and "config.toml" in m for m in messages)
+    assert any("'approval_timeout_seconds'" in m and "initializationOptions" in m for m in messages)
+    assert loaded.settings.daemon_idle_seconds == 900
+    assert loaded.settings.approval_timeout_seconds == 600
