@@ -11,7 +11,13 @@ import {
   State,
   TransportKind,
 } from "vscode-languageclient/node";
-import type { ForkyardNotifications, ParamsOf, RequestMethod, ResultOf, ServerCapabilities } from "./protocol";
+import type {
+  ForkyardCapabilities,
+  ForkyardNotifications,
+  ParamsOf,
+  RequestMethod,
+  ResultOf,
+} from "./protocol";
 import type { DoneAction } from "./agents/model";
 import { handleMessageRequests } from "./notices";
 import { type ProgressPlacement, showServerProgress } from "./progress";
@@ -42,7 +48,7 @@ export class ForkyardConnection implements vscode.Disposable {
   private readonly disposables: vscode.Disposable[] = [];
   /** Fires each time a server (re)starts and is initialized. */
   readonly onReady = this.readyEmitter.event;
-  capabilities: ServerCapabilities | undefined;
+  capabilities: ForkyardCapabilities | undefined;
   /** What the buttons of an agent's "done" notice do (set by the extension). */
   onDoneNotice: (agentNumber: string, action: DoneAction) => Promise<void> = async () => undefined;
   private clientDisposables: vscode.Disposable[] = [];
@@ -145,7 +151,7 @@ export class ForkyardConnection implements vscode.Disposable {
 
   private readCapabilities(client: LanguageClient): void {
     const experimental = client.initializeResult?.capabilities.experimental as
-      | { forkyard?: ServerCapabilities }
+      | { forkyard?: ForkyardCapabilities }
       | undefined;
     this.capabilities = experimental?.forkyard;
   }

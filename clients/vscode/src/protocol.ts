@@ -9,13 +9,21 @@ export type NotificationMethod = keyof ForkyardNotifications;
 export type ParamsOf<M extends RequestMethod> = ForkyardRequests[M]["params"];
 export type ResultOf<M extends RequestMethod> = ForkyardRequests[M]["result"];
 
-/** States in which an agent will still change by itself. */
-export const ACTIVE_STATES: ReadonlySet<AgentState> = new Set(["queued", "starting", "running"]);
+/** States in which an agent holds one of the server's `maxParallelAgents` slots: the
+ * same set as `ACTIVE_STATES` of `forkyard_protocol.models` (a queued agent holds none). */
+export const ACTIVE_STATES: ReadonlySet<AgentState> = new Set(["starting", "running"]);
 
-/** What the server's `experimental.forkyard` capability holds (see lifecycle.py). */
-export interface ServerCapabilities {
-  version: number;
-  roles: string[];
-  backends: string[];
-  backendDetails?: { name: string; available: boolean; reason?: string | null }[];
-}
+/** States an agent leaves only when someone acts on it (apply, discard, a follow-up): the
+ * same set as `FINAL_STATES` of `forkyard_protocol.models`. */
+export const FINAL_STATES: ReadonlySet<AgentState> = new Set([
+  "done",
+  "applied",
+  "discarded",
+  "failed",
+  "cancelled",
+  "interrupted",
+]);
+
+/** States in which an agent still changes by itself, so it can be cancelled: queued or
+ * active. */
+export const CANCELLABLE_STATES: ReadonlySet<AgentState> = new Set(["queued", ...ACTIVE_STATES]);
