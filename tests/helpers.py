@@ -91,3 +91,24 @@ async def wait_for_processes_with(marker: str, count: int, seconds: float = 15) 
         while len(await anyio.to_thread.run_sync(processes_with, marker)) != count:  # noqa: ASYNC110
             await anyio.sleep(0.05)
     return await anyio.to_thread.run_sync(processes_with, marker)
+
+
+async def kill_daemon(env: dict[str, str]) -> int:
+    """SIGKILL the daemon of the environment's state directory (as an OOM killer would)
+    and return once it is gone (on its pidfd). Returns its pid."""
+    import signal
+
+    import anyio
+
+    from forkyard.daemon.paths import DaemonPaths, read_pid
+
+    pid = read_pid(DaemonPaths(Path(env["FORKYARD_STATE_DIR"])))
+    assert pid is not None, "no daemon runs for this state directory"
+    fd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(10):
+            await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)
+    return pid

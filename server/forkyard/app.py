@@ -16,19 +16,20 @@ from forkyard.agents.base import Availability, Backend
 from forkyard.agents.command import CommandBackend
 from forkyard.agents.external import external_backends
 from forkyard.agents.llm import LlmBackend
+from forkyard.approvals import Approvals
+from forkyard.bus import EventBus
 from forkyard.conversation.commands import ChatCommands
 from forkyard.conversation.history import ModelHandle
-from forkyard.conversation.service import Conversation, ConversationListener, Turn
+from forkyard.conversation.service import Conversation
 from forkyard.errors import InvalidRequest
 from forkyard.models import ChatModel, ModelConfig, create_chat_model
 from forkyard.models.loading import load_sdks
 from forkyard.orchestrator.orchestrator import Orchestrator
-from forkyard.review.service import ReviewService
 from forkyard.settings import LoadedSettings, Settings, SettingsProblem, load_settings
 from forkyard.store import Store
 from forkyard.trust import TrustError, repository_key, set_trust, trust_file
 from forkyard.workspace.git import Repository
-from forkyard_protocol.models import Message
+from forkyard_protocol.models import Agent
 
 CHAT_MODEL = "default"
 
@@ -43,14 +44,6 @@ class TrustChange:
     ignored_keys: list[str]
     trust_file: Path
     problems: list[SettingsProblem]
-
-
-class _NoListener:
-    """Until an editor attaches its listener, conversation events go nowhere."""
-
-    def delta(self, turn: Turn, delta: str) -> None: ...
-    def message(self, message: Message) -> None: ...
-    def turn(self, turn: Turn, error: str | None) -> None: ...
 
 
 def builtin_backends() -> dict[str, Backend]:
@@ -76,9 +69,11 @@ class ForkyardApp:
         self.environ = environ
         self.initialization_options = initialization_options
         self.client_settings: Mapping[str, Any] | None = None
+        self.owns_store = True
         # One-line notices (the untrusted keys) are said once per session; `initialized`
         # shows the first load's.
         self._reported = {str(p) for p in loaded.problems if p.summary is not None}
+        self.bus = EventBus()
         self.orchestrator = Orchestrator(
             repository,
             store,
@@ -86,18 +81,25 @@ class ForkyardApp:
             {**external_backends(loaded.settings), **builtin_backends()},
             state_dir,
             environ,
+            self.bus,
         )
+        self.approvals = Approvals(
+            self.bus, lambda: self.settings.approval_timeout_seconds, self._waiting_for
+        )
+        self.orchestrator.approver = self.approvals.ask
         self._chat_model: tuple[ModelConfig, ChatModel] | None = None
         self._retired_models: list[ChatModel] = []
-        self.review = ReviewService(self.orchestrator)
         self.commands = ChatCommands(self.orchestrator)
-        self.conversation = Conversation(
-            store, self.orchestrator, self.chat_model, _NoListener(), self.commands
-        )
-        self.orchestrator.add_listener(self.conversation)
+        self.conversation = Conversation(store, self.orchestrator, self.chat_model, self.commands)
 
-    def set_conversation_listener(self, listener: ConversationListener) -> None:
-        self.conversation.listener = listener
+    def _waiting_for(self, agent: Agent, what: str | None) -> None:
+        """An agent waiting for an approval stays `running`; its progress says so."""
+        try:
+            runtime = self.orchestrator.resolve(agent.id)
+        except InvalidRequest:
+            return
+        if runtime.agent.state == "running":
+            self.orchestrator.progress(runtime, what or "running", None)
 
     def chat_model(self) -> ModelHandle | None:
         """The configured chat model, created once per configuration. A configuration
@@ -122,14 +124,23 @@ class ForkyardApp:
         root: Path,
         environ: Mapping[str, str],
         initialization_options: Mapping[str, Any] | None = None,
+        *,
+        state_dir: Path | None = None,
+        client_settings: Mapping[str, Any] | None = None,
+        store: Store | None = None,
     ) -> ForkyardApp:
+        """`state_dir` and `store`: the daemon's, shared by every repository it serves."""
         repository = await Repository.discover(root)
         loaded = await anyio.to_thread.run_sync(
-            load_settings, repository.root, environ, initialization_options, None
+            load_settings, repository.root, environ, initialization_options, client_settings
         )
-        state_dir = loaded.settings.resolved_state_dir(environ)
-        store = await Store.open(state_dir)
-        return cls(repository, loaded, store, state_dir, environ, initialization_options)
+        state_dir = state_dir or loaded.settings.resolved_state_dir(environ)
+        shared = store is not None
+        store = store or await Store.open(state_dir)
+        app = cls(repository, loaded, store, state_dir, environ, initialization_options)
+        app.client_settings = client_settings
+        app.owns_store = not shared
+        return app
 
     async def start(self, task_group: TaskGroup) -> None:
         await self.orchestrator.start(task_group)
@@ -206,7 +217,9 @@ class ForkyardApp:
             for backend in self.orchestrator.backends.values():
                 if isinstance(backend, LlmBackend):
                     await backend.aclose()
-            await self.store.close()
+            if self.owns_store:
+                await self.store.close()
+            self.bus.close()
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -1,4 +1,5 @@
-"""`forkyard serve | demo | schema | gc | status | trust`."""
+"""`forkyard serve | daemon | agents | dispatch | chat | log | diff | apply | demo | schema |
+gc | status | trust`."""
 
 from __future__ import annotations
 
@@ -54,10 +55,31 @@ def main(argv: list[str] | None = None) -> int:
     trust.add_argument("path", nargs="?", type=Path, default=Path("."), help="default: .")
     trust.add_argument("--revoke", action="store_true", help="no longer trust it")
     trust.add_argument("--list", action="store_true", help="print the trusted repositories")
+    daemon = commands.add_parser(
+        "daemon",
+        help="the background process that owns agents, worktrees and conversations "
+        "(`forkyard serve` starts it when none answers)",
+    )
+    daemon.add_argument("action", nargs="?", choices=["run", "status", "stop"], default="run")
+    daemon.add_argument("--state-dir", type=Path, help="default: the configured state dir")
+    daemon.add_argument("--idle-seconds", type=float, help="exit after this long unused")
+    daemon.add_argument("--detach", action="store_true", help="run in the background")
+    daemon.add_argument("--json", action="store_true", help="status: one JSON object")
+    daemon.add_argument("--now", action="store_true", help="stop: interrupt running agents")
+    daemon.add_argument("--log-level", default="INFO")
+    from forkyard.terminal import add_commands
+
+    add_commands(commands)
     args = parser.parse_args(argv)
 
     if args.command == "serve":
         return _serve(args)
+    if args.command == "daemon":
+        return _daemon(args)
+    if getattr(args, "terminal", None) is not None:
+        from forkyard.terminal import run_command
+
+        return run_command(args)
     if args.command == "demo":
         from forkyard.demo import run_demo
 
@@ -83,7 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         # stdout is the protocol channel: logs go to stderr only.
         logging.basicConfig(stream=sys.stderr, level=args.log_level.upper())
-    from forkyard.lsp.server import run_stdio, run_tcp
+    from forkyard.lsp.features import run_stdio, run_tcp
 
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
@@ -91,6 +113,25 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         run_stdio()
     return 0
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    from forkyard.daemon.control import daemon_status, default_state_dir, stop_daemon
+
+    state_dir = (args.state_dir or default_state_dir()).expanduser().absolute()
+    if args.action == "status":
+        return daemon_status(state_dir, as_json=args.json)
+    if args.action == "stop":
+        return stop_daemon(state_dir, now=args.now)
+    from forkyard.daemon.server import DEFAULT_IDLE_SECONDS, run_daemon
+
+    idle = args.idle_seconds if args.idle_seconds is not None else DEFAULT_IDLE_SECONDS
+    if args.detach:
+        import os
+
+        if os.fork() != 0:
+            return 0  # the caller goes on; the daemon is the child, in its own session
+    return run_daemon(state_dir, idle, args.log_level)
 
 
 def _schema(output: Path, *, check: bool) -> int:

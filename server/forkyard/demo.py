@@ -23,6 +23,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from forkyard.client import ForkyardClient
+from forkyard.daemon.control import stop_and_wait
 
 SAMPLE_FILES = {
     "README.md": "# calc\n\nA tiny sample project for the Forkyard demo.\n",
@@ -189,6 +190,8 @@ async def _demo(workdir: Path, console: Console) -> int:
         await _print_conversation(client, console, thread_id, ids[FROM_CHAT])
     finally:
         await client.stop()
+        # The demo's daemon is the demo's alone: it goes with it.
+        await stop_and_wait(workdir / "state", now=True)
     elapsed = time.monotonic() - started
     verdict = "[green]all agents done[/]" if not failures else f"[red]{failures} failed[/]"
     console.print(f"{verdict} in {elapsed:.1f} s; review with `forkyard serve` in your editor.")

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import select
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,22 +12,65 @@ import pytest
 import pytest_lsp
 
 from forkyard.client import ForkyardClient
+from forkyard.daemon.paths import DaemonPaths, read_pid
 
 StartServer = Callable[..., Awaitable[ForkyardClient]]
 
 
 @pytest.fixture
-def server_env(tmp_path: Path) -> dict[str, str]:
-    """The server's environment: its own state dir, and a HOME with no user config."""
+def server_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The server's environment: its own state dir, and a HOME with no user config. The
+    daemon the test's fronts started for that state dir is stopped at the end."""
     home = tmp_path / "home"
     home.mkdir()
-    return {
+    yield {
         "PATH": os.environ["PATH"],
         "HOME": str(home),
         "XDG_CONFIG_HOME": str(home / ".config"),
         "FORKYARD_STATE_DIR": str(tmp_path / "state"),
         "LANG": "C.UTF-8",
     }
+    stop_daemon(tmp_path / "state")
+
+
+def stop_daemon(state_dir: Path, timeout: float = 30.0) -> None:
+    """SIGTERM the state directory's daemon, if one runs, and wait until it is gone
+    (on its pidfd, no polling)."""
+    pid = read_pid(DaemonPaths(state_dir))
+    if pid is None:
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            select.select([pidfd], [], [], timeout)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_daemon_outlives_the_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A backstop: every daemon whose state directory is under this run's temporary
+    directory is stopped when the run ends, whatever test started it."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    for stat in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = stat.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in args]
+        if "daemon" in words and "--state-dir" in words:
+            state_dir = words[words.index("--state-dir") + 1]
+            if state_dir.startswith(base):
+                stop_daemon(Path(state_dir))
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ on real git repositories, running real (sandboxed) commands."""
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -226,34 +224,6 @@ async def test_malformed_params_are_answered_with_invalid_params(
     # ... and the server is still healthy.
     listed = await client.request("forkyard/agent/list", {})
     assert listed == {"agents": []}
-
-
-async def test_agent_survives_a_killed_server_as_interrupted(
-    start_server: StartServer, repo: Path
-) -> None:
-    client = await start_server(repo)
-    agent = await client.dispatch(
-        "echo work > work.txt; echo started; sleep 161803", backend="command"
-    )
-    await client.wait_until(
-        lambda: (client.agents[agent["id"]].get("progress") or {}).get("message") == "started"
-    )
-    before = await client.request("forkyard/agent/read", {"agentId": agent["id"]})
-    assert any(entry["text"] == "started" for entry in before["log"])
-    process = client.server_process
-    assert process is not None
-    os.kill(process.pid, signal.SIGKILL)
-    await process.wait()
-    assert await wait_for_no_process("sleep 161803"), "the sandboxed command outlived the server"
-
-    again = await start_server(repo)
-    listed = await again.request("forkyard/agent/list", {})
-    [restored] = listed["agents"]
-    assert restored["id"] == agent["id"]
-    assert restored["state"] == "interrupted"
-    assert (Path(restored["worktree"]) / "work.txt").read_text() == "work\n"
-    read = await again.request("forkyard/agent/read", {"agentId": "1"})
-    assert any(entry["text"] == "started" for entry in read["log"])
 
 
 async def test_a_follow_up_runs_a_finished_agent_again_in_its_worktree(

@@ -5,15 +5,13 @@ session of its own."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import StartServer
-from tests.helpers import wait_for_processes_with
+from tests.helpers import kill_daemon, wait_for_processes_with
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -51,8 +49,8 @@ async def test_agents_cancelled_right_as_they_start_leave_no_process(
     assert (await client.request("forkyard/agent/list", {}))["agents"]
 
 
-async def test_a_killed_server_leaves_no_agent_process(
-    start_server: StartServer, repo: Path
+async def test_a_killed_daemon_leaves_no_agent_process(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
 ) -> None:
     client = await start_server(repo, initialization_options={"maxParallelAgents": 4})
     marker = str(random.randrange(10**8, 10**9))
@@ -61,9 +59,7 @@ async def test_a_killed_server_leaves_no_agent_process(
         await client.wait_for_agent(agent["id"], {"running"})
     assert len(await wait_for_processes_with(marker, 4 * PER_AGENT)) == 4 * PER_AGENT
 
-    process = client.server_process
-    assert process is not None
-    os.kill(process.pid, signal.SIGKILL)
-    await process.wait()
+    # The daemon runs the agents: killed (as an OOM killer would), it takes them along.
+    await kill_daemon(server_env)
 
     assert await wait_for_processes_with(marker, 0) == []

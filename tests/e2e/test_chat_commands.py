@@ -3,8 +3,6 @@ other text is answered with how to configure a model."""
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import pytest
 
 from forkyard.client import ForkyardClient
 from tests.e2e.conftest import StartServer
+from tests.helpers import kill_daemon
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -95,16 +94,14 @@ async def test_every_chat_command_works_without_a_model(
     assert any("agent #2" in e and "cancelled" in e for e in events)
 
 
-async def test_threads_and_messages_survive_a_killed_server(
-    start_server: StartServer, repo: Path
+async def test_threads_and_messages_survive_a_killed_daemon(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
 ) -> None:
     client = await start_server(repo)
     first = await say(client, "/help")
     second = await say(client, "/agents")
-    process = client.server_process
-    assert process is not None
-    os.kill(process.pid, signal.SIGKILL)
-    await process.wait()
+    await kill_daemon(server_env)
+    await client.stop()
 
     again = await start_server(repo)
     threads = (await again.request("forkyard/thread/list", {}))["threads"]

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.fakes.agent_context import wait_until_no_processes_in
+from tests.fakes.agent_context import processes_in
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -343,7 +343,8 @@ async def test_a_terabyte_content_length_closes_cleanly_without_allocating(
     tail = raw_server.stderr_tail()
     assert "MemoryError" not in tail
     assert "closing the connection" in tail
-    assert await wait_until_no_processes_in(worktree) == [], "the agent's command is gone"
+    # The agent is the daemon's: an editor's broken connection leaves it running.
+    assert await processes_in(worktree), "the agent's command runs on in the daemon"
 
 
 async def test_twenty_mib_content_length_is_skipped_in_chunks_and_serving_goes_on(

@@ -15,13 +15,15 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from forkyard.app import ForkyardApp
-from forkyard.lsp.supervisor import MAX_REPORT_CHARS, Supervisor
 from forkyard.orchestrator import runner as runner_module
+from forkyard.supervisor import MAX_REPORT_CHARS, Supervisor
 from forkyard.workspace.diff import diff_worktree
 from forkyard.workspace.git import GitError, Repository
 from forkyard.workspace.hardened import WorktreeTampered
+from forkyard_protocol.daemon import AgentChanged, Event, Notice
 from forkyard_protocol.messages import AgentDispatchParams
 from forkyard_protocol.models import FINAL_STATES, Agent
 
@@ -32,7 +34,7 @@ WAITER = "echo waiting > waiting.txt; while [ ! -e go ]; do sleep 0.02; done; ec
 
 
 class Watch:
-    """An orchestrator listener: the latest state of each agent, and the notices."""
+    """A bus consumer: the latest state of each agent, and the notices."""
 
     def __init__(self) -> None:
         self.agents: dict[str, Agent] = {}
@@ -50,6 +52,14 @@ class Watch:
     def _poke(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+    async def consume(self, events: MemoryObjectReceiveStream[Event]) -> None:
+        async with events:
+            async for event in events:
+                if isinstance(event, AgentChanged):
+                    self.agent_changed(event.agent, event.previous_state)
+                elif isinstance(event, Notice):
+                    self.notice(event.level, event.text, event.agent)
 
     async def until(self, predicate: Any, timeout: float = 30) -> Any:
         with anyio.fail_after(timeout):
@@ -81,11 +91,12 @@ async def running(
     }
     app = await ForkyardApp.open(repo, environ)
     watch = Watch()
-    app.orchestrator.add_listener(watch)
     told: list[str] = []
     try:
         async with anyio.create_task_group() as task_group:
             supervisor = Supervisor(task_group, report=told.append)
+            events, _ = app.bus.open_subscription()
+            task_group.start_soon(watch.consume, events)
             await app.start(supervisor)
             try:
                 yield app, watch, told
@@ -93,9 +104,6 @@ async def running(
                 task_group.cancel_scope.cancel()
     finally:
         await app.close()
-        # The conversation's event stream is closed by the server's exit, not by close().
-        if (events := app.conversation._events) is not None:
-            events.close()
 
 
 async def dispatch(app: ForkyardApp, task: str, title: str) -> Agent:

@@ -97,7 +97,7 @@ def test_envelope_problems_and_short_quotes() -> None:
 async def test_a_message_that_fails_inside_the_server_is_answered_and_reading_goes_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from forkyard.lsp.server import create_server
+    from forkyard.lsp.features import create_server
     from forkyard.lsp.wire import INTERNAL_ERROR, MessageLoop
 
     server = create_server()

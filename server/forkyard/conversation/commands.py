@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from functools import partial
 
-from forkyard.errors import InvalidRequest
+from forkyard.errors import InvalidRequest, WrongState
 from forkyard.orchestrator.orchestrator import Orchestrator
+from forkyard_protocol.daemon import ApplyRequested
 from forkyard_protocol.messages import AgentDispatchParams
 from forkyard_protocol.models import Agent
 
@@ -66,10 +67,16 @@ class ApplyOutcome:
     conflicts: list[tuple[str, str]]
 
 
-class Applier(Protocol):
-    """Applying goes through the editor (workspace/applyEdit); the LSP layer provides it."""
-
-    async def apply(self, agent_ref: str) -> ApplyOutcome: ...
+def apply_outcome_text(number: int, outcome: ApplyOutcome) -> str:
+    """How an apply asked for in the chat went, as the thread tells it."""
+    if not outcome.applied:
+        return f"Agent #{number} was not applied (the editor refused the edit)."
+    text = f"Applied agent #{number} to {len(outcome.paths)} file(s)."
+    if outcome.conflicts:
+        text += "\n\nConflicts, left as you had them:\n" + "\n".join(
+            f"- `{path}`: {reason}" for path, reason in outcome.conflicts
+        )
+    return text
 
 
 def agent_line(agent: Agent) -> str:
@@ -84,29 +91,31 @@ def is_command(text: str) -> bool:
 
 
 class ChatCommands:
-    def __init__(self, orchestrator: Orchestrator, applier: Applier | None = None) -> None:
+    def __init__(self, orchestrator: Orchestrator) -> None:
         self.orchestrator = orchestrator
-        self.applier = applier
         self._commands: dict[str, Callable[[str, str | None], Awaitable[str]]] = {
             "dispatch": self._dispatch,
             "run": self._run,
             "agents": self._agents,
             "status": self._status,
             "diff": self._diff,
-            "apply": self._apply,
             "discard": self._discard,
             "cancel": self._cancel,
             "help": self._help,
         }
 
-    async def run(self, text: str, thread_id: str | None) -> str:
+    async def run(self, text: str, thread_id: str | None, origin: str | None = None) -> str:
+        """The reply to a command. `origin` is the front that sent it: `/apply` is carried
+        out there, against that editor's text."""
         name, _, rest = text.strip()[1:].partition(" ")
         command = self._commands.get(name.lower())
+        if name.lower() == "apply":
+            command = partial(self._apply, origin=origin)
         if command is None:
             return f"Unknown command `/{name}`.\n\n{HELP}"
         try:
             return await command(rest.strip(), thread_id)
-        except InvalidRequest as exc:
+        except (InvalidRequest, WrongState) as exc:
             return f"`/{name}`: {exc}"
 
     async def _help(self, _rest: str, _thread: str | None) -> str:
@@ -171,20 +180,18 @@ class ChatCommands:
             patch = patch[:MAX_DIFF_CHARS] + "\n... (diff truncated)\n"
         return f"Agent #{agent.number}: {agent.title}\n\n```diff\n{patch}```"
 
-    async def _apply(self, rest: str, _thread: str | None) -> str:
-        ref = self._ref(rest, "apply")
-        agent = self.orchestrator.resolve(ref).agent
-        if self.applier is None:
+    async def _apply(self, rest: str, thread_id: str | None, *, origin: str | None) -> str:
+        """Applying is the front's: the edit goes through the person's editor (or, from a
+        terminal, onto the files on disk). The front tells the thread how it went."""
+        agent = self.orchestrator.resolve(self._ref(rest, "apply")).agent
+        if agent.state != "done":
+            raise WrongState(f"agent #{agent.number} is {agent.state}; only a done agent applies")
+        if origin is None or thread_id is None:
             return "Applying needs an editor connection; use the `forkyard.apply` command."
-        outcome = await self.applier.apply(ref)
-        if not outcome.applied:
-            return f"Agent #{agent.number} was not applied (the editor refused the edit)."
-        text = f"Applied agent #{agent.number} to {len(outcome.paths)} file(s)."
-        if outcome.conflicts:
-            text += "\n\nConflicts, left as you had them:\n" + "\n".join(
-                f"- `{path}`: {reason}" for path, reason in outcome.conflicts
-            )
-        return text
+        self.orchestrator.bus.publish(
+            ApplyRequested(agent_id=agent.id, thread_id=thread_id, front_id=origin)
+        )
+        return f"Applying agent #{agent.number} in your editor…"
 
     async def _discard(self, rest: str, _thread: str | None) -> str:
         agent = await self.orchestrator.discard(self._ref(rest, "discard"))

@@ -1,23 +1,20 @@
 """Threads and turns: the chat that is never blocked.
 
 `chat` stores the user's message and queues a turn, then returns; the turn runs in the
-background (one at a time per thread, threads side by side) and reports through a
-listener: deltas, complete messages, turn states. Agent events are appended to threads
-as `event` messages, so the model sees them on its next turn.
+background (one at a time per thread, threads side by side) and reports on the event
+bus: deltas, complete messages, turn states. Agent events (read from the same bus) are
+appended to threads as `event` messages, so the model sees them on its next turn.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
 
 from forkyard.clock import new_id, now_iso
 from forkyard.conversation.commands import HELP, NO_MODEL, ChatCommands, is_command
@@ -28,6 +25,8 @@ from forkyard.models import ChatMessage, ChatModel, Completion, ModelError, Text
 from forkyard.models.loading import load_sdks
 from forkyard.orchestrator.orchestrator import Orchestrator
 from forkyard.store import Store
+from forkyard_protocol.daemon import AgentChanged, ChatDelta, ChatTurn
+from forkyard_protocol.daemon import ChatMessage as ChatMessageEvent
 from forkyard_protocol.models import Agent, Message, Thread, TurnState
 
 logger = logging.getLogger(__name__)
@@ -37,15 +36,6 @@ EVENT_STATES = {"running", "done", "failed", "cancelled"}
 TITLE_CHARS = 60
 
 
-class ConversationListener(Protocol):
-    """Called on the event loop; must not block. `token` is the client's opaque
-    work-done token for the turn, if it sent one."""
-
-    def delta(self, turn: Turn, delta: str) -> None: ...
-    def message(self, message: Message) -> None: ...
-    def turn(self, turn: Turn, error: str | None) -> None: ...
-
-
 @dataclass
 class Turn:
     id: str
@@ -53,10 +43,10 @@ class Turn:
     message_id: str
     text: str
     context: str | None
-    token: str | int | None = None
+    #: The front that sent the message: `/apply` is carried out there.
+    origin: str | None = None
     state: TurnState = "queued"
     scope: anyio.CancelScope | None = None
-    interrupted: bool = False
 
 
 @dataclass
@@ -71,59 +61,61 @@ class Conversation:
         store: Store,
         orchestrator: Orchestrator,
         model: Callable[[], ModelHandle | None],
-        listener: ConversationListener,
         commands: ChatCommands,
     ) -> None:
         self.store = store
         self.orchestrator = orchestrator
+        self.bus = orchestrator.bus
         self._model = model
-        self.listener = listener
         self.commands = commands
         self.tools = ChatTools(orchestrator)
         self._queues: dict[str, ThreadQueue] = {}
         self._task_group: TaskGroup | None = None
-        self._events: MemoryObjectSendStream[Agent] | None = None
         self._last_thread_id: str | None = None
 
     async def start(self, task_group: TaskGroup) -> None:
         self._task_group = task_group
         threads = await self.store.list_threads()
         self._last_thread_id = threads[0].id if threads else None
-        send, receive = anyio.create_memory_object_stream[Agent](math.inf)
-        self._events = send
+        # Subscribed now, before any agent can change: the one consumer task keeps agent
+        # events in the order they happened.
+        receive, send = self.bus.open_subscription()
 
         async def append_events() -> None:
-            # One consumer keeps agent events in the order they happened.
-            async with receive:
-                async for agent in receive:
-                    await self._append_agent_event(agent)
+            try:
+                async with receive:
+                    async for event in receive:
+                        if (
+                            isinstance(event, AgentChanged)
+                            and event.agent.state != event.previous_state
+                            and event.agent.state in EVENT_STATES
+                        ):
+                            await self._append_agent_event(event.agent)
+            finally:
+                self.bus.close_subscription(send)
 
         task_group.start_soon(append_events, name="agent events to threads")
 
-    # --- orchestrator listener -------------------------------------------------------
-
-    def agent_changed(self, agent: Agent, previous_state: str | None) -> None:
-        if agent.state != previous_state and agent.state in EVENT_STATES and self._events:
-            self._events.send_nowait(agent)
-
-    def notice(self, level: str, text: str, agent: Agent | None = None) -> None:
-        """Notices are for the editor; the thread gets the agent events instead."""
-
     async def _append_agent_event(self, agent: Agent) -> None:
         thread_id = agent.thread_id or self._last_thread_id
-        if thread_id is None or await self.store.get_thread(thread_id) is None:
+        if thread_id is None:
             return
-        text = event_text(agent)
+        await self.note(thread_id, event_text(agent), agent.id)
+
+    async def note(self, thread_id: str, text: str, agent_id: str | None = None) -> None:
+        """An `event` message in a thread: what an agent did, or how an apply went."""
+        if await self.store.get_thread(thread_id) is None:
+            return
         message = Message(
             id=new_id("msg"),
             thread_id=thread_id,
             role="event",
             text=text,
-            agent_id=agent.id,
+            agent_id=agent_id,
             created_at=now_iso(),
         )
         await self.store.add_message(message)
-        self.listener.message(message)
+        self.bus.publish(ChatMessageEvent(message=message))
 
     # --- requests --------------------------------------------------------------------
 
@@ -132,7 +124,7 @@ class Conversation:
         text: str,
         thread_id: str | None,
         context: str | None = None,
-        token: str | int | None = None,
+        origin: str | None = None,
     ) -> tuple[str, str, str]:
         """Store the user's message, queue the turn, return (thread, turn, message) ids."""
         if thread_id is None:
@@ -153,7 +145,7 @@ class Conversation:
             message_id=new_id("msg"),
             text=text,
             context=context,
-            token=token,
+            origin=origin,
         )
         user_message = Message(
             id=new_id("msg"),
@@ -164,11 +156,11 @@ class Conversation:
             created_at=now_iso(),
         )
         await self.store.add_message(user_message)
-        self.listener.message(user_message)
+        self.bus.publish(ChatMessageEvent(message=user_message))
         queue = self._queues.setdefault(thread.id, ThreadQueue())
         queue.turns.append(turn)
         if queue.running is not None:
-            self.listener.turn(turn, None)
+            self._announce(turn, None)
         else:
             self._start_next(thread.id)
         return thread.id, turn.id, turn.message_id
@@ -178,7 +170,6 @@ class Conversation:
             raise UnknownThread(thread_id)
         queue = self._queues.get(thread_id)
         if queue and queue.running and queue.running.scope:
-            queue.running.interrupted = True
             queue.running.scope.cancel()
 
     async def threads(self) -> list[Thread]:
@@ -205,7 +196,7 @@ class Conversation:
         error: str | None = None
         try:
             turn.state = "running"
-            self.listener.turn(turn, None)
+            self._announce(turn, None)
             with anyio.CancelScope() as turn.scope:
                 try:
                     await self._reply(turn, parts)
@@ -235,21 +226,34 @@ class Conversation:
             created_at=now_iso(),
         )
         await self.store.add_message(message)
-        self.listener.message(message)
+        self.bus.publish(ChatMessageEvent(message=message))
         turn.state = state
-        self.listener.turn(turn, error)
+        self._announce(turn, error)
         queue = self._queues[turn.thread_id]
         queue.running = None
         self._start_next(turn.thread_id)
 
+    def _announce(self, turn: Turn, error: str | None) -> None:
+        self.bus.publish(
+            ChatTurn(thread_id=turn.thread_id, turn_id=turn.id, state=turn.state, error=error)
+        )
+
     def _emit(self, turn: Turn, parts: list[str], text: str) -> None:
         if text:
             parts.append(text)
-            self.listener.delta(turn, text)
+            self.bus.publish(
+                ChatDelta(
+                    thread_id=turn.thread_id,
+                    turn_id=turn.id,
+                    message_id=turn.message_id,
+                    delta=text,
+                )
+            )
 
     async def _reply(self, turn: Turn, parts: list[str]) -> None:
         if is_command(turn.text):
-            self._emit(turn, parts, await self.commands.run(turn.text, turn.thread_id))
+            reply = await self.commands.run(turn.text, turn.thread_id, turn.origin)
+            self._emit(turn, parts, reply)
             return
         await load_sdks()
         handle = self._model()

@@ -1,5 +1,5 @@
-"""The agent methods, and the bridge that turns orchestrator events into
-`forkyard/agent/changed`, work-done progress and `window/showMessage`."""
+"""The agent methods (passed on to the daemon), and the feature that turns the daemon's
+agent events into `forkyard/agent/changed`, work-done progress, notices and approvals."""
 
 from __future__ import annotations
 
@@ -12,25 +12,22 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from lsprotocol import types
 
-from forkyard.agents.base import ApprovalAnswer
-from forkyard.app import ForkyardApp
-from forkyard.errors import InvalidRequest
-from forkyard.lsp.notices import short_notice
+from forkyard.lsp.arguments import agent_arg, raise_invalid
 from forkyard.lsp.server import ForkyardServer, parse_params
-from forkyard.orchestrator.events import NoticeLevel
-from forkyard.orchestrator.orchestrator import Approver
+from forkyard.notices import short_notice
+from forkyard_protocol import REQUESTS
+from forkyard_protocol.daemon import (
+    AgentChanged,
+    ApprovalAnswer,
+    ApprovalRequested,
+    ApprovalSettled,
+    Event,
+    Notice,
+)
 from forkyard_protocol.messages import (
     AgentChangedNotification,
-    AgentDiffResult,
     AgentDispatchParams,
-    AgentFileParams,
-    AgentFileResult,
-    AgentListResult,
-    AgentMessageParams,
-    AgentReadResult,
-    AgentRef,
     AgentResult,
-    Empty,
 )
 from forkyard_protocol.models import FINAL_STATES, Agent
 
@@ -42,16 +39,54 @@ _LEVELS = {
     "error": types.MessageType.Error,
 }
 
+APPROVAL_ACTIONS: dict[str, ApprovalAnswer] = {
+    "Allow once": "allow_once",
+    "Allow for this agent": "allow_for_agent",
+    "Deny": "deny",
+}
 
-class AgentBridge:
-    """Orchestrator listener living in the LSP layer."""
+#: Requests passed on to the daemon as they are.
+PASSED_ON = (
+    "forkyard/agent/dispatch",
+    "forkyard/agent/list",
+    "forkyard/agent/read",
+    "forkyard/agent/message",
+    "forkyard/agent/cancel",
+    "forkyard/agent/discard",
+    "forkyard/agent/diff",
+    "forkyard/agent/file",
+    "forkyard/chat/interrupt",
+    "forkyard/thread/list",
+    "forkyard/thread/read",
+    "forkyard/status",
+)
+
+
+class AgentFeature:
+    """Agents in the editor: notifications, progress (cancellable), notices, approvals."""
 
     def __init__(self, server: ForkyardServer) -> None:
         self.server = server
         self._progress: dict[str, MemoryObjectSendStream[Agent]] = {}
         self.token_to_agent: dict[str, str] = {}
+        #: Approvals this editor is asking: approval id -> the scope of its question.
+        self._asking: dict[str, anyio.CancelScope] = {}
 
-    def agent_changed(self, agent: Agent, previous_state: str | None) -> None:
+    async def consume(self, events: MemoryObjectReceiveStream[Event]) -> None:
+        async with events:
+            async for event in events:
+                if isinstance(event, AgentChanged):
+                    self.agent_changed(event.agent)
+                elif isinstance(event, Notice):
+                    self.notice(event)
+                elif isinstance(event, ApprovalRequested):
+                    self.ask(event)
+                elif isinstance(event, ApprovalSettled) and (
+                    scope := self._asking.pop(event.approval_id, None)
+                ):
+                    scope.cancel()  # answered elsewhere: the question is withdrawn
+
+    def agent_changed(self, agent: Agent) -> None:
         self.server.notify("forkyard/agent/changed", AgentChangedNotification(agent=agent))
         if not self.server.client_supports_progress():
             return
@@ -64,7 +99,6 @@ class AgentBridge:
             )
         if stream is not None:
             with contextlib.suppress(anyio.BrokenResourceError):
-                # Broken: the reporter is gone (the server is stopping).
                 stream.send_nowait(agent)
             if agent.state in FINAL_STATES or agent.state == "queued":
                 stream.close()
@@ -111,99 +145,65 @@ class AgentBridge:
             self.token_to_agent.pop(token, None)
             progress.tokens.pop(token, None)
 
-    def notice(self, level: NoticeLevel, text: str, agent: Agent | None = None) -> None:
+    def notice(self, notice: Notice) -> None:
+        agent = notice.agent
         if agent is not None and agent.state == "done" and self.server.client_wants_actions():
             return  # announced with "Show diff / Apply / Discard" actions by the review
         self.server.window_show_message(
-            types.ShowMessageParams(type=_LEVELS[level], message=short_notice(text))
+            types.ShowMessageParams(type=_LEVELS[notice.level], message=short_notice(notice.text))
         )
 
+    # --- approvals ----------------------------------------------------------------------
 
-APPROVAL_ACTIONS: dict[str, ApprovalAnswer] = {
-    "Allow once": "allow_once",
-    "Allow for this agent": "allow_for_agent",
-    "Deny": "deny",
-}
-#: An approval nobody answers is a "Deny" after this long, so the agent can go on.
-APPROVAL_TIMEOUT_SECONDS = 600
+    def ask(self, request: ApprovalRequested) -> None:
+        scope = anyio.CancelScope()
+        self._asking[request.approval_id] = scope
+        self.server.spawn(lambda: self._ask(request, scope), f"approval {request.approval_id}")
 
-
-def make_approver(server: ForkyardServer) -> Approver:
-    async def approve(agent: Agent, tool: str, detail: str) -> ApprovalAnswer:
+    async def _ask(self, request: ApprovalRequested, scope: anyio.CancelScope) -> None:
+        agent = request.agent
         params = types.ShowMessageRequestParams(
             type=types.MessageType.Warning,
-            message=f"Forkyard agent #{agent.number} ({agent.title}) wants to use {tool}: {detail}",
+            message=f"Forkyard agent #{agent.number} ({agent.title}) wants to use "
+            f"{request.tool}: {request.detail}",
             actions=[types.MessageActionItem(title=title) for title in APPROVAL_ACTIONS],
         )
-        with anyio.move_on_after(APPROVAL_TIMEOUT_SECONDS):
-            answer = await server.window_show_message_request_async(params)
-            title = getattr(answer, "title", None)
-            return APPROVAL_ACTIONS.get(title, "deny") if isinstance(title, str) else "deny"
-        return "deny"
-
-    return approve
-
-
-def register(server: ForkyardServer) -> None:
-    bridge = AgentBridge(server)
-    approver = make_approver(server)
-
-    def attach(app: ForkyardApp) -> None:
-        app.orchestrator.add_listener(bridge)
-        app.orchestrator.approver = approver
-
-    server.on_app_ready.append(attach)
-
-    @server.request("forkyard/agent/dispatch")
-    async def dispatch(ls: ForkyardServer, params: AgentDispatchParams) -> AgentResult:
-        return AgentResult(agent=await ls.require_app().orchestrator.dispatch(params))
-
-    @server.request("forkyard/agent/list")
-    async def list_agents(ls: ForkyardServer, _params: Empty) -> AgentListResult:
-        return AgentListResult(agents=ls.require_app().orchestrator.agents())
-
-    @server.request("forkyard/agent/read")
-    async def read(ls: ForkyardServer, params: AgentRef) -> AgentReadResult:
-        agent, log = await ls.require_app().orchestrator.read(params.agent_id)
-        return AgentReadResult(agent=agent, log=log)
-
-    @server.request("forkyard/agent/message")
-    async def message(ls: ForkyardServer, params: AgentMessageParams) -> AgentResult:
-        orchestrator = ls.require_app().orchestrator
-        return AgentResult(agent=await orchestrator.message(params.agent_id, params.text))
-
-    @server.request("forkyard/agent/cancel")
-    async def cancel(ls: ForkyardServer, params: AgentRef) -> AgentResult:
-        return AgentResult(agent=await ls.require_app().orchestrator.cancel(params.agent_id))
-
-    @server.request("forkyard/agent/discard")
-    async def discard(ls: ForkyardServer, params: AgentRef) -> AgentResult:
-        return AgentResult(agent=await ls.require_app().orchestrator.discard(params.agent_id))
-
-    @server.request("forkyard/agent/diff")
-    async def diff(ls: ForkyardServer, params: AgentRef) -> AgentDiffResult:
-        orchestrator = ls.require_app().orchestrator
-        agent = orchestrator.resolve(params.agent_id).agent
-        result = await orchestrator.diff(params.agent_id)
-        return AgentDiffResult(
-            agent_id=agent.id,
-            base_ref=agent.base_ref,
-            patch=result.patch if result else "",
-            files=result.files if result else [],
+        answer: ApprovalAnswer | None = None
+        with scope:
+            try:
+                reply = await self.server.window_show_message_request_async(params)
+            except Exception as exc:
+                logger.info("approval not answered here: %s", exc)
+                reply = None
+            title = getattr(reply, "title", None)
+            answer = APPROVAL_ACTIONS.get(title, "deny") if isinstance(title, str) else "deny"
+        self._asking.pop(request.approval_id, None)
+        if answer is None or self.server.front is None:
+            return  # withdrawn: another front answered
+        await self.server.front.call(
+            "daemon/approval/answer", {"approvalId": request.approval_id, "answer": answer}
         )
 
-    @server.request("forkyard/agent/file")
-    async def file(ls: ForkyardServer, params: AgentFileParams) -> AgentFileResult:
-        text = await ls.require_app().orchestrator.file(params.agent_id, params.path)
-        return AgentFileResult(text=text)
+
+def register(server: ForkyardServer, feature: AgentFeature) -> None:
+    def pass_on(method: str) -> None:
+        result_model = REQUESTS[method][1]
+
+        @server.request(method)
+        async def handler(ls: ForkyardServer, params: Any) -> Any:
+            raw = await ls.require_front().call(method, params.wire())
+            return result_model.model_validate(raw)
+
+    for method in PASSED_ON:
+        pass_on(method)
 
     @server.feature(types.WINDOW_WORK_DONE_PROGRESS_CANCEL)
     async def progress_cancel(
         ls: ForkyardServer, params: types.WorkDoneProgressCancelParams
     ) -> None:
-        agent_id = bridge.token_to_agent.get(str(params.token))
-        if agent_id is not None and ls.app is not None:
-            await ls.app.orchestrator.cancel(agent_id)
+        agent_id = feature.token_to_agent.get(str(params.token))
+        if agent_id is not None and ls.front is not None:
+            await ls.front.call("forkyard/agent/cancel", {"agentId": agent_id})
 
     @server.forkyard_command("forkyard.dispatch")
     async def dispatch_command(ls: ForkyardServer, *args: Any) -> AgentResult:
@@ -214,24 +214,17 @@ def register(server: ForkyardServer) -> None:
             params["role"] = args[1]
         params["backend"] = args[2] if len(args) > 2 and args[2] else "command"
         parsed = parse_params("forkyard.dispatch", AgentDispatchParams, params)
-        return AgentResult(agent=await ls.require_app().orchestrator.dispatch(parsed))
+        raw = await ls.require_front().call("forkyard/agent/dispatch", parsed.wire())
+        return AgentResult.model_validate(raw)
 
     @server.forkyard_command("forkyard.cancel")
     async def cancel_command(ls: ForkyardServer, *args: Any) -> AgentResult:
-        agent = await ls.require_app().orchestrator.cancel(agent_arg("forkyard.cancel", args))
-        return AgentResult(agent=agent)
+        ref = agent_arg("forkyard.cancel", args)
+        raw = await ls.require_front().call("forkyard/agent/cancel", {"agentId": ref})
+        return AgentResult.model_validate(raw)
 
     @server.forkyard_command("forkyard.discard")
     async def discard_command(ls: ForkyardServer, *args: Any) -> AgentResult:
-        agent = await ls.require_app().orchestrator.discard(agent_arg("forkyard.discard", args))
-        return AgentResult(agent=agent)
-
-
-def agent_arg(command: str, args: tuple[Any, ...]) -> str:
-    if not args or not isinstance(args[0], str | int) or isinstance(args[0], bool):
-        raise_invalid(f"{command} takes [agentId]")
-    return str(args[0])
-
-
-def raise_invalid(message: str) -> Any:
-    raise InvalidRequest(message)
+        ref = agent_arg("forkyard.discard", args)
+        raw = await ls.require_front().call("forkyard/agent/discard", {"agentId": ref})
+        return AgentResult.model_validate(raw)

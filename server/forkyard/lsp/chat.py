@@ -1,31 +1,27 @@
-"""The conversation methods, and the bridge that streams turns to the client as
-`forkyard/chat/*` notifications and work-done progress on the client's token."""
+"""`forkyard/chat` (the editor context read here, the rest in the daemon), and the feature
+that streams turns to the client as `forkyard/chat/*` notifications and work-done
+progress on the client's token."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 from lsprotocol import types
 from pygls.uris import to_fs_path
 
-from forkyard.conversation.service import Turn
 from forkyard.errors import InvalidRequest
 from forkyard.lsp.server import ForkyardServer
+from forkyard_protocol.daemon import ChatDelta, ChatMessage, ChatTurn, Event
 from forkyard_protocol.messages import (
     ChatContext,
     ChatDeltaNotification,
-    ChatInterruptParams,
     ChatMessageNotification,
     ChatParams,
     ChatResult,
     ChatTurnNotification,
-    Empty,
-    ThreadListResult,
-    ThreadReadParams,
-    ThreadReadResult,
 )
-from forkyard_protocol.models import Message
 
 MAX_CONTEXT_CHARS = 20_000
 #: A chat message longer than this is refused before anything is stored or sent to a
@@ -33,41 +29,75 @@ MAX_CONTEXT_CHARS = 20_000
 MAX_CHAT_CHARS = 1024 * 1024
 
 
-class ChatBridge:
-    """Conversation listener living in the LSP layer."""
+class ChatFeature:
+    """Every front sees every thread's events; progress only for this editor's turns."""
 
     def __init__(self, server: ForkyardServer) -> None:
         self.server = server
+        #: turn id -> this client's work-done token for it.
+        self.tokens: dict[str, str | int] = {}
+        #: The latest state of recent turns, for a token that arrives after its turn's
+        #: first events (the daemon's events and its answer race).
+        self._states: dict[str, str] = {}
 
-    def delta(self, turn: Turn, delta: str) -> None:
+    def adopt(self, turn_id: str, token: str | int) -> None:
+        state = self._states.get(turn_id)
+        if state in ("completed", "failed", "interrupted"):
+            return
+        self.tokens[turn_id] = token
+        if state == "running":
+            self.server.work_done_progress.begin(
+                token, types.WorkDoneProgressBegin(title="Forkyard", message="thinking")
+            )
+
+    async def consume(self, events: MemoryObjectReceiveStream[Event]) -> None:
+        async with events:
+            async for event in events:
+                if isinstance(event, ChatDelta):
+                    self.delta(event)
+                elif isinstance(event, ChatMessage):
+                    self.server.notify(
+                        "forkyard/chat/message", ChatMessageNotification(message=event.message)
+                    )
+                elif isinstance(event, ChatTurn):
+                    self.turn(event)
+
+    def delta(self, event: ChatDelta) -> None:
         self.server.notify(
             "forkyard/chat/delta",
             ChatDeltaNotification(
-                thread_id=turn.thread_id, turn_id=turn.id, message_id=turn.message_id, delta=delta
+                thread_id=event.thread_id,
+                turn_id=event.turn_id,
+                message_id=event.message_id,
+                delta=event.delta,
             ),
         )
-        if turn.token is not None:
+        if (token := self.tokens.get(event.turn_id)) is not None:
             self.server.work_done_progress.report(
-                turn.token, types.WorkDoneProgressReport(message="replying")
+                token, types.WorkDoneProgressReport(message="replying")
             )
 
-    def message(self, message: Message) -> None:
-        self.server.notify("forkyard/chat/message", ChatMessageNotification(message=message))
-
-    def turn(self, turn: Turn, error: str | None) -> None:
+    def turn(self, event: ChatTurn) -> None:
+        self._states[event.turn_id] = event.state
+        if len(self._states) > 1000:
+            del self._states[next(iter(self._states))]
         # Progress first: a client that sees the turn end has seen its progress end too.
-        if turn.token is not None:
+        if (token := self.tokens.get(event.turn_id)) is not None:
             progress = self.server.work_done_progress
-            if turn.state == "running":
+            if event.state == "running":
                 progress.begin(
-                    turn.token, types.WorkDoneProgressBegin(title="Forkyard", message="thinking")
+                    token, types.WorkDoneProgressBegin(title="Forkyard", message="thinking")
                 )
-            elif turn.state in ("completed", "failed", "interrupted"):
-                progress.end(turn.token, types.WorkDoneProgressEnd(message=turn.state))
+            elif event.state in ("completed", "failed", "interrupted"):
+                progress.end(token, types.WorkDoneProgressEnd(message=event.state))
+                del self.tokens[event.turn_id]
         self.server.notify(
             "forkyard/chat/turn",
             ChatTurnNotification(
-                thread_id=turn.thread_id, turn_id=turn.id, state=turn.state, error=error
+                thread_id=event.thread_id,
+                turn_id=event.turn_id,
+                state=event.state,
+                error=event.error,
             ),
         )
 
@@ -90,10 +120,7 @@ def _read_context(document_text: str | None, path: Path, context: ChatContext) -
     return f"Context from the editor, {where} ({path}):\n```\n{body}\n```"
 
 
-def register(server: ForkyardServer) -> None:
-    bridge = ChatBridge(server)
-    server.on_app_ready.append(lambda app: app.set_conversation_listener(bridge))
-
+def register(server: ForkyardServer, feature: ChatFeature) -> None:
     async def context_text(ls: ForkyardServer, context: ChatContext | None) -> str | None:
         if context is None:
             return None
@@ -109,23 +136,13 @@ def register(server: ForkyardServer) -> None:
                 f"text: the message is {len(params.text)} characters long; "
                 f"the limit is {MAX_CHAT_CHARS}"
             )
-        conversation = ls.require_app().conversation
+        front = ls.require_front()
         context = await context_text(ls, params.context)
-        thread_id, turn_id, message_id = await conversation.chat(
-            params.text, params.thread_id, context, params.work_done_token
+        raw = await front.call(
+            "daemon/chat",
+            {"text": params.text, "threadId": params.thread_id, "contextText": context},
         )
-        return ChatResult(thread_id=thread_id, turn_id=turn_id, message_id=message_id)
-
-    @server.request("forkyard/chat/interrupt")
-    async def interrupt(ls: ForkyardServer, params: ChatInterruptParams) -> Empty:
-        await ls.require_app().conversation.interrupt(params.thread_id)
-        return Empty()
-
-    @server.request("forkyard/thread/list")
-    async def thread_list(ls: ForkyardServer, _params: Empty) -> ThreadListResult:
-        return ThreadListResult(threads=await ls.require_app().conversation.threads())
-
-    @server.request("forkyard/thread/read")
-    async def thread_read(ls: ForkyardServer, params: ThreadReadParams) -> ThreadReadResult:
-        thread, messages = await ls.require_app().conversation.read(params.thread_id)
-        return ThreadReadResult(thread=thread, messages=messages)
+        result = ChatResult.model_validate(raw)
+        if params.work_done_token is not None:
+            feature.adopt(result.turn_id, params.work_done_token)
+        return result

@@ -8,13 +8,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from anyio.streams.memory import MemoryObjectReceiveStream
 from lsprotocol import types
 from pygls.uris import to_fs_path
 
 from forkyard.errors import InvalidRequest
-from forkyard.lsp.notices import settings_notices
 from forkyard.lsp.server import ForkyardServer
+from forkyard.notices import settings_notices
 from forkyard.settings import SettingsProblem
+from forkyard_protocol.daemon import (
+    Event,
+    ProblemsResult,
+    SettingsChanged,
+    SettingsProblemInfo,
+    TrustChangeResult,
+)
 from forkyard_protocol.messages import TrustResult
 
 TRUST_USAGE = 'forkyard.trust takes [], [path] or [{"path"?: string, "revoke"?: boolean}]'
@@ -47,8 +55,9 @@ def raise_usage() -> Any:
     raise InvalidRequest(TRUST_USAGE)
 
 
-def show_problems(ls: ForkyardServer, problems: list[SettingsProblem]) -> None:
-    """All of them in the log, one line to the person (`lsp/notices.py`)."""
+def show_problems(ls: ForkyardServer, infos: list[SettingsProblemInfo]) -> None:
+    """All of them in the log, one line to the person (`notices.py`)."""
+    problems = [SettingsProblem(p.source, p.key, p.message, p.summary) for p in infos]
     for problem in problems:
         logger.warning("%s", problem)
     for notice in settings_notices(problems):
@@ -57,19 +66,39 @@ def show_problems(ls: ForkyardServer, problems: list[SettingsProblem]) -> None:
         )
 
 
+class ConfigFeature:
+    """A settings file changed under the daemon: its problems are told here too."""
+
+    def __init__(self, server: ForkyardServer) -> None:
+        self.server = server
+
+    async def consume(self, events: MemoryObjectReceiveStream[Event]) -> None:
+        async with events:
+            async for event in events:
+                if isinstance(event, SettingsChanged):
+                    if self.server.front is not None:
+                        self.server.front.capabilities = event.capabilities
+                    show_problems(self.server, event.problems)
+
+
 def register(server: ForkyardServer) -> None:
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(
         ls: ForkyardServer, params: types.DidChangeConfigurationParams
     ) -> None:
-        app = ls.require_app()
+        front = ls.require_front()
         section = _forkyard_section(params.settings)
-        show_problems(ls, await app.reload_settings(section))
+        front.client_settings = dict(section) if section is not None else None
+        raw = await front.call("daemon/configure", {"clientSettings": front.client_settings})
+        show_problems(ls, ProblemsResult.model_validate(raw).problems)
 
     @server.forkyard_command("forkyard.trust")
     async def trust_command(ls: ForkyardServer, *args: Any) -> TrustResult:
         path, revoke = trust_arguments(args)
-        change = await ls.require_app().trust(path, revoke=revoke)
+        raw = await ls.require_front().call(
+            "daemon/trust", {"path": str(path) if path else None, "revoke": revoke}
+        )
+        change = TrustChangeResult.model_validate(raw)
         ls.window_show_message(
             types.ShowMessageParams(
                 type=types.MessageType.Info,
@@ -80,8 +109,8 @@ def register(server: ForkyardServer) -> None:
         )
         show_problems(ls, change.problems)
         return TrustResult(
-            root=str(change.root),
+            root=change.root,
             trusted=change.trusted,
             ignored_keys=change.ignored_keys,
-            trust_file=str(change.trust_file),
+            trust_file=change.trust_file,
         )

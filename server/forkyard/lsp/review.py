@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
-from forkyard.app import ForkyardApp
-from forkyard.conversation.commands import ApplyOutcome
-from forkyard.errors import InvalidRequest
+from forkyard.conversation.commands import ApplyOutcome, apply_outcome_text
+from forkyard.errors import ForkyardError, InvalidRequest
+from forkyard.lsp.arguments import agent_arg, raise_invalid
 from forkyard.lsp.edits import build_workspace_edit
 from forkyard.lsp.review_data import (
     SOURCE,
@@ -27,11 +29,18 @@ from forkyard.lsp.review_data import (
     resolve_action,
 )
 from forkyard.lsp.server import ForkyardServer
-from forkyard.review.service import AgentReview, ApplyPlan, FileReview
+from forkyard.lsp.session import FrontSession
+from forkyard.review.service import AgentReview, ApplyPlan, FileReview, ReviewService
 from forkyard.workspace import confined
 from forkyard.workspace.apply import confine_plans
 from forkyard.workspace.hunks import marked_lines, split_lines
-from forkyard_protocol.messages import AgentApplyParams, AgentApplyResult, AgentResult
+from forkyard_protocol.daemon import AgentChanged, ApplyRequested, Event
+from forkyard_protocol.messages import (
+    AgentApplyParams,
+    AgentApplyResult,
+    AgentDiffResult,
+    AgentResult,
+)
 from forkyard_protocol.models import Agent, Conflict
 
 logger = logging.getLogger(__name__)
@@ -49,12 +58,16 @@ class Review:
         self._published: set[str] = set()
 
     @property
-    def app(self) -> ForkyardApp:
-        return self.server.require_app()
+    def front(self) -> FrontSession:
+        return self.server.require_front()
+
+    @property
+    def service(self) -> ReviewService:
+        return self.front.review
 
     @property
     def root(self) -> Path:
-        return self.app.repository.root
+        return self.front.root
 
     # --- paths, texts -----------------------------------------------------------------
 
@@ -113,7 +126,7 @@ class Review:
         """Diagnostics of many files in one worker thread: an agent that changed hundreds
         of files must not cost the event loop hundreds of thread hops."""
         texts = await self.current_texts(paths)
-        pairs = {path: self.app.review.for_path(path) for path in paths}
+        pairs = {path: self.service.for_path(path) for path in paths}
         encoding = self.encoding
 
         def compute() -> dict[str, list[types.Diagnostic]]:
@@ -152,21 +165,47 @@ class Review:
 
         self.server.spawn(later, f"diagnostics of {path}")
 
-    # --- orchestrator listener ---------------------------------------------------------
+    # --- the daemon's events --------------------------------------------------------------
+
+    async def consume(self, events: MemoryObjectReceiveStream[Event]) -> None:
+        async with events:
+            async for event in events:
+                if isinstance(event, AgentChanged):
+                    self.agent_changed(event.agent, event.previous_state)
+                elif isinstance(event, ApplyRequested) and self._ours(event):
+                    self.server.spawn(partial(self._apply_for_chat, event), "/apply")
+
+    def _ours(self, event: ApplyRequested) -> bool:
+        return event.front_id == self.front.link.front_id
 
     def agent_changed(self, agent: Agent, previous_state: str | None) -> None:
-        if agent.state == "done" and previous_state != "done":
-            self.server.spawn(lambda: self._on_done(agent), f"review of agent {agent.id}")
-        elif agent.state != "done" and (dropped := self.app.review.drop(agent.id)):
+        reviewed = self.service.cached(agent.id)
+        if agent.state == "done" and (previous_state != "done" or reviewed is None):
+            if reviewed is None or reviewed.agent.updated_at != agent.updated_at:
+                self.server.spawn(lambda: self._on_done(agent), f"review of agent {agent.id}")
+        elif agent.state != "done" and (dropped := self.service.drop(agent.id)):
             for path in dropped.files:
                 self.refresh_soon(path)
 
-    def notice(self, level: str, text: str, agent: Agent | None = None) -> None:
-        """Done agents are announced with actions instead (see `_on_done`)."""
+    async def _apply_for_chat(self, event: ApplyRequested) -> None:
+        """`/apply N` typed in this editor's chat: applied here, told in the thread."""
+        number = self.front.resolve_agent(event.agent_id).number
+        try:
+            result = await self.apply(event.agent_id)
+            outcome = ApplyOutcome(
+                result.applied, result.paths, [(c.path, c.reason) for c in result.conflicts]
+            )
+            text = apply_outcome_text(number, outcome)
+        except ForkyardError as exc:
+            text = f"Agent #{number} was not applied: {exc}"
+        await self.front.call(
+            "daemon/thread/note",
+            {"threadId": event.thread_id, "text": text, "agentId": event.agent_id},
+        )
 
     async def _on_done(self, agent: Agent) -> None:
         try:
-            review = await self.app.review.load(agent)
+            review = await self.service.load(agent)
         except Exception:
             logger.exception("cannot load the review of agent #%s", agent.number)
             return
@@ -202,16 +241,15 @@ class Review:
         elif choice == "Apply":
             await self.apply(agent.id)
         elif choice == "Discard":
-            await self.app.orchestrator.discard(agent.id)
+            await self.front.call("forkyard/agent/discard", {"agentId": agent.id})
 
     # --- applying -----------------------------------------------------------------------
 
     async def apply(
         self, agent_ref: str, paths: list[str] | None = None, hunk_ids: list[str] | None = None
     ) -> AgentApplyResult:
-        app = self.app
         plan = await self._confined(
-            await app.review.plan(agent_ref, self.current_text, paths, hunk_ids)
+            await self.service.plan(agent_ref, self.current_text, paths, hunk_ids)
         )
         agent = plan.agent
         texts = {p.path: await self.current_text(p.path) for p in plan.plans}
@@ -277,7 +315,7 @@ class Review:
             )
         conflicts = plan.conflicts + [Conflict(path=p, reason=r) for p, r in failed.items()]
         if applied and plan.complete and not failed:
-            await app.orchestrator.mark_applied(agent.id)
+            await self.front.call("daemon/markApplied", {"agentId": agent.id})
         elif applied:
             for path in build.touched:
                 self.refresh_soon(path)
@@ -288,7 +326,7 @@ class Review:
     async def _confined(self, plan: ApplyPlan) -> ApplyPlan:
         """`plan` without anything that would write through a symbolic link or outside
         the checkout, on either side: those changes become conflicts saying so."""
-        review = await self.app.review.get(plan.agent.id)
+        review = await self.service.get(plan.agent.id)
         changes = [file.change for file in review.files.values()]
         worktree = Path(plan.agent.worktree) if plan.agent.worktree else None
         found = await anyio.to_thread.run_sync(
@@ -305,11 +343,12 @@ class Review:
         return replace(plan, plans=plans, conflicts=kept + conflicts, complete=False)
 
     async def show_diff(self, agent_ref: str) -> AgentResult:
-        orchestrator = self.app.orchestrator
-        agent = orchestrator.resolve(agent_ref).agent
-        diff = await orchestrator.diff(agent.id)
-        target = self.app.state_dir / "diffs" / f"agent-{agent.number}.diff"
-        patch = diff.patch if diff else ""
+        agent = self.front.resolve_agent(agent_ref)
+        diff = AgentDiffResult.model_validate(
+            await self.front.call("forkyard/agent/diff", {"agentId": agent.id})
+        )
+        target = self.front.state_dir / "diffs" / f"agent-{agent.number}.diff"
+        patch = diff.patch
 
         def write() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -330,7 +369,7 @@ class Review:
         path = self.path_of(params.text_document.uri)
         if path is None:
             return []
-        pairs = self.app.review.for_path(path)
+        pairs = self.service.for_path(path)
         if not pairs:
             return []
         text = await self.current_text(path)
@@ -395,32 +434,17 @@ def _read_disk_texts(root: Path, paths: list[str]) -> dict[str, str | None]:
     return {path: confined.read_text(root, path) for path in paths}
 
 
-def register(server: ForkyardServer) -> None:
-    review = Review(server)
-
-    class _ChatApplier:
-        async def apply(self, agent_ref: str) -> ApplyOutcome:
-            result = await review.apply(agent_ref)
-            return ApplyOutcome(
-                result.applied, result.paths, [(c.path, c.reason) for c in result.conflicts]
-            )
-
-    def attach(app: ForkyardApp) -> None:
-        app.orchestrator.add_listener(review)
-        app.commands.applier = _ChatApplier()
-
-    server.on_app_ready.append(attach)
-
+def register(server: ForkyardServer, review: Review) -> None:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: ForkyardServer, params: types.DidOpenTextDocumentParams) -> None:
-        path = review.path_of(params.text_document.uri) if ls.app is not None else None
-        if ls.app is not None and path and ls.app.review.for_path(path):
+        path = review.path_of(params.text_document.uri) if ls.front is not None else None
+        if ls.front is not None and path and ls.front.review.for_path(path):
             review.refresh_soon(path)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: ForkyardServer, params: types.DidChangeTextDocumentParams) -> None:
-        path = review.path_of(params.text_document.uri) if ls.app is not None else None
-        if ls.app is not None and path and ls.app.review.for_path(path):
+        path = review.path_of(params.text_document.uri) if ls.front is not None else None
+        if ls.front is not None and path and ls.front.review.for_path(path):
             review.refresh_soon(path)
 
     @server.feature(
@@ -432,7 +456,7 @@ def register(server: ForkyardServer) -> None:
     async def code_action(
         ls: ForkyardServer, params: types.CodeActionParams
     ) -> list[types.CodeAction] | None:
-        if ls.app is None:
+        if ls.front is None:
             return None
         return await review.code_actions(params)
 
@@ -449,8 +473,6 @@ def register(server: ForkyardServer) -> None:
 
     @server.forkyard_command("forkyard.apply")
     async def apply_command(ls: ForkyardServer, *args: Any) -> AgentApplyResult:
-        from forkyard.lsp.agents import agent_arg, raise_invalid
-
         ref = agent_arg("forkyard.apply", args)
         paths = args[1] if len(args) > 1 else None
         hunk_ids = args[2] if len(args) > 2 else None
@@ -463,8 +485,6 @@ def register(server: ForkyardServer) -> None:
 
     @server.forkyard_command("forkyard.showDiff")
     async def show_diff_command(ls: ForkyardServer, *args: Any) -> AgentResult:
-        from forkyard.lsp.agents import agent_arg
-
         return await review.show_diff(agent_arg("forkyard.showDiff", args))
 
 

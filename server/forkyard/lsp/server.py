@@ -4,19 +4,15 @@ background task (agents, progress, flushers) has an owner."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from lsprotocol import converters, types
 from pydantic import ValidationError
 from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInvalidParams
-from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import (
     JsonRPCNotification,
@@ -27,25 +23,26 @@ from pygls.protocol import (
 )
 
 import forkyard
-from forkyard.app import ForkyardApp
-from forkyard.errors import InvalidRequest
-from forkyard.lsp.notices import (
-    MAX_DETAIL_CHARS,
-    client_shows_actions_without_blocking,
-    cut,
-)
-from forkyard.lsp.supervisor import Supervisor, one_line, redact, secret_values
+from forkyard.errors import ForkyardError
+from forkyard.loop_watch import LoopWatch
 from forkyard.lsp.wire import (
     ByteSource,
     ConnectionLost,
     FrameReader,
     MessageLoop,
-    StdinSource,
-    StreamSource,
     quote,
 )
+from forkyard.notices import (
+    MAX_DETAIL_CHARS,
+    client_shows_actions_without_blocking,
+    cut,
+)
 from forkyard.settings import current_environ
+from forkyard.supervisor import Supervisor, one_line, redact, secret_values
 from forkyard_protocol import REQUESTS, WireModel, describe_validation_error
+
+if TYPE_CHECKING:
+    from forkyard.lsp.session import FrontSession
 
 logger = logging.getLogger(__name__)
 
@@ -125,20 +122,17 @@ class ForkyardServer(LanguageServer):
             converter_factory=plain_params_converter,
             text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
         )
-        self.app: ForkyardApp | None = None
+        self.front: FrontSession | None = None
         self.task_group: Supervisor | None = None
         self.experimental_capabilities: dict[str, Any] = {}
         self.exit_code = 0
         self.connection_closed = False
         self.loop_watch = LoopWatch()
-        #: Called with the app once it is open, before it starts: listeners attach here
-        #: so that they see every event.
-        self.on_app_ready: list[Callable[[ForkyardApp], None]] = []
 
-    def require_app(self) -> ForkyardApp:
-        if self.app is None:
+    def require_front(self) -> FrontSession:
+        if self.front is None:
             raise ServerNotReady()
-        return self.app
+        return self.front
 
     def spawn(self, func: Callable[[], Coroutine[Any, Any, Any]], name: str) -> None:
         """Run a background task owned by the supervisor task group: its failure is
@@ -148,7 +142,7 @@ class ForkyardServer(LanguageServer):
         self.task_group.start_soon(func, name=name)
 
     def window_show_message(self, params: types.ShowMessageParams) -> None:
-        """Every message the person sees is one line that fits (`lsp/notices.py`): a
+        """Every message the person sees is one line that fits (`notices.py`): a
         longer one raises a prompt in terminal editors. Whatever is cut is in the log."""
         line = cut(params.message, MAX_DETAIL_CHARS)
         if line != params.message:
@@ -175,7 +169,7 @@ class ForkyardServer(LanguageServer):
         self.protocol.notify(method, params.wire())
 
     def client_wants_actions(self) -> bool:
-        """Whether done agents are announced with actions (see `lsp/notices.py`)."""
+        """Whether done agents are announced with actions (see `notices.py`)."""
         return client_shows_actions_without_blocking(self.client_capabilities.experimental)
 
     def client_supports_progress(self) -> bool:
@@ -186,7 +180,8 @@ class ForkyardServer(LanguageServer):
         self, method: str
     ) -> Callable[[Callable[[ForkyardServer, Any], Awaitable[WireModel]]], Any]:
         """Register a custom request handler that gets validated params (-32602 naming
-        the bad field otherwise) and whose domain errors become -32602 too."""
+        the bad field otherwise) and whose domain errors get their code from the one
+        table (`forkyard/errors.py`)."""
         params_model, _ = REQUESTS[method]
 
         def decorator(func: Callable[[ForkyardServer, Any], Awaitable[WireModel]]) -> Any:
@@ -195,8 +190,8 @@ class ForkyardServer(LanguageServer):
                 params = parse_params(method, params_model, raw)
                 try:
                     result = await func(self, params)
-                except InvalidRequest as exc:
-                    raise JsonRpcInvalidParams(str(exc)) from exc
+                except ForkyardError as exc:
+                    raise JsonRpcException(str(exc), exc.code) from exc
                 return result.wire()
 
             return func
@@ -204,15 +199,15 @@ class ForkyardServer(LanguageServer):
         return decorator
 
     def forkyard_command(self, name: str) -> Callable[[Callable[..., Awaitable[WireModel]]], Any]:
-        """Register a `workspace/executeCommand` command; domain errors become -32602."""
+        """Register a `workspace/executeCommand` command; domain errors as for requests."""
 
         def decorator(func: Callable[..., Awaitable[WireModel]]) -> Any:
             @self.command(name)
             async def handler(ls: ForkyardServer, *args: Any) -> Any:
                 try:
                     result = await func(self, *args)
-                except InvalidRequest as exc:
-                    raise JsonRpcInvalidParams(f"{name}: {exc}") from exc
+                except ForkyardError as exc:
+                    raise JsonRpcException(f"{name}: {exc}", exc.code) from exc
                 return result.wire()
 
             return func
@@ -231,38 +226,7 @@ def parse_params(method: str, model: type[P], raw: Any) -> P:
         raise JsonRpcInvalidParams(describe_validation_error(method, exc)) from exc
 
 
-def create_server() -> ForkyardServer:
-    from forkyard.lsp import agents, chat, config, lifecycle, review, status
-
-    server = ForkyardServer()
-    lifecycle.register(server)
-    config.register(server)
-    agents.register(server)
-    chat.register(server)
-    review.register(server)
-    status.register(server)
-    return server
-
-
-class LoopWatch:
-    """Measures how late the event loop wakes a sleeping task: the largest stall is the
-    longest any request could have waited behind blocking work."""
-
-    TICK_SECONDS = 0.01
-
-    def __init__(self) -> None:
-        self.max_stall = 0.0
-        self.started = time.monotonic()
-
-    async def run(self) -> None:
-        while True:
-            before = time.perf_counter()
-            await anyio.sleep(self.TICK_SECONDS)
-            stall = time.perf_counter() - before - self.TICK_SECONDS
-            self.max_stall = max(self.max_stall, stall)
-
-
-async def _serve(server: ForkyardServer, source: ByteSource) -> None:
+async def serve_connection(server: ForkyardServer, source: ByteSource) -> None:
     stop_event = threading.Event()
     server._stop_event = stop_event
     environ = current_environ()
@@ -291,45 +255,5 @@ async def _serve(server: ForkyardServer, source: ByteSource) -> None:
             task_group.cancel_scope.cancel()
     finally:
         server.task_group = None
-        if server.app is not None:
-            await server.app.close()
-
-
-def run_stdio(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
-    server = create_server()
-    source = StdinSource(stdin or sys.stdin.buffer)
-    server.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
-    try:
-        asyncio.run(_serve(server, source))
-    except (KeyboardInterrupt, BrokenPipeError):
-        pass
-    finally:
-        server.shutdown()
-    sys.exit(server.exit_code)
-
-
-def run_tcp(host: str, port: int) -> None:
-    """One client over TCP, for editors that prefer a socket."""
-    server = create_server()
-
-    async def main() -> None:
-        done = anyio.Event()
-
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            server.protocol.set_writer(writer)
-            try:
-                await _serve(server, StreamSource(reader))
-            finally:
-                done.set()
-
-        tcp = await asyncio.start_server(on_connect, host, port)
-        async with tcp:
-            logger.info("Forkyard listening on %s:%s", host, port)
-            await done.wait()
-
-    try:
-        asyncio.run(main())
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        server.shutdown()
+        if server.front is not None:
+            await server.front.close()

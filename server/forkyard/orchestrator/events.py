@@ -1,49 +1,25 @@
-"""How the orchestrator tells the rest of the world what happened, without knowing who
-listens: the LSP layer turns these into notifications, progress and diagnostics; the
-conversation layer into event messages in a thread."""
+"""How the orchestrator reports: every change of an agent and every notice goes onto the
+one event bus (`forkyard/bus.py`) as an event of the closed set. Whoever listens (the
+conversation, each front the daemon serves) subscribes there; the orchestrator never knows
+who does."""
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
-
+from forkyard.bus import EventBus
+from forkyard_protocol.daemon import AgentChanged, Notice, NoticeLevel
 from forkyard_protocol.models import Agent
 
-NoticeLevel = Literal["info", "warning", "error"]
+__all__ = ["NoticeLevel", "Reporter"]
 
 
-class OrchestratorListener(Protocol):
-    def agent_changed(self, agent: Agent, previous_state: str | None) -> None:
-        """Called on the event loop after every change of an agent; must not block."""
+class Reporter:
+    """The orchestrator's two kinds of report, as bus events."""
 
-    def notice(self, level: NoticeLevel, text: str, agent: Agent | None = None) -> None:
-        """Something the user should be told once (finished, failed, orphans found);
-        `agent` is the agent it is about, if any."""
-
-
-class Listeners:
-    """Fan-out to every registered listener; one failing listener never stops the others
-    or the orchestrator."""
-
-    def __init__(self) -> None:
-        self._listeners: list[OrchestratorListener] = []
-
-    def add(self, listener: OrchestratorListener) -> None:
-        self._listeners.append(listener)
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
 
     def agent_changed(self, agent: Agent, previous_state: str | None) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener.agent_changed(agent.model_copy(deep=True), previous_state)
-            except Exception:
-                import logging
-
-                logging.getLogger(__name__).exception("agent listener failed")
+        self.bus.publish(AgentChanged(agent=agent, previous_state=previous_state))
 
     def notice(self, level: NoticeLevel, text: str, agent: Agent | None = None) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener.notice(level, text, agent)
-            except Exception:
-                import logging
-
-                logging.getLogger(__name__).exception("notice listener failed")
+        self.bus.publish(Notice(level=level, text=text, agent=agent))

@@ -17,12 +17,14 @@ import anyio
 from anyio.abc import TaskGroup
 
 from forkyard.agents.base import ApprovalAnswer, Backend
+from forkyard.bus import EventBus
 from forkyard.clock import new_id, now_iso
-from forkyard.errors import InvalidRequest, UnknownAgent
-from forkyard.orchestrator.events import Listeners, OrchestratorListener
+from forkyard.errors import InvalidRequest, UnknownAgent, WrongState
+from forkyard.orchestrator.events import Reporter
 from forkyard.orchestrator.failures import keep_running
 from forkyard.orchestrator.runner import FINISH_TIMEOUT_SECONDS, AgentRunner
 from forkyard.orchestrator.runtime import AgentRuntime, is_dir
+from forkyard.orchestrator.states import check_move
 from forkyard.settings import RoleConfig, Settings
 from forkyard.store import Store
 from forkyard.workspace.diff import WorktreeDiff, diff_worktree, file_at
@@ -62,6 +64,7 @@ class Orchestrator:
         backends: Mapping[str, Backend],
         state_dir: Path,
         environ: Mapping[str, str],
+        bus: EventBus | None = None,
     ) -> None:
         self.repository = repository
         self.store = store
@@ -69,7 +72,8 @@ class Orchestrator:
         self.backends = dict(backends)
         self.state_dir = state_dir
         self.environ = environ
-        self.listeners = Listeners()
+        self.bus = bus or EventBus()
+        self.listeners = Reporter(self.bus)
         self.repo_key = repository_key(repository.root)
         self._agents: dict[str, AgentRuntime] = {}
         self._queue: list[AgentRuntime] = []
@@ -96,9 +100,6 @@ class Orchestrator:
     def worktrees_dir(self) -> Path:
         return worktrees_directory(self.state_dir, self.repo_key)
 
-    def add_listener(self, listener: OrchestratorListener) -> None:
-        self.listeners.add(listener)
-
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self, task_group: TaskGroup) -> None:
@@ -117,7 +118,6 @@ class Orchestrator:
                 )
         warn = self._warn
         task_group.start_soon(keep_running, self._flush_logs_forever, "the log flusher", warn)
-        await self._report_orphans()
         task_group.start_soon(
             keep_running, self.pool.run, "the worktree pool", warn, name=f"pool of {self.repo_key}"
         )
@@ -128,12 +128,13 @@ class Orchestrator:
     def _warn(self, text: str) -> None:
         self.listeners.notice("warning", text)
 
-    async def _report_orphans(self) -> None:
+    async def orphans_notice(self) -> str | None:
+        """The one line to tell a person who opens the repository about worktrees under
+        the state directory that no agent owns (kept, never deleted); None if none."""
         try:
             worktrees = await self.repository.list_worktrees()
         except GitError as exc:
-            self.listeners.notice("warning", f"cannot list worktrees: {exc}")
-            return
+            return f"cannot list worktrees: {exc}"
         root = self.worktrees_dir
         owned_paths = [r.agent.worktree for r in self._agents.values() if r.agent.worktree]
 
@@ -153,11 +154,10 @@ class Orchestrator:
             # A notice is one short line (an editor shows a longer one as a prompt): the
             # folders' names there, their whole paths in the log and `forkyard status`.
             logger.warning("worktrees no agent owns, kept: %s", ", ".join(orphans))
-            self.listeners.notice(
-                "warning",
-                f"Forkyard kept {len(orphans)} worktree(s) no agent owns: "
-                + ", ".join(Path(p).name for p in orphans),
+            return f"Forkyard kept {len(orphans)} worktree(s) no agent owns: " + ", ".join(
+                Path(p).name for p in orphans
             )
+        return None
 
     async def stop(self) -> None:
         """Persist what is pending; called on shutdown, shielded by the caller."""
@@ -303,11 +303,10 @@ class Orchestrator:
             await self._log(runtime, "user", text)
             return agent.model_copy(deep=True)
         if agent.state in ("applied", "discarded"):
-            raise InvalidRequest(f"agent #{agent.number} was {agent.state}; dispatch a new one")
+            raise WrongState(f"agent #{agent.number} was {agent.state}; dispatch a new one")
         if agent.worktree and not await is_dir(agent.worktree):
             raise InvalidRequest(f"agent #{agent.number}'s worktree is gone: {agent.worktree}")
         runtime.rerun = text
-        runtime.user_cancelled = False
         await self._log(runtime, "user", text)
         await self._update(runtime, state="queued", error=None, progress=None)
         self._queue.append(runtime)
@@ -322,7 +321,6 @@ class Orchestrator:
             self._queue.remove(runtime)
             await self._update(runtime, state="cancelled", progress=None)
         elif agent.state in ACTIVE_STATES and runtime.cancel_scope is not None:
-            runtime.user_cancelled = True
             runtime.cancel_scope.cancel()
             # The run task records `cancelled` once its processes are gone.
             with anyio.fail_after(FINISH_TIMEOUT_SECONDS):
@@ -350,6 +348,8 @@ class Orchestrator:
 
     async def mark_applied(self, ref: str) -> Agent:
         runtime = self.resolve(ref)
+        if runtime.agent.state != "done":
+            raise WrongState(f"agent #{runtime.agent.number} is {runtime.agent.state}, not done")
         await self._update(runtime, state="applied")
         return runtime.agent.model_copy(deep=True)
 
@@ -444,11 +444,19 @@ class Orchestrator:
 
     async def _update(self, runtime: AgentRuntime, **changes: object) -> None:
         previous = runtime.agent.state
+        if "state" in changes:
+            check_move(runtime.agent.number, previous, changes["state"])  # type: ignore[arg-type]
         data = runtime.agent.model_dump()
         data.update(changes)
         data["updated_at"] = now_iso()
-        runtime.agent = Agent.model_validate(data)
-        await self._save_and_announce(runtime, previous)
+        before, runtime.agent = runtime.agent, Agent.model_validate(data)
+        try:
+            await self._save_and_announce(runtime, previous)
+        except BaseException:
+            # Not saved, not announced: it did not happen (the caller may fail the agent).
+            if runtime.agent.state == data["state"]:
+                runtime.agent = before
+            raise
 
     async def _save_and_announce(self, runtime: AgentRuntime, previous: str | None) -> None:
         await self.store.save_agent(self.repo_key, runtime.agent)

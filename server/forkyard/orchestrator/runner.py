@@ -16,6 +16,7 @@ from forkyard.orchestrator.context import RunContext
 from forkyard.orchestrator.events import NoticeLevel
 from forkyard.orchestrator.failures import cause_of, leaf
 from forkyard.orchestrator.runtime import AgentRuntime, is_dir
+from forkyard.orchestrator.states import IllegalTransition
 from forkyard.settings import RoleConfig
 from forkyard.workspace.diff import diff_worktree
 from forkyard.workspace.git import GitError
@@ -100,6 +101,8 @@ class AgentRunner:
         error = f"Forkyard could not finish this agent: {cause_of(exc)}{kept}"
         try:
             await self.o._update(runtime, state="failed", progress=None, error=error)
+        except IllegalTransition:
+            raise
         except Exception:
             logger.exception("could not record agent #%s as failed", agent.number)
             previous = runtime.agent.state

@@ -17,7 +17,6 @@ class AgentRuntime:
 
     agent: Agent
     cancel_scope: anyio.CancelScope | None = None
-    user_cancelled: bool = False
     followups: list[str] = field(default_factory=list)
     rerun: str | None = None
     last_progress_emit: float = 0.0

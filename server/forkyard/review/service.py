@@ -14,17 +14,33 @@ import os
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from forkyard.errors import InvalidRequest
-from forkyard.orchestrator.orchestrator import Orchestrator
+from forkyard.errors import InvalidRequest, WrongState
 from forkyard.workspace.apply import FilePlan, paths_to_read, plan_change_apply
 from forkyard.workspace.diff import files_in_commit
 from forkyard.workspace.hunks import LocatedHunk, locate_hunks
 from forkyard_protocol.models import Agent, Conflict, FileChange
 
+if TYPE_CHECKING:
+    from forkyard.orchestrator.orchestrator import Orchestrator
+
 logger = logging.getLogger(__name__)
+
+#: One changed file with both sides: (change, base text, agent's text).
+FileSides = tuple[FileChange, str | None, str | None]
+
+
+class AgentSource(Protocol):
+    """Where the review gets agents and their files: the orchestrator in-process, the
+    daemon for a front."""
+
+    def resolve_agent(self, ref: str) -> Agent: ...
+
+    async def review_files(self, agent: Agent) -> list[FileSides]: ...
+
 
 CurrentText = Callable[[str], Awaitable[str | None]]
 
@@ -67,10 +83,6 @@ class AgentReview:
     agent: Agent
     files: dict[str, FileReview] = field(default_factory=dict)
 
-    @property
-    def hunk_count(self) -> int:
-        return sum(len(f.change.hunks) for f in self.files.values())
-
 
 @dataclass
 class ApplyPlan:
@@ -103,9 +115,32 @@ def _read_texts(worktree: Path | None, paths: list[str]) -> dict[str, str | None
     return texts
 
 
+async def load_review_files(orchestrator: Orchestrator, agent: Agent) -> list[FileSides]:
+    """The agent's diff and both sides of every changed file (the daemon's half of a
+    review: it owns the worktrees)."""
+    root = orchestrator.repository.root
+    diff = await orchestrator.diff(agent.id)
+    changes = diff.files if diff else []
+    base_paths = [c.old_path or c.path for c in changes if c.status != "added"]
+    base_texts = await files_in_commit(root, agent.base_ref, base_paths)
+    worktree = Path(agent.worktree) if agent.worktree else None
+    agent_paths = [c.path for c in changes if c.status != "deleted"]
+    agent_texts = await anyio.to_thread.run_sync(_read_texts, worktree, agent_paths)
+    return [
+        (
+            change,
+            None if change.status == "added" else base_texts.get(change.old_path or change.path),
+            agent_texts.get(change.path),
+        )
+        for change in changes
+    ]
+
+
 class ReviewService:
-    def __init__(self, orchestrator: Orchestrator) -> None:
-        self.orchestrator = orchestrator
+    """The front's half: each done agent's files kept, hunks located on current text."""
+
+    def __init__(self, source: AgentSource) -> None:
+        self.source = source
         self._reviews: dict[str, AgentReview] = {}
 
     def reviews(self) -> list[AgentReview]:
@@ -118,30 +153,21 @@ class ReviewService:
     def drop(self, agent_id: str) -> AgentReview | None:
         return self._reviews.pop(agent_id, None)
 
+    def cached(self, agent_id: str) -> AgentReview | None:
+        return self._reviews.get(agent_id)
+
     async def load(self, agent: Agent) -> AgentReview:
         """The agent's diff and both sides of every changed file, read once."""
-        root = self.orchestrator.repository.root
-        diff = await self.orchestrator.diff(agent.id)
         review = AgentReview(agent)
-        changes = diff.files if diff else []
-        base_paths = [c.old_path or c.path for c in changes if c.status != "added"]
-        base_texts = await files_in_commit(root, agent.base_ref, base_paths)
-        worktree = Path(agent.worktree) if agent.worktree else None
-        agent_paths = [c.path for c in changes if c.status != "deleted"]
-        agent_texts = await anyio.to_thread.run_sync(_read_texts, worktree, agent_paths)
-        for change in changes:
-            base_text = (
-                None if change.status == "added" else base_texts.get(change.old_path or change.path)
-            )
-            review.files[change.path] = FileReview(change, base_text, agent_texts.get(change.path))
+        for change, base_text, agent_text in await self.source.review_files(agent):
+            review.files[change.path] = FileReview(change, base_text, agent_text)
         self._reviews[agent.id] = review
         return review
 
     async def get(self, agent_ref: str) -> AgentReview:
-        runtime = self.orchestrator.resolve(agent_ref)
-        agent = runtime.agent
+        agent = self.source.resolve_agent(agent_ref)
         if agent.state != "done":
-            raise InvalidRequest(
+            raise WrongState(
                 f"agentId: agent #{agent.number} is {agent.state}; only a done agent applies"
             )
         review = self._reviews.get(agent.id)

@@ -198,6 +198,26 @@ def create_file(root: Path, path: str, text: str) -> None:
             file.write(text.encode("utf-8"))
 
 
+def replace_file(root: Path, path: str, text: str) -> None:
+    """Overwrite the existing regular file `path` with `text` (the terminal's apply, which
+    has no editor to send the edit to). Refuses a link at the end or on the way."""
+    with _parent_fd(root, path, create=False) as (dir_fd, name):
+        _before_final_open(path)
+        try:
+            # Non-blocking, not truncating: a FIFO or device there must neither hang nor
+            # lose anything before it is refused.
+            flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except OSError as error:
+            raise _unsafe(dir_fd, name, path, error) from error
+        with os.fdopen(fd, "wb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise UnsafePathError(f"{path}: is not a regular file in your checkout")
+            os.set_blocking(file.fileno(), True)
+            file.truncate(0)
+            file.write(text.encode("utf-8"))
+
+
 def delete_file(root: Path, path: str) -> None:
     """Delete the regular file `path`; nothing there is fine. A link (at the end or on
     the way) is refused rather than removed or followed."""

@@ -20,14 +20,14 @@ from anyio import CancelScope, TaskHandle
 from anyio.abc import TaskGroup
 
 from forkyard.errors import ForkyardError
-from forkyard.lsp.notices import MAX_NOTICE_CHARS
+from forkyard.notices import MAX_NOTICE_CHARS
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 #: What the user is shown at most: one line that, with " (see the log)", fits beside the
-#: prefix stock Neovim adds, as every notice does (`lsp/notices.py`).
+#: prefix stock Neovim adds, as every notice does (`notices.py`).
 MAX_REPORT_CHARS = MAX_NOTICE_CHARS - len(" (see the log)")
 #: The same failure is told to the user at most once in this many seconds.
 REPORT_QUIET_SECONDS = 60.0

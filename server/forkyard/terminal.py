@@ -1,0 +1,260 @@
+"""The terminal front: `forkyard agents | dispatch | chat | log | diff | apply`, for
+terminal users, scripts and CI. Each attaches to the daemon of its repository (starting
+it when none answers), like an editor does, and speaks the same protocol."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+import forkyard
+from forkyard.bus import EventBus
+from forkyard.conversation.commands import ApplyOutcome, agent_line, apply_outcome_text
+from forkyard.daemon.link import DaemonLink
+from forkyard.daemon.paths import DaemonPaths
+from forkyard.errors import ForkyardError
+from forkyard.review.service import FileSides, ReviewService
+from forkyard.workspace import confined
+from forkyard.workspace.apply import FilePlan
+from forkyard_protocol.daemon import (
+    AgentChanged,
+    ApplyRequested,
+    AttachParams,
+    ChatDelta,
+    ChatTurn,
+    Event,
+    ReviewResult,
+)
+from forkyard_protocol.messages import (
+    AgentDiffResult,
+    AgentListResult,
+    AgentReadResult,
+    AgentResult,
+    ChatResult,
+)
+from forkyard_protocol.models import FINAL_STATES, Agent, FileChange
+
+FINAL_TURN_STATES = ("completed", "failed", "interrupted")
+
+
+def add_commands(commands: Any) -> None:
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
+        parser.set_defaults(terminal=name)
+        parser.add_argument("--repo", type=Path, default=Path("."), help="default: .")
+        return parser
+
+    command("agents", "list the repository's agents").add_argument("--json", action="store_true")
+    dispatch = command("dispatch", "start an agent on a task")
+    dispatch.add_argument("task")
+    dispatch.add_argument("--role", default="worker")
+    dispatch.add_argument("--backend", default=None, help="default: llm")
+    chat = command("chat", "send a chat message and stream the reply")
+    chat.add_argument("text")
+    chat.add_argument("--thread", default=None, help="go on in this thread")
+    log = command("log", "an agent's log")
+    log.add_argument("agent")
+    log.add_argument("--follow", action="store_true", help="until the agent ends")
+    command("diff", "an agent's diff").add_argument("agent")
+    command("apply", "apply a done agent to the files on disk (three-way)").add_argument("agent")
+
+
+class TerminalFront:
+    """A link plus a bus of the daemon's events, for one command."""
+
+    def __init__(self, root: Path, state_dir: Path, environ: Any, idle: float) -> None:
+        self.root = root
+        self.bus = EventBus()
+        self.link = DaemonLink(
+            DaemonPaths(state_dir),
+            environ,
+            lambda: AttachParams(
+                root=str(root), kind="terminal", name="terminal", version=forkyard.__version__
+            ),
+            idle_seconds=idle,
+            on_event=self.bus.publish,
+        )
+        self.review = ReviewService(self)
+
+    def resolve_agent(self, ref: str) -> Agent:
+        return self.link.resolve_agent(ref)
+
+    async def review_files(self, agent: Agent) -> list[FileSides]:
+        result = ReviewResult.model_validate(
+            await self.link.call("daemon/review", {"agentId": agent.id})
+        )
+        return [
+            (FileChange.model_validate(f.change), f.base_text, f.agent_text) for f in result.files
+        ]
+
+
+@asynccontextmanager
+async def attached(repo: Path) -> AsyncIterator[TerminalFront]:
+    from forkyard.settings import current_environ, load_settings
+    from forkyard.workspace.git import Repository
+
+    environ = current_environ()
+    repository = await Repository.discover(Path(await anyio.Path(repo).absolute()))
+    loaded = await anyio.to_thread.run_sync(load_settings, repository.root, environ)
+    state_dir = loaded.settings.resolved_state_dir(environ).expanduser().absolute()
+    front = TerminalFront(repository.root, state_dir, environ, loaded.settings.daemon_idle_seconds)
+    async with anyio.create_task_group() as group:
+        await front.link.open(group)
+        try:
+            yield front
+        finally:
+            await front.link.close()
+            front.bus.close()
+            group.cancel_scope.cancel()
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        return anyio.run(_run, args)
+    except ForkyardError as exc:
+        print(f"forkyard: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(args: argparse.Namespace) -> int:
+    async with attached(args.repo) as front:
+        name = args.terminal
+        if name == "agents":
+            return await _agents(front, as_json=args.json)
+        if name == "dispatch":
+            params = {"task": args.task, "role": args.role}
+            if args.backend:
+                params["backend"] = args.backend
+            raw = await front.link.call("forkyard/agent/dispatch", params)
+            agent = AgentResult.model_validate(raw).agent
+            print(f"#{agent.number} {agent.title} {agent.state} ({agent.role}, {agent.backend})")
+            return 0
+        if name == "chat":
+            return await _chat(front, args.text, args.thread)
+        if name == "log":
+            return await _log(front, args.agent, follow=args.follow)
+        if name == "diff":
+            raw = await front.link.call("forkyard/agent/diff", {"agentId": args.agent})
+            sys.stdout.write(AgentDiffResult.model_validate(raw).patch)
+            return 0
+        if name == "apply":
+            return await _apply(front, args.agent)
+    return 2
+
+
+async def _agents(front: TerminalFront, *, as_json: bool) -> int:
+    agents = AgentListResult.model_validate(await front.link.call("forkyard/agent/list")).agents
+    if as_json:
+        print(json.dumps([agent.wire() for agent in agents]))
+        return 0
+    if not agents:
+        print("no agents yet: `forkyard dispatch TASK`")
+    for agent in agents:
+        print(agent_line(agent).replace("**", "").replace("`", ""))
+    return 0
+
+
+async def _chat(front: TerminalFront, text: str, thread: str | None) -> int:
+    """Sends the message, streams the reply to stdout as it comes."""
+    with front.bus.subscribe() as events:
+        raw = await front.link.call("daemon/chat", {"text": text, "threadId": thread})
+        result = ChatResult.model_validate(raw)
+        state = await _stream_turn(front, events, result)
+    print(f"\n(thread {result.thread_id})", file=sys.stderr)
+    return 0 if state == "completed" else 1
+
+
+async def _stream_turn(
+    front: TerminalFront, events: MemoryObjectReceiveStream[Event], result: ChatResult
+) -> str:
+    async for event in events:
+        if isinstance(event, ChatDelta) and event.turn_id == result.turn_id:
+            sys.stdout.write(event.delta)
+            sys.stdout.flush()
+        elif isinstance(event, ApplyRequested) and event.front_id == front.link.front_id:
+            outcome = await _apply_quietly(front, event.agent_id)
+            await front.link.call(
+                "daemon/thread/note",
+                {"threadId": event.thread_id, "text": outcome, "agentId": event.agent_id},
+            )
+            print(f"\n{outcome}")
+        elif (
+            isinstance(event, ChatTurn)
+            and event.turn_id == result.turn_id
+            and event.state in FINAL_TURN_STATES
+        ):
+            if event.error:
+                print(f"\n{event.error}", file=sys.stderr)
+            return event.state
+    return "interrupted"
+
+
+async def _log(front: TerminalFront, ref: str, *, follow: bool) -> int:
+    with front.bus.subscribe() as events:
+        shown = 0
+        agent: Agent | None = None
+        while True:
+            raw = await front.link.call("forkyard/agent/read", {"agentId": ref})
+            read = AgentReadResult.model_validate(raw)
+            agent = read.agent
+            for entry in read.log[shown:]:
+                print(f"{entry.time} {entry.kind}: {entry.text}")
+            shown = len(read.log)
+            if not follow or agent.state in FINAL_STATES:
+                break
+            async for event in events:
+                if isinstance(event, AgentChanged) and event.agent.id == agent.id:
+                    break
+    return 0
+
+
+async def _apply(front: TerminalFront, ref: str) -> int:
+    text = await _apply_quietly(front, ref)
+    print(text)
+    return 0 if text.startswith("Applied") and "Conflicts" not in text else 1
+
+
+async def _apply_quietly(front: TerminalFront, ref: str) -> str:
+    """The same three-way merge as in an editor, against the files on disk."""
+    root = front.root
+    agent = front.resolve_agent(ref)
+
+    async def current_text(path: str) -> str | None:
+        return await anyio.to_thread.run_sync(confined.read_text, root, path)
+
+    try:
+        plan = await front.review.plan(agent.id, current_text)
+    except ForkyardError as exc:
+        return f"Agent #{agent.number} was not applied: {exc}"
+    failed = await anyio.to_thread.run_sync(_write_plans, root, plan.plans)
+    conflicts = [(c.path, c.reason) for c in plan.conflicts] + list(failed.items())
+    touched = [p.path for p in plan.plans if p.kind != "noop" and p.path not in failed]
+    if plan.complete and not failed:
+        await front.link.call("daemon/markApplied", {"agentId": agent.id})
+    return apply_outcome_text(agent.number, ApplyOutcome(True, touched, conflicts))
+
+
+def _write_plans(root: Path, plans: list[FilePlan]) -> dict[str, str]:
+    """Each plan onto disk, never through a link; what could not be written, by path."""
+    failed: dict[str, str] = {}
+    for plan in plans:
+        try:
+            if plan.kind == "delete":
+                confined.delete_file(root, plan.path)
+            elif plan.kind == "create":
+                confined.create_file(root, plan.path, plan.new_text or "")
+            elif plan.kind == "edit" and plan.new_text is not None:
+                confined.replace_file(root, plan.path, plan.new_text)
+        except (confined.UnsafePathError, OSError) as exc:
+            failed[plan.path] = str(exc)
+    return failed
