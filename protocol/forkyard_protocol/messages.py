@@ -259,6 +259,30 @@ class AgentChangedNotification(WireModel):
     agent: Agent
 
 
+NoticeKind = Literal["agentDone", "agentFailed", "agentCancelled", "other"]
+#: What a client may offer on a notice; a client acts on them as names, and ignores a name
+#: it does not know (a newer server may add some).
+NoticeAction = Literal["Show diff", "Apply", "Discard"]
+#: The actions of an `agentDone` notice, in the order to show them.
+DONE_ACTIONS: tuple[NoticeAction, ...] = ("Show diff", "Apply", "Discard")
+
+
+class NoticeNotification(WireModel):
+    """An addition to PROTOCOL.md (`forkyard/notice`): an agent's notice as data, sent
+    instead of `window/showMessage` to a client that opts in with
+    `experimental.forkyard.structuredNotices`, so that it recognises a done agent by
+    `kind` and `agentId` rather than by the wording of a message meant for people."""
+
+    level: Literal["info", "warning", "error"]
+    #: The one line a plain client would be shown (at most 64 characters).
+    message: str
+    kind: NoticeKind
+    agent_id: str | None = None
+    agent: Agent | None = None
+    #: For `agentDone`: `DONE_ACTIONS`; else none.
+    actions: list[NoticeAction] = Field(default_factory=list)
+
+
 # --- the method table --------------------------------------------------------------------
 
 Direction = Literal["request", "notification"]
@@ -288,6 +312,7 @@ NOTIFICATIONS: dict[str, type[WireModel]] = {
     "forkyard/chat/message": ChatMessageNotification,
     "forkyard/chat/turn": ChatTurnNotification,
     "forkyard/agent/changed": AgentChangedNotification,
+    "forkyard/notice": NoticeNotification,
 }
 
 

@@ -36,6 +36,7 @@ export interface ForkyardProtocolObjects {
   LogEntry?: LogEntry;
   Message?: Message;
   ModelSummary?: ModelSummary;
+  NoticeNotification?: NoticeNotification;
   Position?: Position;
   Progress?: Progress;
   Range?: Range;
@@ -250,6 +251,20 @@ export interface ModelSummary {
   model: string;
   provider: string;
 }
+/**
+ * An addition to PROTOCOL.md (`forkyard/notice`): an agent's notice as data, sent
+ * instead of `window/showMessage` to a client that opts in with
+ * `experimental.forkyard.structuredNotices`, so that it recognises a done agent by
+ * `kind` and `agentId` rather than by the wording of a message meant for people.
+ */
+export interface NoticeNotification {
+  actions?: ("Show diff" | "Apply" | "Discard")[];
+  agent?: Agent | null;
+  agentId?: string | null;
+  kind: "agentDone" | "agentFailed" | "agentCancelled" | "other";
+  level: "info" | "warning" | "error";
+  message: string;
+}
 export interface ServerStatsParams {
   reset?: boolean;
 }
@@ -358,4 +373,5 @@ export interface ForkyardNotifications {
   "forkyard/chat/delta": ChatDeltaNotification;
   "forkyard/chat/message": ChatMessageNotification;
   "forkyard/chat/turn": ChatTurnNotification;
+  "forkyard/notice": NoticeNotification;
 }
