@@ -7,6 +7,10 @@ blocking (`experimental.forkyard.noticeActions: true` in its capabilities; the V
 extension does) gets "Show diff / Apply / Discard" on a done agent. The choice is the
 client's, never guessed from its name.
 
+A client that says `experimental.forkyard.structuredNotices: true` gets agents' notices as
+data instead (`forkyard/notice`: a kind, the agent's id, the actions), so that it never has
+to recognise a done agent by the English of a message; that wins over `noticeActions`.
+
 Notices are one short line: an editor shows a message wider than its command line as a
 "Press ENTER" prompt, and the details are one request away (the agent list, its log).
 """
@@ -15,10 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from forkyard_protocol.messages import DONE_ACTIONS, NoticeKind, NoticeNotification
 
 if TYPE_CHECKING:
     from forkyard.settings import SettingsProblem
+    from forkyard_protocol.daemon import Notice
 
 #: Longest notice we send: with the prefix stock Neovim puts before it
 #: ("LSP[forkyard][Info] "), it fits the command line of a 100-column terminal beside
@@ -31,10 +38,56 @@ MAX_DETAIL_CHARS = 88
 MIN_TITLE_CHARS = 12
 
 
+#: How an agent's notice reaches a client: `structured` as `forkyard/notice` (the done
+#: agent's actions in it), `actions` a done agent asked about with a message request,
+#: `plain` a `window/showMessage`.
+NoticeRoute = Literal["structured", "actions", "plain"]
+
+_KINDS: dict[str, NoticeKind] = {
+    "done": "agentDone",
+    "failed": "agentFailed",
+    "cancelled": "agentCancelled",
+}
+
+
+def _opted_in(experimental: Any, name: str) -> bool:
+    forkyard = experimental.get("forkyard") if isinstance(experimental, dict) else None
+    return isinstance(forkyard, dict) and forkyard.get(name) is True
+
+
 def client_shows_actions_without_blocking(experimental: Any) -> bool:
     """Whether the client's `experimental` capabilities opt into action notices."""
-    forkyard = experimental.get("forkyard") if isinstance(experimental, dict) else None
-    return isinstance(forkyard, dict) and forkyard.get("noticeActions") is True
+    return _opted_in(experimental, "noticeActions")
+
+
+def client_wants_structured_notices(experimental: Any) -> bool:
+    """Whether the client's `experimental` capabilities opt into `forkyard/notice`."""
+    return _opted_in(experimental, "structuredNotices")
+
+
+def notice_route(experimental: Any) -> NoticeRoute:
+    """How agents' notices reach the client with these `experimental` capabilities: the
+    one decision both the notice and the done agent's question follow."""
+    if client_wants_structured_notices(experimental):
+        return "structured"
+    if client_shows_actions_without_blocking(experimental):
+        return "actions"
+    return "plain"
+
+
+def structured_notice(notice: Notice) -> NoticeNotification:
+    """`notice` as `forkyard/notice`: the same one line a plain client is shown, and what
+    it is about as data."""
+    agent = notice.agent
+    kind: NoticeKind = _KINDS.get(agent.state, "other") if agent is not None else "other"
+    return NoticeNotification(
+        level=notice.level,
+        message=short_notice(notice.text),
+        kind=kind,
+        agent_id=agent.id if agent is not None else None,
+        agent=agent,
+        actions=list(DONE_ACTIONS) if kind == "agentDone" else [],
+    )
 
 
 def cut(text: str, limit: int) -> str:

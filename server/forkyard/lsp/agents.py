@@ -14,7 +14,7 @@ from lsprotocol import types
 
 from forkyard.lsp.arguments import agent_arg, raise_invalid
 from forkyard.lsp.server import ForkyardServer, parse_params
-from forkyard.notices import short_notice
+from forkyard.notices import notice_route, short_notice, structured_notice
 from forkyard_protocol import REQUESTS
 from forkyard_protocol.daemon import (
     AgentChanged,
@@ -147,7 +147,11 @@ class AgentFeature:
 
     def notice(self, notice: Notice) -> None:
         agent = notice.agent
-        if agent is not None and agent.state == "done" and self.server.client_wants_actions():
+        route = notice_route(self.server.client_capabilities.experimental)
+        if agent is not None and route == "structured":
+            self.server.notify("forkyard/notice", structured_notice(notice))
+            return
+        if agent is not None and agent.state == "done" and route == "actions":
             return  # announced with "Show diff / Apply / Discard" actions by the review
         self.server.window_show_message(
             types.ShowMessageParams(type=_LEVELS[notice.level], message=short_notice(notice.text))

@@ -30,12 +30,14 @@ from forkyard.lsp.review_data import (
 )
 from forkyard.lsp.server import ForkyardServer
 from forkyard.lsp.session import FrontSession
+from forkyard.notices import notice_route
 from forkyard.review.service import AgentReview, ApplyPlan, FileReview, ReviewService
 from forkyard.workspace import confined
 from forkyard.workspace.apply import confine_plans
 from forkyard.workspace.hunks import marked_lines, split_lines
 from forkyard_protocol.daemon import AgentChanged, ApplyRequested, Event
 from forkyard_protocol.messages import (
+    DONE_ACTIONS,
     AgentApplyParams,
     AgentApplyResult,
     AgentDiffResult,
@@ -46,7 +48,6 @@ from forkyard_protocol.models import Agent, Conflict
 logger = logging.getLogger(__name__)
 
 REFRESH_DELAY_SECONDS = 0.05
-DONE_ACTIONS = ("Show diff", "Apply", "Discard")
 
 
 class Review:
@@ -219,7 +220,9 @@ class Review:
         return bool(code_action and code_action.resolve_support)
 
     def supports_message_actions(self) -> bool:
-        return self.server.client_wants_actions()
+        """Whether a done agent is asked about here (a structured client got its
+        actions in `forkyard/notice` already)."""
+        return notice_route(self.server.client_capabilities.experimental) == "actions"
 
     async def _ask_what_next(self, review: AgentReview) -> None:
         agent = review.agent
