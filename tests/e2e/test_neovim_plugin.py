@@ -100,6 +100,9 @@ def test_run_list_diff_apply_and_chat(tmp_path: Path, server_env: dict[str, str]
     assert "agent #1" in begins[0]["status"]
     assert result["done_notification"].startswith("Forkyard #1 done, 1 file(s) +1 -1: sed")
     assert result["done_notification"].endswith(":Forkyard diff 1 | apply 1"), "kept whole"
+    assert result["forkyard_capabilities"] == {"structuredNotices": True}
+    told = [n["message"] for n in result["notifications"]]
+    assert not [m for m in told if "agent #1 (" in m and "done" in m], "told once, not twice"
 
     # The diff tab: your file against the agent's version, side by side.
     assert result["tabs_with_diff"] == result["tabs_before_diff"] + 1
@@ -120,6 +123,35 @@ def test_run_list_diff_apply_and_chat(tmp_path: Path, server_env: dict[str, str]
     assert chat[chat.index("### You") + 2] == "/agents"
     reply = chat[chat.index("### Forkyard") + 2 :]
     assert any(line.startswith("- #1 ") and "`applied`" in line for line in reply), chat
+
+
+@needs_nvim
+@pytest.mark.parametrize(
+    ("choice", "final_state"), [("Apply", "applied"), ("Discard", "discarded")]
+)
+def test_ask_on_done_offers_the_notices_actions_and_acts_on_that_agent(
+    tmp_path: Path, server_env: dict[str, str], choice: str, final_state: str
+) -> None:
+    """The structured done notice's actions, picked with vim.ui.select, act on the agent
+    the notice named (no text of the notice is parsed to find it)."""
+    repo = make_repo(tmp_path / "repo", {"app.py": APP})
+    result = run_scenario(
+        "done_actions",
+        tmp_path,
+        server_env,
+        repo,
+        task=GREETING_TASK,
+        choice=choice,
+        final_state=final_state,
+    )
+
+    [asked] = result["asked"]
+    assert asked["items"] == ["Show diff", "Apply", "Discard"]
+    assert asked["prompt"].startswith("Forkyard agent #1 (sed")
+    assert result["state"] == final_state
+    assert result["buffer_after"] == (AGENT_APP if choice == "Apply" else APP)
+    told = [n["message"] for n in result["notifications"]]
+    assert not [m for m in told if "done" in m], "notify_on_done = false: not notified"
 
 
 @needs_nvim

@@ -21,6 +21,7 @@ H.run(function()
   local buf, client = H.edit_attached(c.file)
   H.result.root_dir = client.root_dir or client.config.root_dir
   H.result.init_options = client.config.init_options
+  H.result.forkyard_capabilities = vim.tbl_get(client.config.capabilities or {}, 'experimental', 'forkyard')
   H.result.buffer_before = H.text(buf)
   H.step('attached')
 

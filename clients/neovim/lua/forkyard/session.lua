@@ -144,6 +144,19 @@ local function reuse(client, cfg)
     and normalize(compat.root_dir(client) or '') == normalize(cfg.root_dir)
 end
 
+--- Neovim's own client capabilities, and Forkyard's structured notices: agents' notices
+--- come as data (`forkyard/notice`: a kind, the agent's id, its actions), so a done agent
+--- is known by its kind, never by the wording of a message.
+function M.client_capabilities()
+  local capabilities = vim.lsp.protocol.make_client_capabilities()
+  capabilities.experimental = vim.tbl_deep_extend(
+    'force',
+    type(capabilities.experimental) == 'table' and capabilities.experimental or {},
+    { forkyard = { structuredNotices = true } }
+  )
+  return capabilities
+end
+
 --- The LSP client configuration for this repository.
 function Session:client_config()
   local opts = config.options
@@ -158,6 +171,7 @@ function Session:client_config()
     root_dir = self.root,
     workspace_folders = { { uri = vim.uri_from_fname(self.root), name = vim.fs.basename(self.root) } },
     init_options = config.initialization_options(),
+    capabilities = M.client_capabilities(),
     handlers = self:handlers(),
     on_init = function(client, result)
       self:_on_init(client, result)
@@ -263,21 +277,16 @@ function Session:request(method, params, callback)
 end
 
 --- A done agent's notice with the outcome first and its title last, where cutting it to
---- the screen's width loses the least; the server's own text when the agent is unknown.
-function Session:_done_text(number, message)
-  for _, agent in pairs(self.agents) do
-    if tostring(agent.number) == tostring(number) then
-      local c = agent.changes or {}
-      return ('Forkyard #%d done, %d file(s) +%d -%d: %s'):format(
-        agent.number,
-        c.files or 0,
-        c.additions or 0,
-        c.deletions or 0,
-        agent.title or ''
-      )
-    end
-  end
-  return message
+--- the screen's width loses the least.
+function Session:_done_text(agent)
+  local c = agent.changes or {}
+  return ('Forkyard #%d done, %d file(s) +%d -%d: %s'):format(
+    agent.number,
+    c.files or 0,
+    c.additions or 0,
+    c.deletions or 0,
+    agent.title or ''
+  )
 end
 
 --- Why the server cannot be started, as far as we can tell.
@@ -400,22 +409,69 @@ local MESSAGE_LEVELS = {
   [4] = vim.log.levels.DEBUG,
 }
 
-local DONE_ACTIONS = { 'Show diff', 'Apply', 'Discard' }
+local NOTICE_LEVELS = {
+  info = vim.log.levels.INFO,
+  warning = vim.log.levels.WARN,
+  error = vim.log.levels.ERROR,
+}
 
 --- What to type next about a done agent, kept whole when the notice is cut to fit.
 local function done_hint(number)
   return ('  :Forkyard diff %s | apply %s'):format(number, number)
 end
 
-local function is_done_question(params)
-  local titles = vim.tbl_map(function(action)
-    return action.title
-  end, params.actions or {})
-  return vim.deep_equal(titles, DONE_ACTIONS)
+--- What each action of a done agent's notice does, by the action's name in the protocol.
+local DONE_ACTIONS = {
+  ['Show diff'] = function(session, agent)
+    require('forkyard.diff').open(session, agent.number) -- our diff view, not a patch file
+  end,
+  Apply = function(session, agent)
+    require('forkyard.actions').apply(session, agent.number)
+  end,
+  Discard = function(session, agent)
+    require('forkyard.actions').discard(session, agent.number)
+  end,
+}
+
+--- Ask what to do with a done agent, with vim.ui.select (never a blocking inputlist:
+--- nothing waits for the answer); actions this plugin does not know are not offered.
+function Session:_ask_on_done(agent, message, actions)
+  local offered = vim.tbl_filter(function(action)
+    return DONE_ACTIONS[action] ~= nil
+  end, actions or {})
+  if #offered == 0 then
+    return
+  end
+  vim.ui.select(offered, { prompt = message, kind = 'forkyard.done' }, function(choice)
+    if choice then
+      DONE_ACTIONS[choice](self, agent)
+    end
+  end)
+end
+
+--- `forkyard/notice`: an agent's notice as data. A done agent is known by `kind` and
+--- `agentId`; every other notice is its one line, as the server wrote it.
+function Session:_on_notice(params)
+  local level = NOTICE_LEVELS[params.level] or vim.log.levels.INFO
+  if type(params.agent) == 'table' then
+    self:_set_agent(params.agent)
+  end
+  local agent = type(params.agentId) == 'string' and self.agents[params.agentId] or nil
+  if params.kind ~= 'agentDone' or not agent then
+    require('forkyard.notice').show(params.message, level)
+    return
+  end
+  if config.options.notify_on_done then
+    require('forkyard.notice').show_with(self:_done_text(agent), done_hint(agent.number), level)
+  end
+  if config.options.ask_on_done then
+    vim.schedule(function()
+      self:_ask_on_done(agent, params.message, params.actions)
+    end)
+  end
 end
 
 function Session:handlers()
-  local default_request_handler = vim.lsp.handlers['window/showMessageRequest']
   return {
     ['forkyard/agent/changed'] = function(_, params)
       if params and params.agent then
@@ -431,41 +487,16 @@ function Session:handlers()
     ['forkyard/chat/turn'] = function(_, params)
       self:_on_turn(params)
     end,
-    -- Agents that fail or are cancelled, and settings problems: Neovim's own handler
-    -- echoes them; vim.notify lets notification plugins show them.
-    ['window/showMessage'] = function(_, params)
-      local level = MESSAGE_LEVELS[params.type] or vim.log.levels.INFO
-      local number = params.message:match('agent #(%d+) %b() done') or params.message:match('agent #(%d+) .-is done')
-      if number and config.options.notify_on_done then
-        require('forkyard.notice').show_with(self:_done_text(number, params.message), done_hint(number), level)
-      elseif not number then
-        require('forkyard.notice').show(params.message, level)
+    ['forkyard/notice'] = function(_, params)
+      if type(params) == 'table' then
+        self:_on_notice(params)
       end
-      return vim.NIL
     end,
-    -- A done agent is announced with "Show diff / Apply / Discard". Answering must not
-    -- wait for the user (the default handler's inputlist() would), so by default this
-    -- notifies and answers nothing; the user reviews with :Forkyard or code actions.
-    -- Approvals of agents' tool use still go to Neovim's own handler.
-    ['window/showMessageRequest'] = function(err, params, ctx, cfg)
-      if not is_done_question(params) then
-        return default_request_handler(err, params, ctx, cfg)
-      end
-      local number = params.message:match('agent #(%d+)')
-      if config.options.ask_on_done then
-        local answer = default_request_handler(err, params, ctx, cfg)
-        if type(answer) == 'table' and answer.title == 'Show diff' and number then
-          -- Our diff view rather than the server's patch file.
-          vim.schedule(function()
-            require('forkyard.diff').open(self, number)
-          end)
-          return vim.NIL
-        end
-        return answer
-      end
-      if config.options.notify_on_done then
-        require('forkyard.notice').show_with(params.message, number and done_hint(number) or '')
-      end
+    -- Settings problems and the daemon's messages (agents' notices come as
+    -- forkyard/notice): Neovim's own handler echoes them; vim.notify lets notification
+    -- plugins show them. Approvals (window/showMessageRequest) go to Neovim's own handler.
+    ['window/showMessage'] = function(_, params)
+      require('forkyard.notice').show(params.message, MESSAGE_LEVELS[params.type] or vim.log.levels.INFO)
       return vim.NIL
     end,
   }
