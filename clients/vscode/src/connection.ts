@@ -18,8 +18,7 @@ import type {
   RequestMethod,
   ResultOf,
 } from "./protocol";
-import type { DoneAction } from "./agents/model";
-import { handleMessageRequests } from "./notices";
+import { type DoneHandler, showNotice } from "./notices";
 import { type ProgressPlacement, showServerProgress } from "./progress";
 import { resolveServerCommand } from "./serverCommand";
 import { secretLikeModelKeys, serverSettings } from "./settings";
@@ -50,7 +49,7 @@ export class ForkyardConnection implements vscode.Disposable {
   readonly onReady = this.readyEmitter.event;
   capabilities: ForkyardCapabilities | undefined;
   /** What the buttons of an agent's "done" notice do (set by the extension). */
-  onDoneNotice: (agentNumber: string, action: DoneAction) => Promise<void> = async () => undefined;
+  onDoneNotice: DoneHandler = async () => undefined;
   private clientDisposables: vscode.Disposable[] = [];
 
   constructor(
@@ -59,6 +58,9 @@ export class ForkyardConnection implements vscode.Disposable {
   ) {
     this.disposables.push(
       vscode.workspace.onDidChangeConfiguration((event) => this.configurationChanged(event)),
+      this.onNotification("forkyard/notice", (notice) =>
+        showNotice(notice, (agentId, action) => this.onDoneNotice(agentId, action)),
+      ),
     );
   }
 
@@ -107,14 +109,15 @@ export class ForkyardConnection implements vscode.Disposable {
       // The `connectionOptions.maxRestartCount` default (4 in 3 minutes) is fine.
     };
     const client = new LanguageClient("forkyard", "Forkyard", serverOptions, clientOptions);
-    // VS Code shows a message with actions as a toast that never takes the cursor, so it
-    // asks for "Show diff / Apply / Discard" on done agents (the server sends editors that
-    // do not ask a plain message: a modal question would interrupt their users).
+    // Agents' notices as data (`forkyard/notice`): a done agent is known by its kind and
+    // id, and VS Code shows its "Show diff / Apply / Discard" as a toast that never takes
+    // the cursor. `noticeActions` too: a server without structured notices then asks with
+    // a message request, whose buttons it carries out itself.
     client.registerFeature({
       fillClientCapabilities(capabilities) {
         capabilities.experimental = {
           ...(capabilities.experimental as object | undefined),
-          forkyard: { noticeActions: true },
+          forkyard: { noticeActions: true, structuredNotices: true },
         };
       },
       initialize() {},
@@ -138,12 +141,11 @@ export class ForkyardConnection implements vscode.Disposable {
       void client.dispose();
       throw new Error(`Forkyard's language server did not start: ${String(error)}. See the Forkyard output.`);
     }
-    // Both replace handlers that client.start() registered, so they come after it.
+    // It replaces a handler that client.start() registered, so it comes after it.
     this.clientDisposables.push(
       showServerProgress(client, () =>
         vscode.workspace.getConfiguration("forkyard").get<ProgressPlacement>("agentProgress", "notification"),
       ),
-      handleMessageRequests(client, (agent, action) => this.onDoneNotice(agent, action)),
     );
     this.client = client;
     return client;

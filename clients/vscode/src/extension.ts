@@ -49,9 +49,9 @@ export function activate(context: vscode.ExtensionContext): void {
     await treeView.reveal({ kind: "agent", agent: current }, { select: true, focus: false, expand: true });
   };
   const actions = new AgentActions(connection, store, (agent) => reveal(agent).catch(() => undefined));
-  connection.onDoneNotice = async (agent, action) => {
+  connection.onDoneNotice = async (agentId, action) => {
     const run = { "Show diff": actions.showDiff, Apply: actions.apply, Discard: actions.discard }[action];
-    await run.call(actions, agent).catch(showError);
+    await run.call(actions, agentId).catch(showError);
   };
   const chat = new ChatViewProvider(context.extensionUri, connection, context.workspaceState);
 

@@ -1,34 +1,28 @@
-// `window/showMessageRequest` from the server. Approvals and anything else are shown as
-// vscode-languageclient would. The notice of an agent that is done ("Show diff", "Apply",
-// "Discard") is answered at once and shown by the extension instead, so that its buttons
-// do what the Agents view does: the diff in VS Code's diff editor rather than a patch file,
-// and an apply that saves the files it changed.
+// Agents' notices from the server (`forkyard/notice`, which the extension opts into with
+// `structuredNotices`): one VS Code notification each, at its level. A done agent's is
+// known by its kind and agent id, and its buttons ("Show diff", "Apply", "Discard") do
+// what the Agents view does: the diff in VS Code's diff editor rather than a patch file,
+// and an apply that saves the files it changed. Approvals stay message requests, shown
+// as vscode-languageclient does.
 import * as vscode from "vscode";
-import { type LanguageClient, MessageType, ShowMessageRequest } from "vscode-languageclient/node";
-import { DONE_ACTIONS, type DoneAction, doneNoticeAgent } from "./agents/model";
+import { type NoticeAction, doneNotice } from "./agents/model";
+import type { NoticeNotification } from "./protocol";
 
-/** Replaces the client's own handler: call it after `client.start()`. */
-export function handleMessageRequests(
-  client: LanguageClient,
-  onDone: (agentNumber: string, action: DoneAction) => Promise<void>,
-): vscode.Disposable {
-  return client.onRequest(ShowMessageRequest.type, async (params) => {
-    const titles = (params.actions ?? []).map((action) => action.title);
-    const agent = doneNoticeAgent(params.message, titles);
-    if (agent !== undefined) {
-      void vscode.window.showInformationMessage(params.message, ...DONE_ACTIONS).then((choice) => {
-        if (choice) return onDone(agent, choice);
-        return undefined;
-      });
-      return null;
-    }
-    const show =
-      params.type === MessageType.Error
-        ? vscode.window.showErrorMessage
-        : params.type === MessageType.Warning
-          ? vscode.window.showWarningMessage
-          : vscode.window.showInformationMessage;
-    const choice = await show(params.message, ...titles);
-    return (params.actions ?? []).find((action) => action.title === choice) ?? null;
+export type DoneHandler = (agentId: string, action: NoticeAction) => Promise<void>;
+
+/** Show `notice`; a done agent's chosen action goes to `onDone`. */
+export function showNotice(notice: NoticeNotification, onDone: DoneHandler): void {
+  const show =
+    notice.level === "error"
+      ? vscode.window.showErrorMessage
+      : notice.level === "warning"
+        ? vscode.window.showWarningMessage
+        : vscode.window.showInformationMessage;
+  const done = doneNotice(notice);
+  const actions = done?.actions ?? [];
+  void show(notice.message, ...actions).then((choice) => {
+    const action = actions.find((a) => a === choice);
+    if (done && action) return onDone(done.agentId, action);
+    return undefined;
   });
 }

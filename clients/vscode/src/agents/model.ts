@@ -1,7 +1,7 @@
 // What the Agents view and the status bar show, computed from the server's agents. Pure:
 // the vscode-facing classes only turn these into TreeItems, so the grouping, labels and
 // actions offered are unit-tested.
-import type { Agent, AgentState, FileChange } from "../protocol";
+import type { Agent, AgentState, FileChange, NoticeNotification } from "../protocol";
 
 export type GroupId = "running" | "queued" | "review" | "attention" | "finished";
 
@@ -198,15 +198,21 @@ function escapeMarkdown(text: string): string {
   return text.replace(/[\\`*_{}[\]<>()#+!|]/g, "\\$&");
 }
 
-/** The buttons of the server's notice that an agent is done (lsp/review.py). */
-export const DONE_ACTIONS = ["Show diff", "Apply", "Discard"] as const;
-export type DoneAction = (typeof DONE_ACTIONS)[number];
+/** What a `forkyard/notice` may offer, by the names the protocol gives them. */
+export type NoticeAction = NonNullable<NoticeNotification["actions"]>[number];
+/** The actions this extension carries out itself (the Agents view's own). */
+export const DONE_ACTIONS: readonly NoticeAction[] = ["Show diff", "Apply", "Discard"];
 
-/** The agent number of a done notice, or undefined for any other message request (an
- * approval, say), which is then shown as it is. */
-export function doneNoticeAgent(message: string, actions: readonly string[]): string | undefined {
-  if (actions.length !== DONE_ACTIONS.length || !DONE_ACTIONS.every((title, i) => actions[i] === title)) {
-    return undefined;
-  }
-  return /^Forkyard agent #(\d+)\b.* is done\b/.exec(message)?.[1];
+export interface DoneNotice {
+  agentId: string;
+  actions: NoticeAction[];
+}
+
+/** The agent and buttons of a notice that an agent is done, known by its `kind` and
+ * `agentId` (never by its text); undefined for any other notice, which is shown as it is.
+ * Actions this extension does not know (a newer server's) are not offered. */
+export function doneNotice(notice: NoticeNotification): DoneNotice | undefined {
+  if (notice.kind !== "agentDone" || typeof notice.agentId !== "string") return undefined;
+  const actions = (notice.actions ?? []).filter((action) => DONE_ACTIONS.includes(action));
+  return { agentId: notice.agentId, actions };
 }

@@ -5,7 +5,7 @@ import {
   agentContextValue,
   agentDescription,
   agentIcon,
-  doneNoticeAgent,
+  doneNotice,
   fileContextValue,
   fileRow,
   groupAgents,
@@ -111,12 +111,30 @@ test("the status bar counts running, queued and to-review agents", () => {
   assert.equal(statusBarText([]).text, "$(rocket) 0 $(git-pull-request) 0");
 });
 
-test("the server's done notice is recognised by its buttons; other requests are not", () => {
-  const actions = ["Show diff", "Apply", "Discard"];
-  assert.equal(doneNoticeAgent("Forkyard agent #12 (fix it) is done: 1 file(s), +1 -1", actions), "12");
-  assert.equal(doneNoticeAgent("Forkyard agent #12 (fix it) is done: 1 file(s), +1 -1", ["Apply"]), undefined);
-  assert.equal(
-    doneNoticeAgent("Forkyard agent #3 (x) wants to use run_command: ls", ["Allow once", "Allow for this agent", "Deny"]),
-    undefined,
-  );
+test("a done notice is known by its kind and agent id, whatever its text; other notices have no buttons", () => {
+  const done = {
+    level: "info",
+    message: "Le travail #12 est fini", // any wording: never parsed
+    kind: "agentDone",
+    agentId: "agent-12",
+    agent: agent({ number: 12, state: "done" }),
+    actions: ["Show diff", "Apply", "Discard"],
+  } as const;
+  assert.deepEqual(doneNotice({ ...done, actions: [...done.actions] }), {
+    agentId: "agent-12",
+    actions: ["Show diff", "Apply", "Discard"],
+  });
+  // An action a newer server may add is not offered; a done notice without an agent id is
+  // shown as a plain message.
+  const newer = { ...done, actions: ["Apply", "Rebase"] } as unknown as Parameters<typeof doneNotice>[0];
+  assert.deepEqual(doneNotice(newer)?.actions, ["Apply"]);
+  assert.equal(doneNotice({ ...done, actions: [...done.actions], agentId: null }), undefined);
+  const failed = {
+    level: "error",
+    message: "Forkyard agent #12 (fix it) is done: no, failed",
+    kind: "agentFailed",
+    agentId: "agent-12",
+    actions: [],
+  } as const;
+  assert.equal(doneNotice({ ...failed, actions: [] }), undefined, "the text saying 'done' does not matter");
 });
