@@ -278,15 +278,6 @@ async def test_a_line_over_the_limit_closes_the_connection(
         group.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "rpc.Peer.run relies on BufferedByteReceiveStream.receive_until(b'\\n', "
-        "MAX_LINE_BYTES), which returns any line whose newline is already in its buffer, "
-        "whatever its length: a line up to one socket read (64 KiB) over the limit is "
-        "accepted when its end arrives in the same read"
-    ),
-)
 async def test_a_line_over_the_limit_arriving_in_one_read_closes_the_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -94,10 +94,14 @@ async def process_gone(pid: int) -> None:
 
 def stop_daemon(state_dir: Path, *, now: bool) -> int:
     def tell(result: StopResult) -> None:
+        # Flushed: a script reading this line must not wait for the daemon to stop.
         if now:
-            print("stopping the Forkyard daemon (running agents are interrupted)")
+            print("stopping the Forkyard daemon (running agents are interrupted)", flush=True)
         elif result.running:
-            print(f"the Forkyard daemon stops once its {result.running} running agent(s) finish")
+            print(
+                f"the Forkyard daemon stops once its {result.running} running agent(s) finish",
+                flush=True,
+            )
 
     if not anyio.run(partial(stop_and_wait, state_dir, now=now, said=tell)):
         print(f"no Forkyard daemon runs for {state_dir}", file=sys.stderr)

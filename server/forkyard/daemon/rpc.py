@@ -55,6 +55,8 @@ class Peer:
         self._waiting: dict[int, tuple[anyio.Event, list[Any]]] = {}
         self._send, self._outbox = anyio.create_memory_object_stream[bytes](MAX_QUEUED)
         self.closed = anyio.Event()
+        #: Set once everything queued was written (or can no longer be).
+        self.drained = anyio.Event()
 
     # --- sending --------------------------------------------------------------------------
 
@@ -116,6 +118,11 @@ class Peer:
                     return
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     return
+                if len(line) > MAX_LINE_BYTES:
+                    # receive_until only bounds what it still has to read: a long line
+                    # already buffered whole comes back anyway.
+                    logger.warning("%s sent a message over %d bytes", self.name, MAX_LINE_BYTES)
+                    return
                 self._receive(line, task_group)
         finally:
             self.close()
@@ -168,6 +175,7 @@ class Peer:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         finally:
+            self.drained.set()
             self.close()
 
     def close(self) -> None:

@@ -44,6 +44,8 @@ LOG_BACKUPS = 3
 DEFAULT_IDLE_SECONDS = 900.0
 #: A daemon nobody attached to yet waits at least this long before calling itself idle.
 FIRST_ATTACH_SECONDS = 10.0
+#: How long an exiting daemon keeps sending what it queued for its fronts.
+DRAIN_SECONDS = 2.0
 
 
 class AlreadyRunning(Exception):
@@ -101,6 +103,7 @@ class DaemonServer:
         self.stop_now = anyio.Event()
         self.hub: Hub | None = None
         self.api: DaemonApi | None = None
+        self._peers: set[Peer] = set()
 
     async def run(self) -> None:
         store = await Store.open(self.paths.state_dir)
@@ -125,6 +128,7 @@ class DaemonServer:
                 inner.start_soon(self._signals, name="signals")
                 logger.info("Forkyard daemon %s listening on %s", os.getpid(), self.paths.socket)
                 await self._until_done(hub)
+                await self._drain()
                 inner.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -162,6 +166,8 @@ class DaemonServer:
                     changed = hub.changed
                     if hub.stopping:
                         if hub.working() == 0:
+                            for session in list(hub.sessions.values()):
+                                await session.app.orchestrator.wait_until_idle()
                             break
                     elif hub.idle():
                         wait = hub.idle_seconds(self.default_idle_seconds)
@@ -178,6 +184,14 @@ class DaemonServer:
 
             group.start_soon(now)
             group.start_soon(idle)
+
+    async def _drain(self) -> None:
+        """What is queued for the fronts (the last agent changes) is sent before the
+        connections close: a front must not learn them only after reconnecting."""
+        with anyio.move_on_after(DRAIN_SECONDS):
+            for peer in list(self._peers):
+                peer.close()
+                await peer.drained.wait()
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -217,11 +231,13 @@ class DaemonServer:
             return await api.call(front, method, raw)
 
         peer = Peer(stream, handle, name="a front")
+        self._peers.add(peer)
         try:
             async with anyio.create_task_group() as group:
                 await peer.run(group)
                 group.cancel_scope.cancel()
         finally:
+            self._peers.discard(peer)
             if front is not None:
                 hub.detach(front)
             await peer.aclose()

@@ -82,6 +82,7 @@ class Orchestrator:
         self._log_dirty: set[str] = set()
         self._state_waiters: dict[str, anyio.Event] = {}
         self._flush_lock = anyio.Lock()
+        self._idle = anyio.Event()
         #: Asks the user about a tool use; set by the editor layer. None: "ask" is "deny".
         self.approver: Approver | None = None
         self.pool = WorktreePool(
@@ -513,6 +514,18 @@ class Orchestrator:
         while True:
             await anyio.sleep(LOG_FLUSH_SECONDS)
             await self._flush_logs()
+
+    def _runs_changed(self) -> None:
+        """A run ended: wake whoever waits for the orchestrator to be idle."""
+        if not self._active and not self._queue:
+            self._idle.set()
+            self._idle = anyio.Event()
+
+    async def wait_until_idle(self) -> None:
+        """Returns once no agent runs or waits to run, its finishing included (a
+        graceful stop waits for this)."""
+        while self._active or self._queue:
+            await self._idle.wait()
 
     def _notify_waiters(self, runtime: AgentRuntime) -> None:
         if event := self._state_waiters.pop(runtime.agent.id, None):

@@ -21,7 +21,7 @@ from forkyard.settings import RoleConfig
 from forkyard.workspace.diff import diff_worktree
 from forkyard.workspace.git import GitError
 from forkyard.workspace.setup import PortRange, SetupError, set_up_worktree
-from forkyard_protocol.models import ChangeCounts, Progress
+from forkyard_protocol.models import FINAL_STATES, ChangeCounts, Progress
 
 if TYPE_CHECKING:
     from forkyard.orchestrator.orchestrator import Orchestrator
@@ -48,15 +48,18 @@ class AgentRunner:
             with anyio.CancelScope(shield=True):
                 await self.finish(runtime, RunOutcome(False, "", None), state="cancelled")
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self.finish(
-                        runtime,
-                        RunOutcome(False, "", "the server stopped while this agent ran"),
-                        state="interrupted",
-                    )
-                except Exception:
-                    logger.exception("agent #%s: could not record the interruption", number)
+            # An agent that had finished (only its last log flush was cut short) stays
+            # finished; one still working was interrupted.
+            if runtime.agent.state not in FINAL_STATES:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self.finish(
+                            runtime,
+                            RunOutcome(False, "", "the server stopped while this agent ran"),
+                            state="interrupted",
+                        )
+                    except Exception:
+                        logger.exception("agent #%s: could not record the interruption", number)
             raise
         except Exception as exc:
             # Anything the run or its finishing raised is this agent's failure, never
@@ -67,6 +70,7 @@ class AgentRunner:
             runtime.cancel_scope = None
             self.o._active.discard(runtime.agent.id)
             self.o._pump()
+            self.o._runs_changed()
 
     async def _work(self, runtime: AgentRuntime) -> None:
         agent = runtime.agent

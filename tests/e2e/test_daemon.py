@@ -1,0 +1,310 @@
+"""The background daemon end to end: real `forkyard serve` fronts over stdio (pytest-lsp),
+the real detached `forkyard daemon` they start, real git repositories and sandboxed
+commands. Agents outlive editors, every editor sees the same agents and threads, a killed
+daemon loses nothing, and only its own user may talk to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from forkyard.client import ForkyardClient
+from forkyard.daemon.control import ask
+from forkyard.daemon.paths import DaemonPaths, read_pid
+from tests.e2e.conftest import StartServer
+from tests.helpers import kill_daemon, wait_for_no_process
+
+pytestmark = pytest.mark.timeout(120)
+
+#: An agent that works until the test creates `go` in its worktree.
+WAIT_FOR_GO = (
+    "echo begun > begun.txt; echo begun; while [ ! -e go ]; do sleep 0.02; done; echo ok > ok.txt"
+)
+
+
+def state_dir(env: dict[str, str]) -> Path:
+    return Path(env["FORKYARD_STATE_DIR"])
+
+
+async def daemon_status(env: dict[str, str]) -> dict[str, Any]:
+    raw: dict[str, Any] = await ask(state_dir(env), "daemon/status", {})
+    return raw
+
+
+def daemon_processes(env: dict[str, str]) -> list[int]:
+    """Pids of `forkyard daemon` processes for this state directory."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().decode(errors="replace").split("\0")
+            status = (cmdline.parent / "stat").read_text()
+        except OSError:
+            continue
+        if status.rsplit(")", 1)[-1].split()[0] == "Z":
+            continue
+        named = "--state-dir" in words and words[words.index("--state-dir") + 1]
+        if "daemon" in words and named == str(state_dir(env)):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+async def wait_until_begun(client: ForkyardClient, agent_id: str) -> dict[str, Any]:
+    def begun() -> dict[str, Any] | None:
+        agent = client.agents.get(agent_id) or {}
+        return agent if (agent.get("progress") or {}).get("message") == "begun" else None
+
+    agent: dict[str, Any] = await client.wait_until(begun)
+    return agent
+
+
+def messages_shown(client: ForkyardClient) -> list[str]:
+    """`window/showMessage` texts, as pytest-lsp's client recorded them."""
+    return [m.message for m in client.lsp.messages]  # type: ignore[attr-defined]
+
+
+async def test_two_editors_see_the_same_agent_and_the_same_thread(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    first = await start_server(repo)
+    second = await start_server(repo)
+    agent = await first.dispatch(WAIT_FOR_GO, backend="command")
+    running = await wait_until_begun(second, agent["id"])
+    assert running["state"] == "running", "the second editor sees the first one's agent"
+    (Path(running["worktree"]) / "go").touch()
+    done_first = await first.wait_for_agent(agent["id"])
+    done_second = await second.wait_for_agent(agent["id"])
+    assert done_first["state"] == done_second["state"] == "done"
+    assert done_second["changes"]["files"] == 3
+
+    # A thread started in one editor goes on in the other.
+    chat = await first.request("forkyard/chat", {"text": "/agents"})
+    thread = chat["threadId"]
+    await second.wait_until(
+        lambda: any(
+            m == "forkyard/chat/message" and p["message"]["threadId"] == thread
+            for m, p in second.notifications
+        )
+    )
+    await second.request("forkyard/chat", {"text": "/help", "threadId": thread})
+    await first.wait_until(
+        lambda: any(
+            m == "forkyard/chat/message"
+            and p["message"]["text"] == "/help"
+            and p["message"]["threadId"] == thread
+            for m, p in first.notifications
+        )
+    )
+    read = await second.request("forkyard/thread/read", {"threadId": thread})
+    assert [m["text"] for m in read["messages"] if m["role"] == "user"] == ["/agents", "/help"]
+    assert len(daemon_processes(server_env)) == 1
+    status = await daemon_status(server_env)
+    assert len(status["fronts"]) == 2
+
+
+async def test_agents_outlive_every_editor_and_the_next_one_is_told(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    first = await start_server(repo)
+    second = await start_server(repo)
+    agent = await first.dispatch(WAIT_FOR_GO, backend="command")
+    running = await wait_until_begun(first, agent["id"])
+    await first.stop()
+    await second.stop()
+
+    (Path(running["worktree"]) / "go").touch()
+    # No editor is attached: only the daemon's own status can say when the agent ended
+    # (attaching is what this test is about), so it is asked until it says so.
+    with anyio.fail_after(30):
+        while (await daemon_status(server_env))["agents"].get("done") != 1:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+
+    third = await start_server(repo)
+    [found] = (await third.request("forkyard/agent/list", {}))["agents"]
+    assert found["id"] == agent["id"] and found["state"] == "done"
+    diff = await third.request("forkyard/agent/diff", {"agentId": agent["id"]})
+    assert sorted(f["path"] for f in diff["files"]) == ["begun.txt", "go", "ok.txt"]
+    await third.wait_until(lambda: any("while you were away" in m for m in messages_shown(third)))
+    [away] = [m for m in messages_shown(third) if "while you were away" in m]
+    assert "#1 done" in away and len(away) <= 64
+
+    fourth = await start_server(repo)
+    await fourth.request("forkyard/agent/list", {})
+    assert not any("while you were away" in m for m in messages_shown(fourth)), "told once"
+
+
+async def test_a_killed_daemon_is_restarted_and_its_running_agent_is_interrupted(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    client = await start_server(repo)
+    agent = await client.dispatch(WAIT_FOR_GO + "; sleep 161803", backend="command")
+    running = await wait_until_begun(client, agent["id"])
+    chat = await client.request("forkyard/chat", {"text": "/agents"})
+    old_pid = await kill_daemon(server_env)
+    killed_at = time.monotonic()
+
+    listed = await client.request("forkyard/agent/list", {})
+    answered_after = time.monotonic() - killed_at
+    assert answered_after < 2.0, f"the front answered {answered_after:.2f} s after the kill"
+    [restored] = listed["agents"]
+    assert restored["state"] == "interrupted"
+    assert restored["worktree"] == running["worktree"]
+    assert (Path(restored["worktree"]) / "begun.txt").read_text() == "begun\n"
+    await client.wait_for_agent(agent["id"], {"interrupted"})
+    assert await wait_for_no_process("sleep 161803"), "the sandboxed command died with it"
+    assert read_pid(DaemonPaths(state_dir(server_env))) not in (None, old_pid)
+    thread = await client.request("forkyard/thread/read", {"threadId": chat["threadId"]})
+    assert thread["messages"][0]["text"] == "/agents", "no message is lost"
+
+
+async def test_two_editors_starting_at_once_start_one_daemon(
+    repo: Path, server_env: dict[str, str]
+) -> None:
+    clients: list[ForkyardClient] = []
+
+    async def start() -> None:
+        clients.append(await ForkyardClient.start(repo, server_env))
+
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(start)
+        for client in clients:
+            assert (await client.request("forkyard/agent/list", {})) == {"agents": []}
+        assert len(daemon_processes(server_env)) == 1
+        assert len((await daemon_status(server_env))["fronts"]) == 3
+    finally:
+        for client in clients:
+            await client.stop()
+
+
+async def test_a_second_daemon_is_refused_naming_the_first(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    await start_server(repo)
+    pid = read_pid(DaemonPaths(state_dir(server_env)))
+    command = [
+        sys.executable,
+        "-m",
+        "forkyard.cli",
+        "daemon",
+        "--state-dir",
+        str(state_dir(server_env)),
+    ]
+    done = await anyio.run_process(command, env=server_env, check=False)
+    assert done.returncode == 1
+    assert f"pid {pid}" in done.stderr.decode()
+    assert daemon_processes(server_env) == [pid]
+
+
+async def test_the_state_directory_and_socket_are_the_users_alone(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    await start_server(repo)
+    paths = DaemonPaths(state_dir(server_env))
+    assert stat.S_IMODE(paths.state_dir.stat().st_mode) == 0o700
+    socket_mode = paths.socket.stat().st_mode
+    assert stat.S_ISSOCK(socket_mode) and stat.S_IMODE(socket_mode) == 0o600
+    assert paths.log.exists(), "the daemon logs into the state directory"
+
+
+PEER = "forkyard-peer-test"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating another user needs root")
+async def test_a_peer_of_another_uid_is_refused(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    if shutil.which("useradd") is None or shutil.which("setpriv") is None:
+        pytest.skip("useradd and setpriv are needed to connect as another user")
+    try:
+        pwd.getpwnam(PEER)
+    except KeyError:
+        await anyio.run_process(["useradd", "--system", "--no-create-home", PEER])
+    uid = pwd.getpwnam(PEER).pw_uid
+    await start_server(repo)
+    paths = DaemonPaths(state_dir(server_env))
+    # Open the file system's door on purpose, so that only SO_PEERCRED stands between the
+    # other user and the daemon.
+    for folder in (paths.state_dir, *paths.state_dir.parents):
+        if folder == Path("/"):
+            break
+        folder.chmod(folder.stat().st_mode | 0o711)
+    paths.socket.chmod(0o666)
+    probe = "\n".join(
+        [
+            "import socket, sys",
+            "s = socket.socket(socket.AF_UNIX)",
+            "s.connect(sys.argv[1])",
+            "try:",
+            '    s.sendall(b\'{"jsonrpc":"2.0","id":1,"method":"daemon/status"}\\n\')',
+            "    s.settimeout(10)",
+            "    print(repr(s.recv(65536)))",
+            "except (BrokenPipeError, ConnectionResetError):",
+            "    print('closed')",
+        ]
+    )
+    command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    done = await anyio.run_process(
+        [*command, sys.executable, "-c", probe, str(paths.socket)], check=False
+    )
+    output = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 0, output
+    assert output.strip() in ("b''", "closed"), f"the daemon answered another user: {output}"
+    assert (await daemon_status(server_env))["pid"], "and still answers its own"
+
+
+async def test_the_daemon_exits_by_itself_when_idle(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    client = await start_server(repo, initialization_options={"daemonIdleSeconds": 0.3})
+    agent = await client.dispatch("true", backend="command")
+    await client.wait_for_agent(agent["id"])
+    pid = read_pid(DaemonPaths(state_dir(server_env)))
+    assert pid is not None
+    fd = os.pidfd_open(pid)
+    try:
+        await client.stop()
+        with anyio.fail_after(20):
+            await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)
+    assert not DaemonPaths(state_dir(server_env)).socket.exists()
+
+
+async def test_daemon_status_and_a_stop_that_waits_for_running_agents(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    client = await start_server(repo)
+    agent = await client.dispatch(WAIT_FOR_GO, backend="command")
+    running = await wait_until_begun(client, agent["id"])
+    cli = [sys.executable, "-m", "forkyard.cli", "daemon"]
+    where = ["--state-dir", str(state_dir(server_env))]
+    status = await anyio.run_process([*cli, "status", "--json", *where], env=server_env)
+    report = json.loads(status.stdout)
+    assert report["pid"] == read_pid(DaemonPaths(state_dir(server_env)))
+    assert report["agents"] == {"running": 1}
+    assert report["repositories"] == [str(repo)] and len(report["fronts"]) == 1
+    for key in ("socket", "version", "uptimeSeconds"):
+        assert key in report
+
+    async with await anyio.open_process([*cli, "stop", *where], env=server_env) as stop:
+        assert stop.stdout is not None
+        first = await stop.stdout.receive()
+        assert b"stops once its 1 running agent(s) finish" in first
+        assert stop.returncode is None, "stop waits while the agent runs"
+        (Path(running["worktree"]) / "go").touch()
+        with anyio.fail_after(30):
+            await stop.wait()
+    assert stop.returncode == 0
+    await client.wait_for_agent(agent["id"])
+    assert client.agents[agent["id"]]["state"] == "done", "finished, not interrupted"
