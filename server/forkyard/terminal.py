@@ -117,13 +117,29 @@ async def attached(repo: Path) -> AsyncIterator[TerminalFront]:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """The command's exit status: 0 done, 1 it did not go as asked (a failed turn, a
+    conflict), 2 the request was refused (the message says why), 130 interrupted."""
     try:
         return anyio.run(_run, args)
+    except KeyboardInterrupt:
+        return 130
+    except BaseExceptionGroup as group:
+        refused, rest = group.split(ForkyardError)
+        if refused is None or rest is not None:
+            raise
+        for exc in _leaves(refused):
+            print(f"forkyard: {exc}", file=sys.stderr)
+        return 2
     except ForkyardError as exc:
         print(f"forkyard: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
 
 
 async def _run(args: argparse.Namespace) -> int:
