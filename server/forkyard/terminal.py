@@ -17,10 +17,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 import forkyard
 from forkyard.bus import EventBus
-from forkyard.conversation.commands import ApplyOutcome, agent_line, apply_outcome_text
+from forkyard.conversation.commands import agent_line
 from forkyard.daemon.link import DaemonLink
 from forkyard.daemon.paths import DaemonPaths
 from forkyard.errors import ForkyardError
+from forkyard.review.outcome import ApplyOutcome, apply_outcome_text
 from forkyard.review.service import FileSides, ReviewService
 from forkyard.workspace import confined
 from forkyard.workspace.apply import FilePlan

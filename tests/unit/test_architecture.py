@@ -69,3 +69,49 @@ def test_no_folder_imports_what_the_code_map_forbids(
         if any(module == bad or module.startswith(bad + ".") for bad in forbidden)
     ]
     assert not broken, "\n".join(broken)
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """Modules `path` imports when it runs (anywhere in it, functions included), leaving
+    out `if TYPE_CHECKING:` blocks, which never run."""
+    tree = ast.parse(path.read_text(), str(path))
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(inner) for inner in ast.walk(node)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_the_lsp_front_has_no_import_cycle() -> None:
+    """Features are objects built in one place (`lsp/features.py`); no module of the
+    front needs another that needs it back, not even lazily inside a function."""
+    folder = ROOT / "server/forkyard/lsp"
+    modules = {f"forkyard.lsp.{path.stem}": path for path in folder.glob("*.py")}
+    graph = {
+        name: {m for m in runtime_imports(path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return [*trail, start]
+                if nxt not in trail:
+                    stack.append((nxt, [*trail, nxt]))
+        return None
+
+    cycles = [cycle for name in graph if (cycle := cycle_from(name))]
+    assert not cycles, " -> ".join(cycles[0])
+    assert "forkyard.lsp.features" in modules and len(graph) >= 8

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 
 from forkyard.errors import InvalidRequest, WrongState
@@ -58,25 +57,6 @@ api_key_env = "OPENAI_API_KEY"
 
 MAX_DIFF_CHARS = 20_000
 STATUS_LOG_LINES = 15
-
-
-@dataclass(frozen=True)
-class ApplyOutcome:
-    applied: bool
-    paths: list[str]
-    conflicts: list[tuple[str, str]]
-
-
-def apply_outcome_text(number: int, outcome: ApplyOutcome) -> str:
-    """How an apply asked for in the chat went, as the thread tells it."""
-    if not outcome.applied:
-        return f"Agent #{number} was not applied (the editor refused the edit)."
-    text = f"Applied agent #{number} to {len(outcome.paths)} file(s)."
-    if outcome.conflicts:
-        text += "\n\nConflicts, left as you had them:\n" + "\n".join(
-            f"- `{path}`: {reason}" for path, reason in outcome.conflicts
-        )
-    return text
 
 
 def agent_line(agent: Agent) -> str:

@@ -16,7 +16,6 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
-from forkyard.conversation.commands import ApplyOutcome, apply_outcome_text
 from forkyard.errors import ForkyardError, InvalidRequest
 from forkyard.lsp.arguments import agent_arg, raise_invalid
 from forkyard.lsp.edits import build_workspace_edit
@@ -31,6 +30,7 @@ from forkyard.lsp.review_data import (
 from forkyard.lsp.server import ForkyardServer
 from forkyard.lsp.session import FrontSession
 from forkyard.notices import notice_route
+from forkyard.review.outcome import ApplyOutcome, apply_outcome_text
 from forkyard.review.service import AgentReview, ApplyPlan, FileReview, ReviewService
 from forkyard.workspace import confined
 from forkyard.workspace.apply import confine_plans
