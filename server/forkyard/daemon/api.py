@@ -253,7 +253,7 @@ async def trust(session: Session, _front: Front, params: TrustParams) -> TrustCh
 async def status(session: Session, _front: Front, params: StatusParams) -> StatusResult:
     app = session.app
     orchestrator = app.orchestrator
-    uses = await orchestrator.worktree_usage(measure=params.disk)
+    uses = await orchestrator.worktrees.usage(measure=params.disk)
     return StatusResult(
         worktrees=[
             WorktreeDiskUse(

@@ -203,7 +203,9 @@ class Hub:
         away, session.away = session.away, []
         sandbox = await probe_sandbox()
         orphans = (
-            await session.app.orchestrator.orphans_notice() if params.kind == "editor" else None
+            await session.app.orchestrator.worktrees.orphans_notice()
+            if params.kind == "editor"
+            else None
         )
         result = AttachResult(
             front_id=front.id,

@@ -25,14 +25,14 @@ from forkyard.orchestrator.failures import keep_running
 from forkyard.orchestrator.runner import FINISH_TIMEOUT_SECONDS, AgentRunner
 from forkyard.orchestrator.runtime import AgentRuntime, is_dir
 from forkyard.orchestrator.states import check_move
+from forkyard.orchestrator.worktrees import Worktrees
 from forkyard.settings import RoleConfig, Settings
 from forkyard.store import Store
 from forkyard.workspace.diff import WorktreeDiff, diff_worktree, file_at
-from forkyard.workspace.gc import GcReport, Removal, WorktreeUse, collect_garbage, worktree_usage
+from forkyard.workspace.gc import GcReport
 from forkyard.workspace.git import GitError, Repository, slugify
 from forkyard.workspace.pool import (
     WorktreePool,
-    is_internal,
     pool_directory,
     sparse_folders,
     trash_directory,
@@ -48,8 +48,6 @@ PROGRESS_INTERVAL_SECONDS = 0.1
 
 Approver = Callable[[Agent, str, str], Awaitable[ApprovalAnswer]]
 LOG_FLUSH_SECONDS = 0.25
-#: How often to look at the settings again while automatic worktree gc is off.
-GC_IDLE_SECONDS = 3600.0
 MAX_NUMBER_DIGITS = 18
 
 
@@ -92,6 +90,7 @@ class Orchestrator:
             lambda: self.settings.worktree,
         )
         self.runner = AgentRunner(self)
+        self.worktrees = Worktrees(self)
 
     @property
     def settings(self) -> Settings:
@@ -123,42 +122,11 @@ class Orchestrator:
             keep_running, self.pool.run, "the worktree pool", warn, name=f"pool of {self.repo_key}"
         )
         task_group.start_soon(
-            keep_running, self._collect_garbage_forever, "worktree gc", warn, name="gc"
+            keep_running, self.worktrees.collect_garbage_forever, "worktree gc", warn, name="gc"
         )
 
     def _warn(self, text: str) -> None:
         self.listeners.notice("warning", text)
-
-    async def orphans_notice(self) -> str | None:
-        """The one line to tell a person who opens the repository about worktrees under
-        the state directory that no agent owns (kept, never deleted); None if none."""
-        try:
-            worktrees = await self.repository.list_worktrees()
-        except GitError as exc:
-            return f"cannot list worktrees: {exc}"
-        root = self.worktrees_dir
-        owned_paths = [r.agent.worktree for r in self._agents.values() if r.agent.worktree]
-
-        def unowned() -> list[str]:
-            resolved_root = root.resolve()
-            owned = {Path(p).resolve() for p in owned_paths}
-            return [
-                str(w.path)
-                for w in worktrees
-                if Path(w.path).resolve().is_relative_to(resolved_root)
-                and Path(w.path).resolve() not in owned
-                and not is_internal(Path(w.path), root)
-            ]
-
-        orphans = await anyio.to_thread.run_sync(unowned)
-        if orphans:
-            # A notice is one short line (an editor shows a longer one as a prompt): the
-            # folders' names there, their whole paths in the log and `forkyard status`.
-            logger.warning("worktrees no agent owns, kept: %s", ", ".join(orphans))
-            return f"Forkyard kept {len(orphans)} worktree(s) no agent owns: " + ", ".join(
-                Path(p).name for p in orphans
-            )
-        return None
 
     async def stop(self) -> None:
         """Persist what is pending; called on shutdown, shielded by the caller."""
@@ -390,56 +358,10 @@ class Orchestrator:
         """The agent's own ports, the same after a restart (derived from its number)."""
         return port_range(self.settings.worktree, agent_number, self.repo_key)
 
-    # --- worktree lifecycle ----------------------------------------------------------
-
     async def collect_garbage(
         self, *, dry_run: bool = False, forced: frozenset[int] = frozenset()
     ) -> GcReport:
-        """Remove worktrees of agents applied or discarded longer than the grace period
-        (and of `forced` agent numbers), their work kept in refs; see workspace/gc.py."""
-
-        async def removed(agent: Agent, removal: Removal) -> None:
-            runtime = self._agents.get(agent.id)
-            if runtime is None:
-                return
-            await self._log(
-                runtime,
-                "system",
-                f"worktree {removal.worktree} removed; its work is kept at {removal.keep_ref}",
-            )
-            await self._update(runtime, worktree=None, branch=None)
-
-        report = await collect_garbage(
-            self.repository,
-            [runtime.agent for runtime in self._agents.values()],
-            worktrees_dir=self.worktrees_dir,
-            grace_seconds=self.settings.worktree.gc_grace_seconds,
-            dry_run=dry_run,
-            forced=forced,
-            on_removed=removed,
-        )
-        if report.removed or report.vanished or report.trash or report.errors:
-            for line in report.lines():
-                logger.info("gc: %s", line)
-        return report
-
-    async def _collect_garbage_forever(self) -> None:
-        while True:
-            interval = self.settings.worktree.gc_interval_seconds
-            if interval > 0:
-                try:
-                    await self.collect_garbage()
-                except (GitError, OSError) as exc:
-                    logger.warning("worktree gc of %s failed: %s", self.repository.root, exc)
-                except Exception:
-                    # A bug here must not take the server (its task group) down.
-                    logger.exception("worktree gc of %s failed", self.repository.root)
-            await anyio.sleep(interval or GC_IDLE_SECONDS)
-
-    async def worktree_usage(self, *, measure: bool = True) -> list[WorktreeUse]:
-        """Disk used per agent's worktree, by the pool, and by unowned worktrees."""
-        agents = [r.agent for r in self._agents.values()]
-        return await worktree_usage(self.repository, agents, self.worktrees_dir, measure=measure)
+        return await self.worktrees.collect_garbage(dry_run=dry_run, forced=forced)
 
     # --- state, persistence, events --------------------------------------------------
 
