@@ -24,6 +24,7 @@ import anyio
 
 from bench_dispatch import make_repo, percentile, require_done
 from forkyard.client import ForkyardClient
+from forkyard.daemon.control import stop_and_wait
 
 # The fake model server of the tests: real HTTP on 127.0.0.1, no key, no network.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -75,6 +76,7 @@ async def first_chat_with_a_model(repo: Path, state: Path) -> None:
             stats = await client.request("forkyard/server/stats", {})
         finally:
             await client.stop()
+            await stop_and_wait(state, now=True)  # the bench's own daemon goes too
     print(
         f"first chat with a model: answered {answered * 1000:.1f} ms, first word "
         f"{first_word * 1000:.0f} ms, turn ended {ended * 1000:.0f} ms, largest loop stall "
@@ -125,6 +127,7 @@ async def run(repo: Path, state: Path, samples: int, burst_size: int) -> None:
         stats = await client.request("forkyard/server/stats", {})
     finally:
         await client.stop()
+        await stop_and_wait(state, now=True)  # the bench's own daemon goes too
     for method in ("forkyard/chat", "forkyard/agent/list"):
         print(describe(f"{method} idle", idle[method]))
         print(describe(f"{method} during the burst", burst[method]))

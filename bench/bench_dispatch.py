@@ -31,6 +31,7 @@ from typing import Any
 import anyio
 
 from forkyard.client import ForkyardClient
+from forkyard.daemon.control import stop_and_wait
 
 GIT_ENV = {
     **os.environ,
@@ -90,6 +91,7 @@ async def time_dispatches(repo: Path, state: Path, runs: int, dirty: bool) -> li
             require_done(ended)
     finally:
         await client.stop()
+        await stop_and_wait(state, now=True)  # the bench's own daemon goes too
     return timings
 
 
@@ -121,6 +123,7 @@ async def time_burst(repo: Path, state: Path, count: int) -> tuple[float, list[f
             require_done(await client.wait_for_agent(agent_id, timeout=600))
     finally:
         await client.stop()
+        await stop_and_wait(state, now=True)  # the bench's own daemon goes too
     return timings[0], [timings[index] for index in range(count)]
 
 

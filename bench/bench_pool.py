@@ -36,6 +36,7 @@ import anyio
 
 from bench_dispatch import GIT_ENV, make_repo, percentile, require_done
 from forkyard.client import ForkyardClient
+from forkyard.daemon.control import stop_and_wait
 
 PREPARED = re.compile(r"prepared worktree in (\d+) ms \((\w+)")
 
@@ -97,6 +98,7 @@ async def run_series(
             await client.request("forkyard/agent/discard", {"agentId": agent["id"]})
     finally:
         await client.stop()
+        await stop_and_wait(state, now=True)  # the bench's own daemon goes too
     return series, disk
 
 

@@ -24,6 +24,7 @@ import anyio
 from lsprotocol import types
 
 from forkyard.client import ForkyardClient
+from forkyard.daemon.control import stop_and_wait
 
 LINES = 5_000
 SMALL_FILES = 100
@@ -131,6 +132,7 @@ async def run(root: Path, state: Path, agents: int, samples: int) -> None:
         )
     finally:
         await client.stop()
+        await stop_and_wait(state, now=True)  # the bench's own daemon goes too
 
 
 def main() -> None:
