@@ -308,3 +308,21 @@ async def test_daemon_status_and_a_stop_that_waits_for_running_agents(
     assert stop.returncode == 0
     await client.wait_for_agent(agent["id"])
     assert client.agents[agent["id"]]["state"] == "done", "finished, not interrupted"
+
+
+async def test_editing_forkyard_toml_applies_without_telling_the_editor(
+    start_server: StartServer, repo: Path
+) -> None:
+    """No didChangeConfiguration: the daemon watches the file itself."""
+    (repo / ".forkyard.toml").write_text("max_parallel_agents = 1\n")
+    client = await start_server(repo)
+    blocker = await client.dispatch(WAIT_FOR_GO, backend="command")
+    waiting = await client.dispatch("true", backend="command")
+    running = await wait_until_begun(client, blocker["id"])
+    assert client.agents[waiting["id"]]["state"] == "queued"
+
+    (repo / ".forkyard.toml").write_text("max_parallel_agents = 2\nfrobnicate = 1\n")
+    assert (await client.wait_for_agent(waiting["id"]))["state"] == "done", "a slot opened"
+    await client.wait_until(lambda: any("'frobnicate'" in m for m in messages_shown(client)))
+    (Path(running["worktree"]) / "go").touch()
+    await client.wait_for_agent(blocker["id"])
