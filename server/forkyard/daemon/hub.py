@@ -106,7 +106,9 @@ class Hub:
 
     # --- sessions ---------------------------------------------------------------------
 
-    async def session_for(self, root: Path, params: AttachParams) -> Session:
+    async def session_for(self, root: Path, params: AttachParams) -> tuple[Session, bool]:
+        """The repository's session, and whether it was opened just now (with `params`'
+        options)."""
         try:
             repository = await Repository.discover(root)
         except GitError as exc:
@@ -114,25 +116,26 @@ class Hub:
         key = str(repository.root)
         async with self._opening:
             session = self.sessions.get(key)
-            if session is None:
-                app = await ForkyardApp.open(
-                    repository.root,
-                    self.environ,
-                    params.initialization_options,
-                    state_dir=self.state_dir,
-                    client_settings=params.client_settings,
-                    store=self.store,
-                )
-                session = Session(app)
-                await app.start(self.task_group)
-                self.sessions[key] = session
-                self.task_group.start_soon(
-                    self._watch_session, session, name=f"events of {repository.root}"
-                )
-                self.task_group.start_soon(
-                    self._watch_settings, session, name=f"settings of {repository.root}"
-                )
-            return session
+            if session is not None:
+                return session, False
+            app = await ForkyardApp.open(
+                repository.root,
+                self.environ,
+                params.initialization_options,
+                state_dir=self.state_dir,
+                client_settings=params.client_settings,
+                store=self.store,
+            )
+            session = Session(app)
+            await app.start(self.task_group)
+            self.sessions[key] = session
+            self.task_group.start_soon(
+                self._watch_session, session, name=f"events of {repository.root}"
+            )
+            self.task_group.start_soon(
+                self._watch_settings, session, name=f"settings of {repository.root}"
+            )
+            return session, True
 
     async def _watch_session(self, session: Session) -> None:
         """What ended while no front was attached, and wake-ups for the idle watch."""
@@ -189,15 +192,19 @@ class Hub:
         root = Path(params.root)
         if not root.is_absolute():
             raise InvalidRequest(f"root: {params.root!r} is not an absolute path")
-        session = await self.session_for(root, params)
+        session, opened = await self.session_for(root, params)
         front = Front(front_id or new_id("front"), params.kind, params.name, deliver, session)
-        fresh_problems: list[SettingsProblem] = []
-        if params.client_settings is not None or params.initialization_options is not None:
+        if not opened and (
+            params.client_settings is not None or params.initialization_options is not None
+        ):
+            # The latest editor's options apply to the repository (the first one's were
+            # read when the session opened).
             app = session.app
             if params.initialization_options is not None:
                 app.initialization_options = params.initialization_options
-            fresh_problems = await app.reload_settings(params.client_settings)
-        problems = session.app.loaded.problems if not session.fronts else fresh_problems
+            await app.reload_settings(params.client_settings)
+        # Every editor that opens the repository is told what of its settings is wrong.
+        problems = session.app.loaded.problems if params.kind == "editor" else []
         # Subscribed before the agents are read: nothing between them is missed.
         receive, send = session.app.bus.open_subscription(FRONT_BUFFER)
         away, session.away = session.away, []
