@@ -22,6 +22,9 @@ from forkyard.client import ForkyardClient
 from forkyard.daemon.control import ask
 from forkyard.daemon.paths import DaemonPaths, read_pid
 from tests.e2e.conftest import StartServer
+from tests.e2e.test_chat_model import model_options
+from tests.e2e.test_llm_agents import CAREFUL_ROLE, answer_approvals, call
+from tests.fakes.model_server import FakeModelServer
 from tests.helpers import kill_daemon, wait_for_no_process
 
 pytestmark = pytest.mark.timeout(120)
@@ -326,3 +329,61 @@ async def test_editing_forkyard_toml_applies_without_telling_the_editor(
     await client.wait_until(lambda: any("'frobnicate'" in m for m in messages_shown(client)))
     (Path(running["worktree"]) / "go").touch()
     await client.wait_for_agent(blocker["id"])
+
+
+async def test_an_approval_is_asked_in_every_editor_and_the_first_answer_wins(
+    start_server: StartServer, repo: Path, fake_model_server: FakeModelServer
+) -> None:
+    fake_model_server.script(
+        call("run_command", command="echo approved > approved.txt"),
+        call("finish", summary="ran it"),
+    )
+    options = model_options(fake_model_server, **CAREFUL_ROLE)
+    first = await start_server(repo, initialization_options=options)
+    second = await start_server(repo, initialization_options=options)
+    both_asked = anyio.Event()
+    withdrawn = anyio.Event()
+
+    async def answer_at_once(_params: Any) -> str:
+        await both_asked.wait()
+        return "Allow once"
+
+    async def answer_too_late(_params: Any) -> str:
+        await withdrawn.wait()
+        return "Deny"  # after the first editor's answer: it must change nothing
+
+    cancelled: list[Any] = []
+    protocol = second.lsp.protocol
+    handle_notification = protocol._handle_notification
+
+    def record_cancel(method: str, params: Any) -> None:
+        if method == "$/cancelRequest":
+            cancelled.append(params)
+            withdrawn.set()
+        handle_notification(method, params)
+
+    # pygls's client cannot cancel a handler it already runs: record what came instead.
+    protocol._handle_notification = record_cancel
+    asked_first = answer_approvals(first, answer_at_once)
+    asked_second = answer_approvals(second, answer_too_late)
+    agent = await first.dispatch("needs approval", role="careful")
+    await first.wait_until(lambda: asked_first)
+    await second.wait_until(lambda: asked_second)
+    assert asked_first[0].message == asked_second[0].message
+    waiting = await second.wait_until(
+        lambda: (
+            (second.agents[agent["id"]].get("progress") or {}).get("message")
+            == "waiting for your approval: run_command"
+        )
+    )
+    assert waiting and second.agents[agent["id"]]["state"] == "running"
+    both_asked.set()
+
+    with anyio.fail_after(30):
+        await withdrawn.wait()
+    assert [str(getattr(c, "id", None) or c["id"]) for c in cancelled][0].startswith(
+        "forkyard/approval/"
+    )
+    done = await second.wait_for_agent(agent["id"])
+    assert done["state"] == "done", done
+    assert (Path(done["worktree"]) / "approved.txt").read_text() == "approved\n"

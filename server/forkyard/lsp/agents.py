@@ -173,14 +173,23 @@ class AgentFeature:
             actions=[types.MessageActionItem(title=title) for title in APPROVAL_ACTIONS],
         )
         answer: ApprovalAnswer | None = None
+        # Our own id, so that the question can be withdrawn with `$/cancelRequest` when
+        # another editor answers first.
+        request_id = f"forkyard/approval/{request.approval_id}"
+        protocol = self.server.protocol
         with scope:
             try:
-                reply = await self.server.window_show_message_request_async(params)
+                reply = await protocol.send_request_async(
+                    types.WINDOW_SHOW_MESSAGE_REQUEST, params, msg_id=request_id
+                )
             except Exception as exc:
                 logger.info("approval not answered here: %s", exc)
                 reply = None
             title = getattr(reply, "title", None)
             answer = APPROVAL_ACTIONS.get(title, "deny") if isinstance(title, str) else "deny"
+        if scope.cancelled_caught:
+            protocol._request_futures.pop(request_id, None)
+            protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=request_id))
         self._asking.pop(request.approval_id, None)
         if answer is None or self.server.front is None:
             return  # withdrawn: another front answered
