@@ -381,9 +381,8 @@ async def test_an_approval_is_asked_in_every_editor_and_the_first_answer_wins(
 
     with anyio.fail_after(30):
         await withdrawn.wait()
-    assert [str(getattr(c, "id", None) or c["id"]) for c in cancelled][0].startswith(
-        "forkyard/approval/"
-    )
+    [withdrawal] = cancelled
+    assert str(withdrawal.id).startswith("forkyard/approval/"), withdrawal
     done = await second.wait_for_agent(agent["id"])
     assert done["state"] == "done", done
     assert (Path(done["worktree"]) / "approved.txt").read_text() == "approved\n"
