@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     daemon.add_argument("--json", action="store_true", help="status: one JSON object")
     daemon.add_argument("--now", action="store_true", help="stop: interrupt running agents")
     daemon.add_argument("--log-level", default="INFO")
-    from forkyard.terminal import add_commands
+    from forkyard.terminal_args import add_commands
 
     add_commands(commands)
     args = parser.parse_args(argv)

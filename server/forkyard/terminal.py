@@ -46,28 +46,6 @@ from forkyard_protocol.models import FINAL_STATES, Agent, FileChange
 FINAL_TURN_STATES = ("completed", "failed", "interrupted")
 
 
-def add_commands(commands: Any) -> None:
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
-        parser.set_defaults(terminal=name)
-        parser.add_argument("--repo", type=Path, default=Path("."), help="default: .")
-        return parser
-
-    command("agents", "list the repository's agents").add_argument("--json", action="store_true")
-    dispatch = command("dispatch", "start an agent on a task")
-    dispatch.add_argument("task")
-    dispatch.add_argument("--role", default="worker")
-    dispatch.add_argument("--backend", default=None, help="default: llm")
-    chat = command("chat", "send a chat message and stream the reply")
-    chat.add_argument("text")
-    chat.add_argument("--thread", default=None, help="go on in this thread")
-    log = command("log", "an agent's log")
-    log.add_argument("agent")
-    log.add_argument("--follow", action="store_true", help="until the agent ends")
-    command("diff", "an agent's diff").add_argument("agent")
-    command("apply", "apply a done agent to the files on disk (three-way)").add_argument("agent")
-
-
 class TerminalFront:
     """A link plus a bus of the daemon's events, for one command."""
 
