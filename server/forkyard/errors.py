@@ -42,6 +42,13 @@ class NotReady(ForkyardError):
     code = -32002
 
 
+class DaemonStopping(NotReady):
+    """The daemon is stopping (`daemon stop`, or replaced by a newer one): a front waits
+    until it is gone and starts the next."""
+
+    code = -32001
+
+
 class DaemonUnavailable(ForkyardError):
     """The daemon cannot be reached or started; the message says why."""
 
@@ -53,6 +60,7 @@ ERRORS_BY_CODE: dict[int, type[ForkyardError]] = {
     InvalidRequest.code: InvalidRequest,
     WrongState.code: WrongState,
     NotReady.code: NotReady,
+    DaemonStopping.code: DaemonStopping,
 }
 
 

@@ -386,3 +386,36 @@ async def test_an_approval_is_asked_in_every_editor_and_the_first_answer_wins(
     done = await second.wait_for_agent(agent["id"])
     assert done["state"] == "done", done
     assert (Path(done["worktree"]) / "approved.txt").read_text() == "approved\n"
+
+
+async def test_an_editor_opening_while_the_daemon_stops_waits_and_starts_the_next(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    first = await start_server(repo)
+    agent = await first.dispatch(WAIT_FOR_GO, backend="command")
+    running = await wait_until_begun(first, agent["id"])
+    old = read_pid(DaemonPaths(state_dir(server_env)))
+    cli = [sys.executable, "-m", "forkyard.cli", "daemon", "stop"]
+    where = ["--state-dir", str(state_dir(server_env))]
+    async with await anyio.open_process([*cli, *where], env=server_env) as stop:
+        assert stop.stdout is not None
+        assert b"stops once" in await stop.stdout.receive()
+        opened: list[ForkyardClient] = []
+
+        async def open_second() -> None:
+            opened.append(await start_server(repo))
+
+        log = DaemonPaths(state_dir(server_env)).log
+        async with anyio.create_task_group() as group:
+            group.start_soon(open_second)
+            # Once the stopping daemon turned the second editor away (its log says so;
+            # nothing else would tell), the agent finishes and the daemon goes.
+            with anyio.fail_after(30):
+                while "refused an attach" not in log.read_text():  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            (Path(running["worktree"]) / "go").touch()
+        await stop.wait()
+    [second] = opened
+    [listed] = (await second.request("forkyard/agent/list", {}))["agents"]
+    assert listed["state"] == "done", "the stopping daemon finished its agent first"
+    assert read_pid(DaemonPaths(state_dir(server_env))) not in (None, old)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -12,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from forkyard.daemon.link import connect
+from forkyard.daemon.link import connect, process_gone
 from forkyard.daemon.paths import DaemonPaths, read_pid
 from forkyard.daemon.rpc import Peer
 from forkyard_protocol.daemon import DaemonStatus, StopResult
@@ -78,18 +77,6 @@ async def stop_and_wait(
     if pid is not None:
         await process_gone(pid)
     return True
-
-
-async def process_gone(pid: int) -> None:
-    """Returns once process `pid` has ended (its pidfd turns readable), zombie or not."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        await anyio.wait_readable(fd)
-    finally:
-        os.close(fd)
 
 
 def stop_daemon(state_dir: Path, *, now: bool) -> int:

@@ -9,6 +9,7 @@ that drains that front's own bus subscription.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from anyio.abc import TaskGroup
 import forkyard
 from forkyard.app import ForkyardApp
 from forkyard.clock import new_id
-from forkyard.errors import InvalidRequest, NotReady
+from forkyard.errors import DaemonStopping, InvalidRequest
 from forkyard.settings import SettingsProblem, user_config_file
 from forkyard.settings_watch import watch_settings_files
 from forkyard.store import Store
@@ -188,7 +189,8 @@ class Hub:
         self, params: AttachParams, deliver: Callable[[Event], None], front_id: str | None = None
     ) -> tuple[Front, AttachResult]:
         if self.stopping:
-            raise NotReady("the Forkyard daemon is stopping; try again in a moment")
+            logger.info("refused an attach of %s: stopping", params.root)
+            raise DaemonStopping("the Forkyard daemon is stopping; try again in a moment")
         root = Path(params.root)
         if not root.is_absolute():
             raise InvalidRequest(f"root: {params.root!r} is not an absolute path")
@@ -216,7 +218,7 @@ class Hub:
         )
         result = AttachResult(
             front_id=front.id,
-            daemon_pid=_pid(),
+            daemon_pid=os.getpid(),
             daemon_version=forkyard.__version__,
             protocol=DAEMON_PROTOCOL_VERSION,
             root=str(session.root),
@@ -282,7 +284,7 @@ class Hub:
 
     def status(self) -> DaemonStatus:
         return DaemonStatus(
-            pid=_pid(),
+            pid=os.getpid(),
             socket=str(self.socket_path or ""),
             version=forkyard.__version__,
             uptime_seconds=time.monotonic() - self.started,
@@ -318,12 +320,6 @@ class Hub:
                     await session.app.close()
                 except Exception:
                     logger.exception("closing %s failed", session.root)
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 __all__ = ["Front", "Hub", "Session"]

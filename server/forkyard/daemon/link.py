@@ -20,9 +20,9 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from forkyard.daemon.paths import DaemonPaths, socket_address
+from forkyard.daemon.paths import DaemonPaths, read_pid, socket_address
 from forkyard.daemon.rpc import ConnectionClosed, Peer
-from forkyard.errors import DaemonUnavailable, NotReady, UnknownAgent
+from forkyard.errors import DaemonStopping, DaemonUnavailable, NotReady, UnknownAgent
 from forkyard_protocol.daemon import (
     AgentChanged,
     AttachParams,
@@ -39,6 +39,8 @@ START_TIMEOUT_SECONDS = 20.0
 #: How long a request waits for the link to come back before it is refused.
 REQUEST_WAIT_SECONDS = 15.0
 CONNECT_RETRY_SECONDS = 0.02
+#: How long a front waits for a stopping daemon (finishing its running agents) to go.
+STOPPING_WAIT_SECONDS = 24 * 3600.0
 MAX_NUMBER_DIGITS = 18
 
 
@@ -49,6 +51,18 @@ async def connect(paths: DaemonPaths) -> anyio.abc.SocketStream:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+async def process_gone(pid: int) -> None:
+    """Returns once process `pid` has ended (its pidfd turns readable), zombie or not."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)
 
 
 def start_daemon(paths: DaemonPaths, environ: Mapping[str, str], idle_seconds: float) -> None:
@@ -99,6 +113,12 @@ async def connect_or_start(
             await anyio.sleep(CONNECT_RETRY_SECONDS)
 
 
+class Stopping(Exception):
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"the daemon (pid {pid}) is stopping")
+        self.pid = pid
+
+
 class DaemonLink:
     def __init__(
         self,
@@ -133,11 +153,25 @@ class DaemonLink:
         return result
 
     async def _connect(self, task_group: TaskGroup, *, again: bool) -> tuple[Peer, AttachResult]:
+        """Attach to the daemon; one that is stopping (replaced, or `daemon stop`) is
+        waited out, and this front starts the next one."""
+        with anyio.fail_after(STOPPING_WAIT_SECONDS):
+            while True:
+                try:
+                    return await self._attach(task_group, again=again)
+                except Stopping as stopping:
+                    await process_gone(stopping.pid)
+
+    async def _attach(self, task_group: TaskGroup, *, again: bool) -> tuple[Peer, AttachResult]:
+        pid = read_pid(self.paths)
         stream = await connect_or_start(self.paths, self.environ, self.idle_seconds)
         peer = Peer(stream, handle_notification=self._notification, name="the daemon")
         task_group.start_soon(self._read, peer, name="reading the daemon")
         try:
             raw = await peer.request("daemon/attach", self._attach_params().wire())
+        except DaemonStopping as exc:
+            await peer.aclose()
+            raise Stopping(read_pid(self.paths) or pid or 0) from exc
         except BaseException:
             await peer.aclose()
             raise

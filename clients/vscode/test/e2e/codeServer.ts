@@ -209,6 +209,9 @@ export async function openEditor(files: Record<string, string>, settings: Record
       close: async () => {
         await opened.close().catch(() => undefined);
         stopServer();
+        // The daemon `forkyard serve` started lives on by design (agents outlive editors):
+        // the test's own goes with the test.
+        await stopDaemon(path.join(home, "state"));
         serverLog.close();
         if (!process.env.FORKYARD_E2E_KEEP) fs.rmSync(home, { recursive: true, force: true });
       },
@@ -251,4 +254,28 @@ export async function eventually(check: () => boolean, what: string, timeoutMs =
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
+}
+
+/** SIGTERM the daemon of `stateDir` (if one runs) and wait until it is gone. */
+async function stopDaemon(stateDir: string): Promise<void> {
+  let pid: number;
+  try {
+    pid = Number.parseInt(fs.readFileSync(path.join(stateDir, "daemon.pid"), "utf8"), 10);
+  } catch {
+    return;
+  }
+  const alive = () => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (!Number.isInteger(pid) || !alive()) return;
+  process.kill(pid, "SIGTERM");
+  for (let waited = 0; alive() && waited < 10_000; waited += 50) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  if (alive()) process.kill(pid, "SIGKILL");
 }
