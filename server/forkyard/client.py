@@ -69,6 +69,7 @@ class ForkyardClient:
             "forkyard/chat/delta",
             "forkyard/chat/message",
             "forkyard/chat/turn",
+            "forkyard/notice",
         ):
             lsp.feature(method)(self._recorder(method))
         # Standard notifications a test client may already record: wake waiters after

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from lsprotocol import types
 
-from forkyard.client import ForkyardClient, default_capabilities, plain
+from forkyard.client import ForkyardClient, default_capabilities
 from tests.e2e.conftest import StartServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -38,18 +38,19 @@ class Told:
 
     def __init__(self, client: ForkyardClient) -> None:
         self.client = client
-        self.notices: list[dict[str, Any]] = []
         self.asked: list[types.ShowMessageRequestParams] = []
-
-        @client.lsp.feature("forkyard/notice")
-        def notice(params: Any) -> None:
-            self.notices.append(plain(params))
-            client.poke()
 
         @client.lsp.feature(types.WINDOW_SHOW_MESSAGE_REQUEST)
         def ask(params: types.ShowMessageRequestParams) -> None:
             self.asked.append(params)
             client.poke()
+
+    @property
+    def notices(self) -> list[dict[str, Any]]:
+        """`forkyard/notice`s, as ForkyardClient records them."""
+        return [
+            params for method, params in self.client.notifications if method == "forkyard/notice"
+        ]
 
     def messages(self) -> list[str]:
         shown = self.client.lsp.messages  # type: ignore[attr-defined]

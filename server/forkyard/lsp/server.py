@@ -34,7 +34,6 @@ from forkyard.lsp.wire import (
 )
 from forkyard.notices import (
     MAX_DETAIL_CHARS,
-    client_shows_actions_without_blocking,
     cut,
 )
 from forkyard.settings import current_environ
@@ -167,10 +166,6 @@ class ForkyardServer(LanguageServer):
 
     def notify(self, method: str, params: WireModel) -> None:
         self.protocol.notify(method, params.wire())
-
-    def client_wants_actions(self) -> bool:
-        """Whether done agents are announced with actions (see `notices.py`)."""
-        return client_shows_actions_without_blocking(self.client_capabilities.experimental)
 
     def client_supports_progress(self) -> bool:
         window = self.client_capabilities.window

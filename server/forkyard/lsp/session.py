@@ -6,7 +6,7 @@ and the front's own bus, on which the daemon's events arrive for the features to
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,8 @@ class FrontSession:
         )
         self.capabilities: ForkyardCapabilities | None = None
         self.attached: AttachResult | None = None
-        #: Set on every (re)attach after the first: the lifecycle feature says so.
-        self.on_reattach: list[Any] = []
+        #: Called on every attach after the first (the daemon was restarted under us).
+        self.on_reattach: list[Callable[[AttachResult], None]] = []
 
     def _attach_params(self) -> AttachParams:
         return AttachParams(
