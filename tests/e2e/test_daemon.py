@@ -22,6 +22,7 @@ from forkyard.client import ForkyardClient
 from forkyard.daemon.control import ask
 from forkyard.daemon.paths import DaemonPaths, read_pid
 from tests.e2e.conftest import StartServer
+from tests.e2e.editor import Editor
 from tests.e2e.test_chat_model import model_options
 from tests.e2e.test_llm_agents import CAREFUL_ROLE, answer_approvals, call
 from tests.fakes.model_server import FakeModelServer
@@ -79,6 +80,7 @@ async def test_two_editors_see_the_same_agent_and_the_same_thread(
     start_server: StartServer, repo: Path, server_env: dict[str, str]
 ) -> None:
     first = await start_server(repo)
+    Editor(first)  # answers workspace/applyEdit as an editor does
     second = await start_server(repo)
     agent = await first.dispatch(WAIT_FOR_GO, backend="command")
     running = await wait_until_begun(second, agent["id"])
@@ -88,6 +90,10 @@ async def test_two_editors_see_the_same_agent_and_the_same_thread(
     done_second = await second.wait_for_agent(agent["id"])
     assert done_first["state"] == done_second["state"] == "done"
     assert done_second["changes"]["files"] == 3
+    # Applied in one editor: the other sees the agent's new state.
+    applied = await first.request("forkyard/agent/apply", {"agentId": agent["id"]})
+    assert applied["applied"], applied
+    await second.wait_for_agent(agent["id"], {"applied"})
 
     # A thread started in one editor goes on in the other.
     chat = await first.request("forkyard/chat", {"text": "/agents"})
@@ -419,3 +425,19 @@ async def test_an_editor_opening_while_the_daemon_stops_waits_and_starts_the_nex
     [listed] = (await second.request("forkyard/agent/list", {}))["agents"]
     assert listed["state"] == "done", "the stopping daemon finished its agent first"
     assert read_pid(DaemonPaths(state_dir(server_env))) not in (None, old)
+
+
+async def test_stop_now_interrupts_running_agents_and_keeps_their_worktrees(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    client = await start_server(repo)
+    agent = await client.dispatch(WAIT_FOR_GO, backend="command")
+    running = await wait_until_begun(client, agent["id"])
+    where = ["--state-dir", str(state_dir(server_env))]
+    command = [sys.executable, "-m", "forkyard.cli", "daemon", "stop", "--now", *where]
+    done = await anyio.run_process(command, env=server_env)
+    assert b"the Forkyard daemon stopped" in done.stdout
+    # The editor starts the next daemon and learns what happened to its agent.
+    interrupted = await client.wait_for_agent(agent["id"], {"interrupted"})
+    assert interrupted["worktree"] == running["worktree"]
+    assert (Path(running["worktree"]) / "begun.txt").exists()

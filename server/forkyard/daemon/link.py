@@ -212,7 +212,8 @@ class DaemonLink:
             # What changed while we were away from the daemon, told as ordinary changes.
             for agent in result.agents:
                 old = before.get(agent.id)
-                if old is None or old.updated_at != agent.updated_at:
+                # Compared whole: two changes may share a millisecond's timestamp.
+                if old != agent:
                     self.on_event(
                         AgentChanged(agent=agent, previous_state=old.state if old else None)
                     )

@@ -334,7 +334,7 @@ function Session:_set_agent(agent)
   if previous and previous.updatedAt and agent.updatedAt and previous.updatedAt > agent.updatedAt then
     return -- an older snapshot (agent/list answered after a newer notification)
   end
-  if previous and previous.updatedAt == agent.updatedAt and previous.state == agent.state then
+  if previous and vim.deep_equal(previous, agent) then
     return -- the same snapshot again (a notice carries the agent it is about): no event
   end
   self.agents[agent.id] = agent
