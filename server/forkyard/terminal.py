@@ -228,7 +228,7 @@ async def _apply_quietly(front: TerminalFront, ref: str) -> str:
         return await anyio.to_thread.run_sync(confined.read_text, root, path)
 
     try:
-        plan = await front.review.plan(agent.id, current_text)
+        plan = await front.review.confined_plan(root, agent.id, current_text)
     except ForkyardError as exc:
         return f"Agent #{agent.number} was not applied: {exc}"
     failed = await anyio.to_thread.run_sync(_write_plans, root, plan.plans)

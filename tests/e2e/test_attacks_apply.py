@@ -8,9 +8,11 @@ server."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from lsprotocol import types
 
@@ -158,3 +160,25 @@ async def test_the_code_action_apply_refuses_the_links_too(
         if isinstance(change, types.CreateFile)
     ]
     assert created == [], "the editor is never asked to create a file through the link"
+
+
+async def test_the_terminal_apply_refuses_the_links_too(
+    start_server: StartServer, repo: Path, outside: Path, server_env: dict[str, str]
+) -> None:
+    """`forkyard apply N` writes the merge onto disk itself: the same links are refused."""
+    client = await start_server(repo)
+    agent = await run_agent(
+        client,
+        "rm link && mkdir link && echo pwned > link/pwned.txt"
+        " && rm conf.txt && echo 'owned = true' > conf.txt && echo two >> app.txt",
+    )
+    command = [sys.executable, "-m", "forkyard.cli", "apply", str(agent["number"])]
+    done = await anyio.run_process([*command, "--repo", str(repo)], env=server_env, check=False)
+    out = done.stdout.decode()
+    assert done.returncode == 1, out + done.stderr.decode()
+    assert out.startswith("Applied agent #1 to 1 file(s).")
+    assert f"`conf.txt`: conf.txt: {LINK}" in out and f"`link`: link: {LINK}" in out
+    assert outside_files(outside) == [], "nothing under outside/"
+    assert os.readlink(repo / "conf.txt") == "../outside/conf.txt"
+    assert (repo / "app.txt").read_text() == "one\ntwo\n", "the rest landed"
+    await assert_alive(client, agent["id"])

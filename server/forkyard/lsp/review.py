@@ -5,7 +5,6 @@ that merges against the user's current text and sends one `workspace/applyEdit`.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,8 @@ from forkyard.lsp.server import ForkyardServer
 from forkyard.lsp.session import FrontSession
 from forkyard.notices import notice_route
 from forkyard.review.outcome import ApplyOutcome, apply_outcome_text
-from forkyard.review.service import AgentReview, ApplyPlan, FileReview, ReviewService
+from forkyard.review.service import AgentReview, FileReview, ReviewService
 from forkyard.workspace import confined
-from forkyard.workspace.apply import confine_plans
 from forkyard.workspace.hunks import marked_lines, split_lines
 from forkyard_protocol.daemon import AgentChanged, ApplyRequested, Event
 from forkyard_protocol.messages import (
@@ -251,8 +249,8 @@ class Review:
     async def apply(
         self, agent_ref: str, paths: list[str] | None = None, hunk_ids: list[str] | None = None
     ) -> AgentApplyResult:
-        plan = await self._confined(
-            await self.service.plan(agent_ref, self.current_text, paths, hunk_ids)
+        plan = await self.service.confined_plan(
+            self.root, agent_ref, self.current_text, paths, hunk_ids
         )
         agent = plan.agent
         texts = {p.path: await self.current_text(p.path) for p in plan.plans}
@@ -325,25 +323,6 @@ class Review:
         return AgentApplyResult(
             applied=applied, paths=build.touched if applied else [], conflicts=conflicts
         )
-
-    async def _confined(self, plan: ApplyPlan) -> ApplyPlan:
-        """`plan` without anything that would write through a symbolic link or outside
-        the checkout, on either side: those changes become conflicts saying so."""
-        review = await self.service.get(plan.agent.id)
-        changes = [file.change for file in review.files.values()]
-        worktree = Path(plan.agent.worktree) if plan.agent.worktree else None
-        found = await anyio.to_thread.run_sync(
-            confined.apply_problems,
-            self.root,
-            worktree,
-            [file_plan.path for file_plan in plan.plans],
-            [change.path for change in changes if change.status != "deleted"],
-        )
-        if not found:
-            return plan
-        plans, conflicts, dropped = confine_plans(plan.plans, changes, found)
-        kept = [c for c in plan.conflicts if c.path not in dropped]
-        return replace(plan, plans=plans, conflicts=kept + conflicts, complete=False)
 
     async def show_diff(self, agent_ref: str) -> AgentResult:
         agent = self.front.resolve_agent(agent_ref)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
 from forkyard.errors import InvalidRequest, WrongState
-from forkyard.workspace.apply import FilePlan, paths_to_read, plan_change_apply
+from forkyard.workspace import confined
+from forkyard.workspace.apply import FilePlan, confine_plans, paths_to_read, plan_change_apply
 from forkyard.workspace.diff import files_in_commit
 from forkyard.workspace.hunks import LocatedHunk, locate_hunks
 from forkyard_protocol.models import Agent, Conflict, FileChange
@@ -225,3 +226,31 @@ class ReviewService:
             and (hunk_ids is None or set(hunk_ids) >= {h.id for f in files for h in f.change.hunks})
         )
         return ApplyPlan(review.agent, plans, conflicts, complete=selected_all and not conflicts)
+
+    async def confined_plan(
+        self,
+        root: Path,
+        agent_ref: str,
+        current_text: CurrentText,
+        paths: Collection[str] | None = None,
+        hunk_ids: Collection[str] | None = None,
+    ) -> ApplyPlan:
+        """`plan`, without anything that would write through a symbolic link or outside
+        the checkout `root`, on either side: those changes become conflicts saying so.
+        The one plan every front applies (an editor's edit, the terminal's write)."""
+        plan = await self.plan(agent_ref, current_text, paths, hunk_ids)
+        review = await self.get(plan.agent.id)
+        changes = [file.change for file in review.files.values()]
+        worktree = Path(plan.agent.worktree) if plan.agent.worktree else None
+        found = await anyio.to_thread.run_sync(
+            confined.apply_problems,
+            root,
+            worktree,
+            [file_plan.path for file_plan in plan.plans],
+            [change.path for change in changes if change.status != "deleted"],
+        )
+        if not found:
+            return plan
+        plans, conflicts, dropped = confine_plans(plan.plans, changes, found)
+        kept = [c for c in plan.conflicts if c.path not in dropped]
+        return replace(plan, plans=plans, conflicts=kept + conflicts, complete=False)
