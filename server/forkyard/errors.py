@@ -5,6 +5,14 @@ message the domain chose, whichever process raised it."""
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from forkyard_protocol import describe_validation_error
+
+M = TypeVar("M", bound=BaseModel)
+
 
 class ForkyardError(Exception):
     """Base of every error Forkyard reports to a user."""
@@ -72,3 +80,15 @@ def from_code(code: int, message: str) -> ForkyardError:
     error = ERRORS_BY_CODE.get(code, ForkyardError)(message)
     error.code = code
     return error
+
+
+def validated(method: str, model: type[M], raw: Any) -> M:
+    """`raw` params of `method` as `model`; InvalidRequest naming each bad field."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"invalid params for {method}: params must be an object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidRequest(describe_validation_error(method, exc)) from exc

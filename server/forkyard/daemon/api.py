@@ -12,13 +12,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
 import forkyard
 from forkyard.daemon.hub import Front, Hub, Session, problem_info
-from forkyard.errors import InvalidRequest, NotReady
+from forkyard.errors import InvalidRequest, NotReady, validated
 from forkyard.review.service import load_review_files
-from forkyard_protocol import REQUESTS, WireModel, describe_validation_error
+from forkyard_protocol import REQUESTS, WireModel
 from forkyard_protocol.daemon import (
     DAEMON_REQUESTS,
     FRONT_ONLY,
@@ -71,15 +69,7 @@ def handles(method: str) -> Callable[[Handler], Handler]:
 
 
 def parse(method: str, raw: Any) -> WireModel:
-    model = (DAEMON_REQUESTS.get(method) or REQUESTS[method])[0]
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise InvalidRequest(f"invalid params for {method}: params must be an object")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise InvalidRequest(describe_validation_error(method, exc)) from exc
+    return validated(method, (DAEMON_REQUESTS.get(method) or REQUESTS[method])[0], raw)
 
 
 class LoopStall(Protocol):

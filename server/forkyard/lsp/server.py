@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from lsprotocol import converters, types
-from pydantic import ValidationError
 from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import (
@@ -23,7 +22,7 @@ from pygls.protocol import (
 )
 
 import forkyard
-from forkyard.errors import ForkyardError
+from forkyard.errors import ForkyardError, InvalidRequest, validated
 from forkyard.loop_watch import LoopWatch
 from forkyard.lsp.wire import (
     ByteSource,
@@ -38,7 +37,7 @@ from forkyard.notices import (
 )
 from forkyard.settings import current_environ
 from forkyard.supervisor import Supervisor, one_line, redact, secret_values
-from forkyard_protocol import REQUESTS, WireModel, describe_validation_error
+from forkyard_protocol import REQUESTS, WireModel
 
 if TYPE_CHECKING:
     from forkyard.lsp.session import FrontSession
@@ -211,14 +210,10 @@ class ForkyardServer(LanguageServer):
 
 
 def parse_params(method: str, model: type[P], raw: Any) -> P:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise JsonRpcInvalidParams(f"invalid params for {method}: params must be an object")
     try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise JsonRpcInvalidParams(describe_validation_error(method, exc)) from exc
+        return validated(method, model, raw)
+    except InvalidRequest as exc:
+        raise JsonRpcInvalidParams(str(exc)) from exc
 
 
 async def serve_connection(server: ForkyardServer, source: ByteSource) -> None:
