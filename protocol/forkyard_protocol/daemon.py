@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from .messages import ChatResult, ServerStatsParams, ServerStatsResult
-from .models import Agent, ForkyardCapabilities, Message, TurnState, WireModel
+from .models import Agent, ForkyardCapabilities, Message, TurnState, Usage, WireModel
 
 #: Bumped whenever a front and a daemon of different values cannot work together.
 DAEMON_PROTOCOL_VERSION = 1
@@ -67,6 +67,7 @@ class ChatTurn(WireModel):
     turn_id: str
     state: TurnState
     error: str | None = None
+    usage: Usage | None = None
 
 
 class ApprovalRequested(WireModel):

@@ -16,6 +16,7 @@ from .models import (
     Message,
     Thread,
     TurnState,
+    Usage,
     WireModel,
 )
 
@@ -253,6 +254,8 @@ class ChatTurnNotification(WireModel):
     turn_id: str
     state: TurnState
     error: str | None = None
+    #: What the turn's model calls used, when it ends after calling a model.
+    usage: Usage | None = None
 
 
 class AgentChangedNotification(WireModel):

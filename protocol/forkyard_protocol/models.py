@@ -65,6 +65,17 @@ class ChangeCounts(WireModel):
     deletions: int = 0
 
 
+class Usage(WireModel):
+    """Tokens a model's calls used and what they cost (docs/protocol.md, "Usage and
+    budgets"); `cost_usd` is None when the model's price is not known, so a client tells
+    "free" from "unknown"."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float | None = None
+
+
 class Agent(WireModel):
     id: str
     number: int
@@ -83,6 +94,9 @@ class Agent(WireModel):
     summary: str | None = None
     error: str | None = None
     changes: ChangeCounts = Field(default_factory=ChangeCounts)
+    #: Summed over the agent's model calls (follow-ups included); None for backends that
+    #: report none.
+    usage: Usage | None = None
 
 
 class Thread(WireModel):

@@ -49,6 +49,7 @@ export interface ForkyardProtocolObjects {
   ThreadReadParams?: ThreadReadParams;
   ThreadReadResult?: ThreadReadResult;
   TrustResult?: TrustResult;
+  Usage?: Usage;
   WorktreeDiskUse?: WorktreeDiskUse;
 }
 export interface Agent {
@@ -77,6 +78,7 @@ export interface Agent {
   threadId?: string | null;
   title: string;
   updatedAt: string;
+  usage?: Usage | null;
   worktree?: string | null;
 }
 export interface ChangeCounts {
@@ -87,6 +89,17 @@ export interface ChangeCounts {
 export interface Progress {
   message: string;
   percentage?: number | null;
+}
+/**
+ * Tokens a model's calls used and what they cost (docs/protocol.md, "Usage and
+ * budgets"); `cost_usd` is None when the model's price is not known, so a client tells
+ * "free" from "unknown".
+ */
+export interface Usage {
+  cachedTokens?: number;
+  costUsd?: number | null;
+  inputTokens?: number;
+  outputTokens?: number;
 }
 export interface AgentApplyParams {
   agentId: string;
@@ -230,6 +243,7 @@ export interface ChatTurnNotification {
   state: "queued" | "running" | "completed" | "failed" | "interrupted";
   threadId: string;
   turnId: string;
+  usage?: Usage | null;
 }
 /**
  * `{}`: params of list methods and the result of interrupt.

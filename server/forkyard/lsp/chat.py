@@ -98,6 +98,7 @@ class ChatFeature:
                 turn_id=event.turn_id,
                 state=event.state,
                 error=event.error,
+                usage=event.usage,
             ),
         )
 
