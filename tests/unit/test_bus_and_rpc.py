@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio.abc import UNIXSocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -321,3 +322,34 @@ async def test_a_request_pending_when_the_peer_closes_raises_connection_closed()
         with pytest.raises(ConnectionClosed, match="not connected"):
             await client.request("echo", 1)
         group.cancel_scope.cancel()
+
+
+async def test_a_peer_that_stops_reading_is_disconnected_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon queues events for a front; a front that stops reading fills the queue,
+    and then its connection ends (it resynchronises when it attaches again) instead of
+    the daemon holding ever more memory for it."""
+    monkeypatch.setattr(rpc, "MAX_QUEUED", 4)
+    monkeypatch.setattr(rpc, "DRAIN_SECONDS", 0.2)
+    async with socket_pair() as (daemon_end, front_end), anyio.create_task_group() as group:
+        server = Peer(daemon_end, Handlers(), name="front")
+        served = anyio.Event()
+
+        async def serve_then_tell() -> None:
+            await serve(server)
+            served.set()
+
+        group.start_soon(serve_then_tell)
+        with anyio.fail_after(5):
+            # The front never reads: the socket buffer fills, then the queue.
+            while not server.closed.is_set():
+                server.notify("daemon/event", {"event": "x" * 65536})
+                await anyio.lowlevel.checkpoint()
+            await served.wait()
+        # What was written reaches the front, then the end of the connection.
+        received = b""
+        with anyio.fail_after(5):
+            async for chunk in front_end:
+                received += chunk
+        assert received.startswith(b'{"jsonrpc"')

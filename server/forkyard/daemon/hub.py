@@ -57,6 +57,8 @@ class Front:
     kind: str
     name: str
     deliver: Callable[[Event], None]
+    #: Ends the front's connection (it attaches again and resynchronises).
+    disconnect: Callable[[], None] = lambda: None
     session: Session | None = None
     scope: anyio.CancelScope | None = None
 
@@ -186,7 +188,11 @@ class Hub:
     # --- fronts -----------------------------------------------------------------------
 
     async def attach(
-        self, params: AttachParams, deliver: Callable[[Event], None], front_id: str | None = None
+        self,
+        params: AttachParams,
+        deliver: Callable[[Event], None],
+        front_id: str | None = None,
+        disconnect: Callable[[], None] = lambda: None,
     ) -> tuple[Front, AttachResult]:
         if self.stopping:
             logger.info("refused an attach of %s: stopping", params.root)
@@ -195,7 +201,9 @@ class Hub:
         if not root.is_absolute():
             raise InvalidRequest(f"root: {params.root!r} is not an absolute path")
         session, opened = await self.session_for(root, params)
-        front = Front(front_id or new_id("front"), params.kind, params.name, deliver, session)
+        front = Front(
+            front_id or new_id("front"), params.kind, params.name, deliver, disconnect, session
+        )
         if not opened and (
             params.client_settings is not None or params.initialization_options is not None
         ):
@@ -244,6 +252,11 @@ class Hub:
                             front.deliver(event)
                 finally:
                     session.app.bus.close_subscription(send)
+                # The bus dropped this front (it fell FRONT_BUFFER events behind): it
+                # must not go on believing it is up to date.
+                if front.id in self.fronts:
+                    logger.warning("front %s fell behind; disconnecting it", front.id)
+                    front.disconnect()
 
         self.task_group.start_soon(forward, name=f"events to front {front.id}")
         return front, result

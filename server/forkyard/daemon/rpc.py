@@ -27,6 +27,8 @@ MAX_LINE_BYTES = 256 * 1024 * 1024
 #: Messages waiting to be written before the peer counts as gone.
 MAX_QUEUED = 100_000
 MAX_ERROR_CHARS = 400
+#: How long a closing peer keeps writing what it had queued.
+DRAIN_SECONDS = 2.0
 
 Handler = Callable[[str, Any], Awaitable[Any]]
 NotificationHandler = Callable[[str, Any], None]
@@ -55,6 +57,7 @@ class Peer:
         self._waiting: dict[int, tuple[anyio.Event, list[Any]]] = {}
         self._send, self._outbox = anyio.create_memory_object_stream[bytes](MAX_QUEUED)
         self.closed = anyio.Event()
+        self._reading = anyio.CancelScope()
         #: Set once everything queued was written (or can no longer be).
         self.drained = anyio.Event()
 
@@ -108,24 +111,32 @@ class Peer:
         side, so a slow one never holds up the next message."""
         task_group.start_soon(self._write_forever, name=f"writing to {self.name}")
         try:
-            while True:
-                try:
-                    line = await self._reader.receive_until(b"\n", MAX_LINE_BYTES)
-                except (anyio.EndOfStream, anyio.IncompleteRead):
-                    return
-                except anyio.DelimiterNotFound:
-                    logger.warning("%s sent a message over %d bytes", self.name, MAX_LINE_BYTES)
-                    return
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return
-                if len(line) > MAX_LINE_BYTES:
-                    # receive_until only bounds what it still has to read: a long line
-                    # already buffered whole comes back anyway.
-                    logger.warning("%s sent a message over %d bytes", self.name, MAX_LINE_BYTES)
-                    return
-                self._receive(line, task_group)
+            with self._reading:
+                await self._read_forever(task_group)
         finally:
             self.close()
+            # What was queued still goes out (the last events before a daemon exits),
+            # unless the other end has stopped reading.
+            with anyio.move_on_after(DRAIN_SECONDS, shield=True):
+                await self.drained.wait()
+
+    async def _read_forever(self, task_group: TaskGroup) -> None:
+        while True:
+            try:
+                line = await self._reader.receive_until(b"\n", MAX_LINE_BYTES)
+            except (anyio.EndOfStream, anyio.IncompleteRead):
+                return
+            except anyio.DelimiterNotFound:
+                logger.warning("%s sent a message over %d bytes", self.name, MAX_LINE_BYTES)
+                return
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
+            if len(line) > MAX_LINE_BYTES:
+                # receive_until only bounds what it still has to read: a long line
+                # already buffered whole comes back anyway.
+                logger.warning("%s sent a message over %d bytes", self.name, MAX_LINE_BYTES)
+                return
+            self._receive(line, task_group)
 
     def _receive(self, line: bytes, task_group: TaskGroup) -> None:
         try:
@@ -184,6 +195,8 @@ class Peer:
             return
         self.closed.set()
         self._send.close()
+        # Reading stops too: the connection ends, and the other end notices.
+        self._reading.cancel()
         for done, _slot in list(self._waiting.values()):
             done.set()
 

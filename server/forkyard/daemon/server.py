@@ -220,7 +220,7 @@ class DaemonServer:
                     raise InvalidRequest("daemon/attach: this connection is attached already")
                 params = parse(method, raw)
                 assert isinstance(params, AttachParams)
-                front, result = await hub.attach(params, deliver)
+                front, result = await hub.attach(params, deliver, disconnect=peer.close)
                 return result.wire()
             if method == "daemon/status":
                 return hub.status().wire()
