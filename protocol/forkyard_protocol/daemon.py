@@ -222,6 +222,17 @@ class ThreadNoteParams(WireModel):
     agent_id: str | None = None
 
 
+class GcParams(WireModel):
+    dry_run: bool = False
+    #: Agent numbers whose worktrees go whatever their state (work kept in a ref).
+    agents: list[int] = Field(default_factory=list)
+
+
+class GcResult(WireModel):
+    lines: list[str]
+    errors: int
+
+
 class DaemonChatParams(WireModel):
     """`forkyard/chat` as the front passes it on: the editor context already read."""
 
@@ -276,6 +287,7 @@ DAEMON_REQUESTS: dict[str, tuple[type[WireModel], type[WireModel]]] = {
     "daemon/thread/note": (ThreadNoteParams, Empty),
     "daemon/chat": (DaemonChatParams, ChatResult),
     "daemon/stats": (ServerStatsParams, ServerStatsResult),
+    "daemon/gc": (GcParams, GcResult),
 }
 
 EventNotification.model_rebuild()

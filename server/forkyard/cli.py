@@ -90,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "trust":
             return anyio.run(_trust, args.path, args.revoke, args.list)
         if args.command == "gc":
-            return anyio.run(_gc, args.repo, args.dry_run, frozenset(args.agent))
+            from forkyard.terminal import gc_through_daemon
+
+            forced = frozenset(args.agent)
+            repo = args.repo.absolute()
+            done = gc_through_daemon(repo, args.dry_run, forced)
+            return done if done is not None else anyio.run(_gc, repo, args.dry_run, forced)
         return anyio.run(_status, args.repo)
     return _schema(args.output, check=args.check)
 

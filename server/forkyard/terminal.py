@@ -32,6 +32,7 @@ from forkyard_protocol.daemon import (
     ChatDelta,
     ChatTurn,
     Event,
+    GcResult,
     ReviewResult,
 )
 from forkyard_protocol.messages import (
@@ -112,6 +113,32 @@ def run_command(args: argparse.Namespace) -> int:
     except ForkyardError as exc:
         print(f"forkyard: {exc}", file=sys.stderr)
         return 2
+
+
+def gc_through_daemon(repo: Path, dry_run: bool, forced: frozenset[int]) -> int | None:
+    """`forkyard gc` by the daemon that owns the worktrees; None when none runs (then
+    the command does it itself: nobody else is using them)."""
+
+    async def run() -> int | None:
+        from forkyard.daemon.link import connect
+        from forkyard.settings import current_environ, load_settings
+
+        environ = current_environ()
+        loaded = await anyio.to_thread.run_sync(load_settings, repo, environ)
+        state_dir = loaded.settings.resolved_state_dir(environ).expanduser().absolute()
+        try:
+            stream = await connect(DaemonPaths(state_dir))
+        except OSError:
+            return None
+        await stream.aclose()
+        async with attached(repo) as front:
+            params = {"dryRun": dry_run, "agents": sorted(forced)}
+            result = GcResult.model_validate(await front.link.call("daemon/gc", params))
+        for line in result.lines:
+            print(line)
+        return 1 if result.errors else 0
+
+    return anyio.run(run)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -11,7 +11,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests.e2e.conftest import StartServer
 from tests.fakes.model_server import FakeModelServer, Reply
+from tests.helpers import git
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,3 +92,20 @@ async def test_chat_streams_the_reply_as_it_comes(
             await process.wait()
     assert process.returncode == 0
     assert seen.decode().strip() == "streaming words arrive one by one"
+
+
+async def test_gc_goes_through_the_running_daemon_and_editors_see_it(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    """The daemon owns the worktrees: `forkyard gc` asks it, so an editor attached sees
+    the agent lose its worktree at once (its work kept in a ref)."""
+    client = await start_server(repo)
+    agent = await client.dispatch("echo kept > kept.txt", backend="command")
+    done = await client.wait_for_agent(agent["id"])
+    worktree = Path(done["worktree"])
+    code, out, err = await forkyard(server_env, repo, "gc", "--agent", "1")
+    assert code == 0, err
+    assert "removed agent #1 (done)" in out and "refs/forkyard/" in out
+    assert not worktree.exists()
+    await client.wait_until(lambda: client.agents[agent["id"]]["worktree"] is None)
+    assert git(repo, "show", "refs/forkyard/removed/1:kept.txt") == "kept\n"

@@ -25,6 +25,8 @@ from forkyard_protocol.daemon import (
     ConfigureParams,
     DaemonChatParams,
     Empty,
+    GcParams,
+    GcResult,
     MarkAppliedParams,
     ProblemsResult,
     ReviewFile,
@@ -237,6 +239,16 @@ async def trust(session: Session, _front: Front, params: TrustParams) -> TrustCh
         trust_file=str(change.trust_file),
         problems=problem_info(change.problems),
     )
+
+
+@handles("daemon/gc")
+async def gc(session: Session, _front: Front, params: GcParams) -> GcResult:
+    """`forkyard gc` while the daemon runs: the daemon owns the worktrees, so it removes
+    them, and its agents learn at once."""
+    report = await session.app.orchestrator.collect_garbage(
+        dry_run=params.dry_run, forced=frozenset(params.agents)
+    )
+    return GcResult(lines=report.lines(), errors=len(report.errors))
 
 
 @handles("forkyard/status")

@@ -174,6 +174,7 @@ class _EventAssembler:
     stop_reason: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0
 
     def feed(self, event: RawMessageStreamEvent) -> Iterator[str]:
         if event.type == "message_start":
@@ -184,6 +185,7 @@ class _EventAssembler:
                 + (usage.cache_creation_input_tokens or 0)
                 + (usage.cache_read_input_tokens or 0)
             )
+            self.cached_tokens = usage.cache_read_input_tokens or 0
             self.output_tokens = usage.output_tokens
         elif event.type == "content_block_start":
             block = event.content_block
@@ -219,7 +221,11 @@ class _EventAssembler:
             text="".join(self.text),
             tool_calls=tool_calls,
             stop_reason=stop_reason,
-            usage=Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens),
+            usage=Usage(
+                input_tokens=self.input_tokens,
+                output_tokens=self.output_tokens,
+                cached_tokens=self.cached_tokens,
+            ),
         )
 
 

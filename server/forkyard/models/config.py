@@ -12,6 +12,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class ModelPrice(BaseModel):
+    """`[models.NAME.price]`: USD per million tokens. `cached_per_mtok` prices the prompt
+    tokens read from the provider's cache; unset, they cost as much as the others."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_per_mtok: float | None = Field(default=None, ge=0)
+
+
 class ModelConfig(BaseModel):
     """One configured chat model: which wire protocol, where, which model, which key."""
 
@@ -31,3 +42,6 @@ class ModelConfig(BaseModel):
     #: Anthropic requires an explicit output budget per request; OpenAI-compatible
     #: endpoints get it only when set, so that local servers keep their own default.
     max_output_tokens: int | None = Field(default=None, gt=0)
+    #: What the model costs; None: the default table's price for the model's name
+    #: (`forkyard.models.pricing`), if any.
+    price: ModelPrice | None = None

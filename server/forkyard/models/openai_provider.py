@@ -163,9 +163,11 @@ class _ChunkAssembler:
     def feed(self, chunk: ChatCompletionChunk) -> Iterator[str]:
         self.chunks += 1
         if chunk.usage is not None:
+            details = chunk.usage.prompt_tokens_details
             self.usage = Usage(
                 input_tokens=chunk.usage.prompt_tokens or 0,
                 output_tokens=chunk.usage.completion_tokens or 0,
+                cached_tokens=(details.cached_tokens or 0) if details is not None else 0,
             )
         for choice in chunk.choices or ():
             if choice.index not in (0, None):

@@ -78,8 +78,20 @@ class ChatMessage(_Frozen):
 
 
 class Usage(_Frozen):
+    """Token counts of one call. `input_tokens` counts every prompt token, the cached ones
+    included; `cached_tokens` is the part read from the provider's prompt cache (billed at
+    a lower price: `forkyard.models.pricing`)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+        )
 
 
 class TextDelta(_Frozen):
