@@ -226,6 +226,20 @@ async def test_the_state_directory_and_socket_are_the_users_alone(
     assert paths.log.exists(), "the daemon logs into the state directory"
 
 
+async def test_the_daemon_runs_in_its_own_session(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    """Closing the terminal or killing the editor's process group leaves it alone."""
+    client = await start_server(repo)
+    front = client.server_process
+    pid = read_pid(DaemonPaths(state_dir(server_env)))
+    assert front is not None and pid is not None
+    assert os.getsid(pid) == pid, "a session leader"
+    assert os.getpgid(pid) not in (os.getpgid(front.pid), os.getpgid(0))
+    parent = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert parent != front.pid, "not the editor's child: reparented when it detached"
+
+
 PEER = "forkyard-peer-test"
 
 
