@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from forkyard.lsp.positions import to_position_units
 from forkyard.workspace.apply import (
     FilePlan,
     TextEdit,
@@ -21,7 +22,7 @@ from forkyard.workspace.apply import (
     plan_file_apply,
     plan_rename_apply,
 )
-from forkyard.workspace.hunks import HunkMismatchError, to_position_units
+from forkyard.workspace.hunks import HunkMismatchError
 from forkyard_protocol.models import FileChange
 from tests.unit.test_hunks import git_hunks, mutate, numbered, random_text, replace_line
 

@@ -14,18 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from forkyard.lsp.positions import diagnostic_range, from_position_units, to_position_units
 from forkyard.workspace.apply import plan_file_apply
 from forkyard.workspace.hunks import (
     HunkMismatchError,
     LocatedHunk,
     apply_changes,
-    diagnostic_range,
-    from_position_units,
     line_changes,
     locate_hunks,
     parse_hunk,
     split_lines,
-    to_position_units,
 )
 from forkyard_protocol.models import Hunk
 from tests.helpers import GIT_ENV

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from lsprotocol import types
 
+from forkyard.lsp.positions import to_position_units
 from forkyard.workspace.apply import FilePlan, TextEdit
 from forkyard.workspace.confined import UnsafePathError, spelling_problem
-from forkyard.workspace.hunks import split_lines, to_position_units
+from forkyard.workspace.hunks import split_lines
 
 Encoding = str
 

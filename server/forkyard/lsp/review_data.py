@@ -10,8 +10,9 @@ from typing import Any
 from lsprotocol import types
 
 from forkyard.errors import InvalidRequest
+from forkyard.lsp.positions import diagnostic_range
 from forkyard.review.service import AgentReview, FileReview
-from forkyard.workspace.hunks import diagnostic_range, split_lines
+from forkyard.workspace.hunks import split_lines
 from forkyard_protocol.models import Agent
 
 SOURCE = "forkyard"
