@@ -16,6 +16,7 @@ from pydantic import Field
 from forkyard.agents.base import ApprovalAnswer, Backend, RunOutcome
 from forkyard.agents.external_config import ExternalBackendConfig
 from forkyard.settings import BUILTIN_ROLES, RoleConfig, Settings
+from forkyard_protocol import Usage
 from tests.helpers import git, make_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +74,7 @@ class FakeAgentContext:
     extra_env: Mapping[str, str] = field(default_factory=lambda: {"FORKYARD_PORT_BASE": "20010"})
     logs: list[tuple[str, str]] = field(default_factory=list)
     progress_reports: list[tuple[str, int | None]] = field(default_factory=list)
+    usage: list[Usage] = field(default_factory=list)
     followups: list[str] = field(default_factory=list)
     logged: anyio.Event = field(default_factory=anyio.Event)
 
@@ -86,6 +88,9 @@ class FakeAgentContext:
 
     def progress(self, message: str, percentage: int | None = None) -> None:
         self.progress_reports.append((message, percentage))
+
+    def add_usage(self, usage: Usage) -> None:
+        self.usage.append(usage)
 
     def take_followups(self) -> list[str]:
         taken, self.followups = self.followups, []

@@ -58,6 +58,8 @@ class Reply:
     error_message: the message in the error body of a `status` reply (default: what
         the real API says; a 401 quotes the key back, as OpenAI's does).
     stop_reason: override the provider's stop/finish reason (e.g. "length").
+    cached_tokens: how many of the prompt's tokens the usage reports as read from the
+        prompt cache (at most all of them).
     """
 
     text: str = ""
@@ -70,6 +72,7 @@ class Reply:
     hold_after_chunks: int = 1
     error_message: str | None = None
     stop_reason: str | None = None
+    cached_tokens: int = 0
 
     _started: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _released: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
@@ -156,6 +159,7 @@ class FakeModelServer:
         self.default = default
         self._replies: deque[Reply] = deque()
         self._requests: list[RecordedRequest] = []
+        self._usage: list[wire.ReportedUsage] = []
         self._lock = threading.Condition()
         self._closing = threading.Event()
         self._connections: set[socket.socket] = set()
@@ -252,6 +256,17 @@ class FakeModelServer:
     def requests(self) -> list[RecordedRequest]:
         with self._lock:
             return list(self._requests)
+
+    @property
+    def reported_usage(self) -> list[wire.ReportedUsage]:
+        """The usage of every reply whose usage was sent, in order; recorded before the
+        client can read it, so a test that saw a reply end sees its usage here."""
+        with self._lock:
+            return list(self._usage)
+
+    def _report(self, usage: wire.ReportedUsage) -> None:
+        with self._lock:
+            self._usage.append(usage)
 
     @property
     def last_request(self) -> RecordedRequest:
@@ -403,25 +418,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             text = reply.garbage if isinstance(reply.garbage, str) else wire.GARBAGE
             self._send_raw(200, "text/html", text.encode())
             return
+        input_tokens = max(1, len(request.raw) // 4)
         script = wire.ScriptedReply(
             text=reply.text,
             tool_calls=list(reply.tool_calls),
             stop_reason=reply.stop_reason,
             model=str((request.body or {}).get("model", "fake-model")),
-            input_tokens=max(1, len(request.raw) // 4),
+            input_tokens=input_tokens,
             new_id=self.server.fake._next_id,
+            cached_tokens=min(reply.cached_tokens, input_tokens),
         )
         streaming = bool(isinstance(request.body, dict) and request.body.get("stream"))
         if not streaming:
+            self.server.fake._report(wire.reported_usage(script))
             self._send_json(200, wire.whole_reply(api, script))
             return
-        include_usage = bool(
+        include_usage = api == "anthropic" or bool(
             ((request.body or {}).get("stream_options") or {}).get("include_usage")
         )
         frames = wire.stream_frames(api, script, include_usage=include_usage)
-        self._stream(frames, reply)
+        self._stream(frames, reply, wire.reported_usage(script) if include_usage else None)
 
-    def _stream(self, frames: wire.Frames, reply: Reply) -> None:
+    def _stream(self, frames: wire.Frames, reply: Reply, usage: wire.ReportedUsage | None) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -437,6 +455,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._write_chunk(frame)
         if reply.hold and len(frames.content) <= reply.hold_after_chunks:
             self._wait_for(reply._released)
+        if usage is not None:
+            self.server.fake._report(usage)
         for frame in frames.closing:
             self._pace(reply)
             self._write_chunk(frame)

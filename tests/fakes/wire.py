@@ -34,6 +34,22 @@ class ScriptedReply:
     model: str
     input_tokens: int
     new_id: Callable[[str], str]
+    #: The part of `input_tokens` reported as read from the prompt cache.
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ReportedUsage:
+    """What one reply told the client it used, in the provider-neutral sense: `input`
+    counts every prompt token, the cached ones included."""
+
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+
+
+def reported_usage(script: ScriptedReply) -> ReportedUsage:
+    return ReportedUsage(script.input_tokens, output_tokens(script), script.cached_tokens)
 
 
 @dataclass
@@ -116,12 +132,13 @@ def _openai_finish_reason(script: ScriptedReply) -> str:
     return script.stop_reason or ("tool_calls" if script.tool_calls else "stop")
 
 
-def _openai_usage(script: ScriptedReply) -> dict[str, int]:
+def _openai_usage(script: ScriptedReply) -> dict[str, Any]:
     out = output_tokens(script)
     return {
         "prompt_tokens": script.input_tokens,
         "completion_tokens": out,
         "total_tokens": script.input_tokens + out,
+        "prompt_tokens_details": {"cached_tokens": script.cached_tokens},
     }
 
 
@@ -130,7 +147,7 @@ def _openai_chunk(
     script: ScriptedReply,
     delta: dict[str, Any] | None,
     finish_reason: str | None = None,
-    usage: dict[str, int] | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> bytes:
     chunk = {
         "id": completion_id,
@@ -211,6 +228,14 @@ def _anthropic_stop_reason(script: ScriptedReply) -> str:
     return script.stop_reason or ("tool_use" if script.tool_calls else "end_turn")
 
 
+def _anthropic_input(script: ScriptedReply) -> dict[str, int]:
+    """Anthropic counts cache reads apart from `input_tokens` (which excludes them)."""
+    return {
+        "input_tokens": script.input_tokens - script.cached_tokens,
+        "cache_read_input_tokens": script.cached_tokens,
+    }
+
+
 def _event(kind: str, payload: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, **payload})}\n\n".encode()
 
@@ -225,7 +250,7 @@ def _anthropic_stream(script: ScriptedReply) -> Frames:
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": script.input_tokens, "output_tokens": 1},
+        "usage": {**_anthropic_input(script), "output_tokens": 1},
     }
     frames.opening.append(_event("message_start", {"message": message}) + _event("ping", {}))
     index = 0
@@ -290,7 +315,7 @@ def _anthropic_whole(script: ScriptedReply) -> dict[str, Any]:
         "content": content,
         "stop_reason": _anthropic_stop_reason(script),
         "stop_sequence": None,
-        "usage": {"input_tokens": script.input_tokens, "output_tokens": output_tokens(script)},
+        "usage": {**_anthropic_input(script), "output_tokens": output_tokens(script)},
     }
 
 

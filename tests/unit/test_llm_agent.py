@@ -19,6 +19,7 @@ from forkyard.agents.base import RunOutcome
 from forkyard.agents.llm import ELIDED, LlmBackend
 from forkyard.settings import BUILTIN_ROLES, AgentLimits, RoleConfig, Settings
 from forkyard.tools.agent_tools import ApprovalAnswer
+from forkyard_protocol import Usage
 from tests.fakes.model_server import FakeModelServer, RecordedRequest, Reply
 from tests.helpers import git
 
@@ -44,6 +45,7 @@ class FakeContext:
     asked: list[tuple[str, str]] = field(default_factory=list)
     logs: list[tuple[str, str]] = field(default_factory=list)
     progress_lines: list[str] = field(default_factory=list)
+    usage: list[Usage] = field(default_factory=list)
 
     @property
     def writable(self) -> bool:
@@ -54,6 +56,9 @@ class FakeContext:
 
     def progress(self, message: str, percentage: int | None = None) -> None:
         self.progress_lines.append(message)
+
+    def add_usage(self, usage: Usage) -> None:
+        self.usage.append(usage)
 
     def take_followups(self) -> list[str]:
         taken, self.followups[:] = list(self.followups), []

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from forkyard.settings import RoleConfig, Settings
+from forkyard_protocol import Usage
 
 ApprovalAnswer = Literal["allow_once", "allow_for_agent", "deny"]
 
@@ -64,6 +65,9 @@ class AgentContext(Protocol):
 
     async def log(self, kind: str, text: str) -> None: ...
     def progress(self, message: str, percentage: int | None = None) -> None: ...
+    def add_usage(self, usage: Usage) -> None:
+        """One model call's tokens and cost, added to the agent's `usage`."""
+
     def take_followups(self) -> list[str]:
         """Follow-up instructions the user sent since the last call."""
 

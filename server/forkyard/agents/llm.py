@@ -35,7 +35,9 @@ from forkyard.models import (
     estimate_message_tokens,
     estimate_tokens,
 )
+from forkyard.models.config import ModelPrice
 from forkyard.models.loading import load_sdks
+from forkyard.models.pricing import metered, price_for
 from forkyard.settings import Settings
 from forkyard.tools.agent_tools import Approver, ToolBox, ToolResult, short_argument
 from forkyard.tools.command_tool import SandboxProbe
@@ -152,7 +154,9 @@ class LlmBackend:
             remembered=conversation.approvals,
             sandbox_probe=self._sandbox_probe,
         )
-        agent_run = AgentRun(context, model, toolbox, conversation, config.context_tokens)
+        agent_run = AgentRun(
+            context, model, toolbox, conversation, config.context_tokens, price_for(config)
+        )
         limits = settings.agent
         try:
             with anyio.move_on_after(limits.max_seconds) as deadline:
@@ -182,9 +186,11 @@ class AgentRun:
         toolbox: ToolBox,
         conversation: Conversation,
         context_tokens: int | None = None,
+        price: ModelPrice | None = None,
     ) -> None:
         self.context = context
         self.context_tokens = context_tokens
+        self.price = price
         self.model = model
         self.toolbox = toolbox
         self.conversation = conversation
@@ -249,6 +255,7 @@ class AgentRun:
             raise ModelError("the model's reply ended without a completion", kind="api_error")
         if completion.usage is not None:
             self.tokens += completion.usage.input_tokens + completion.usage.output_tokens
+            self.context.add_usage(metered(completion.usage, self.price))
         else:
             self.tokens += (
                 estimate_tokens(system)

@@ -7,10 +7,9 @@ tokens counted and its cost unknown (None), never a made-up figure.
 
 from __future__ import annotations
 
-from forkyard_protocol import Usage as WireUsage
-
 from forkyard.models.config import ModelConfig, ModelPrice
 from forkyard.models.types import Usage
+from forkyard_protocol import Usage as WireUsage
 
 #: DEFAULTS, for convenience only: providers change their prices, and these are list
 #: prices in USD per million tokens as published when they were written. Set

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from forkyard.agents.base import ApprovalAnswer
 from forkyard.settings import RoleConfig, Settings
+from forkyard_protocol import Usage
 
 if TYPE_CHECKING:
     from forkyard.orchestrator.orchestrator import Orchestrator
@@ -71,6 +72,9 @@ class RunContext:
 
     def progress(self, message: str, percentage: int | None = None) -> None:
         self._orchestrator.progress(self._runtime, message, percentage)
+
+    def add_usage(self, usage: Usage) -> None:
+        self._orchestrator.add_usage(self._runtime, usage)
 
     async def request_approval(self, tool: str, detail: str) -> ApprovalAnswer:
         return await self._orchestrator.request_approval(self._runtime, tool, detail)

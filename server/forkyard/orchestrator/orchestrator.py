@@ -20,6 +20,7 @@ from forkyard.agents.base import ApprovalAnswer, Backend
 from forkyard.bus import EventBus
 from forkyard.clock import new_id, now_iso
 from forkyard.errors import InvalidRequest, UnknownAgent, WrongState
+from forkyard.models.pricing import add_usage
 from forkyard.orchestrator.events import Reporter
 from forkyard.orchestrator.failures import keep_running
 from forkyard.orchestrator.runner import FINISH_TIMEOUT_SECONDS, AgentRunner
@@ -39,7 +40,7 @@ from forkyard.workspace.pool import (
 )
 from forkyard.workspace.setup import PortRange, port_range
 from forkyard_protocol.messages import AgentDispatchParams
-from forkyard_protocol.models import ACTIVE_STATES, Agent, LogEntry, Progress
+from forkyard_protocol.models import ACTIVE_STATES, Agent, LogEntry, Progress, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -390,6 +391,15 @@ class Orchestrator:
         """Progress is frequent: kept at once, announced at most every 100 ms, and the
         latest value always announced in the end (a trailing flush)."""
         runtime.agent.progress = Progress(message=message, percentage=percentage)
+        self._announce_soon(runtime)
+
+    def add_usage(self, runtime: AgentRuntime, usage: Usage) -> None:
+        """One model call's usage, added to the agent's: announced like progress, and saved
+        with the agent's next change (its end at the latest)."""
+        runtime.agent.usage = add_usage(runtime.agent.usage, usage)
+        self._announce_soon(runtime)
+
+    def _announce_soon(self, runtime: AgentRuntime) -> None:
         wait = runtime.last_progress_emit + PROGRESS_INTERVAL_SECONDS - anyio.current_time()
         if wait <= 0:
             self._emit_progress(runtime)
@@ -405,7 +415,7 @@ class Orchestrator:
     async def _flush_progress_later(self, runtime: AgentRuntime, delay: float) -> None:
         await anyio.sleep(delay)
         runtime.progress_flush_pending = False
-        if runtime.agent.state in ACTIVE_STATES and runtime.agent.progress is not None:
+        if runtime.agent.state in ACTIVE_STATES:
             self._emit_progress(runtime)
 
     async def _log(self, runtime: AgentRuntime, kind: str, text: str) -> None:
