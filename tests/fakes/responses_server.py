@@ -105,7 +105,7 @@ class _ResponsesHandler(_Handler):
         )
         response = _ResponseBuilder(script)
         if isinstance(request.body, dict) and request.body.get("stream"):
-            self._stream(response.frames(), reply)
+            self._stream(response.frames(), reply, None)
         else:
             self._send_json(200, response.whole())
 
