@@ -24,6 +24,7 @@ from forkyard.conversation.service import Conversation
 from forkyard.errors import InvalidRequest
 from forkyard.models import ChatModel, ModelConfig, create_chat_model
 from forkyard.models.loading import load_sdks
+from forkyard.models.pricing import price_for
 from forkyard.orchestrator.orchestrator import Orchestrator
 from forkyard.settings import LoadedSettings, Settings, SettingsProblem, load_settings
 from forkyard.store import Store
@@ -112,7 +113,7 @@ class ForkyardApp:
             if self._chat_model is not None:
                 self._retired_models.append(self._chat_model[1])
             self._chat_model = (config, create_chat_model(config, self.environ))
-        return ModelHandle(self._chat_model[1], config.context_tokens)
+        return ModelHandle(self._chat_model[1], config.context_tokens, price_for(config))
 
     @property
     def settings(self) -> Settings:

@@ -6,6 +6,7 @@ from typing import Literal
 
 import pytest
 
+from forkyard.conversation.commands import agent_line
 from forkyard.models import ChatMessage, Usage, complete, create_chat_model
 from forkyard.models.config import ModelConfig, ModelPrice
 from forkyard.models.pricing import (
@@ -18,6 +19,7 @@ from forkyard.models.pricing import (
     usage_text,
 )
 from forkyard.settings import Settings, normalise_keys
+from forkyard_protocol import Agent
 from forkyard_protocol import Usage as WireUsage
 from tests.fakes import fixtures
 from tests.fakes.model_server import FakeModelServer, Reply
@@ -142,3 +144,24 @@ def test_sums_keep_the_cost_only_while_every_call_was_priced() -> None:
 )
 def test_usage_text_for_people(usage: WireUsage | None, text: str) -> None:
     assert usage_text(usage) == text
+
+
+def test_agent_lines_show_tokens_and_cost_when_known() -> None:
+    """`/agents` and `forkyard agents` print this line."""
+    agent = Agent(
+        id="a1",
+        number=3,
+        title="t",
+        task="t",
+        role="worker",
+        backend="llm",
+        state="done",
+        base_ref="HEAD",
+        created_at="2026-01-01T00:00:00Z",
+        updated_at="2026-01-01T00:00:00Z",
+    )
+    assert "tokens" not in agent_line(agent)
+    agent.usage = WireUsage(input_tokens=1100, output_tokens=100, cost_usd=0.003)
+    assert "(worker, 0 files +0 -0, 1.2k tokens, $0.003)" in agent_line(agent)
+    agent.usage = WireUsage(input_tokens=1100, output_tokens=100)
+    assert agent_line(agent).endswith("(worker, 0 files +0 -0, 1.2k tokens)")

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from forkyard.errors import InvalidRequest, WrongState
+from forkyard.models.pricing import usage_text
 from forkyard.orchestrator.orchestrator import Orchestrator
 from forkyard_protocol.daemon import ApplyRequested
 from forkyard_protocol.messages import AgentDispatchParams
@@ -62,6 +63,8 @@ STATUS_LOG_LINES = 15
 def agent_line(agent: Agent) -> str:
     changes = agent.changes
     counts = f"{changes.files} files +{changes.additions} -{changes.deletions}"
+    if used := usage_text(agent.usage):
+        counts += f", {used}"
     progress = f" — {agent.progress.message}" if agent.progress else ""
     return f"#{agent.number} **{agent.title}** `{agent.state}` ({agent.role}, {counts}){progress}"
 

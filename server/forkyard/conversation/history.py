@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from forkyard.models import ChatMessage, ChatModel, estimate_tokens
+from forkyard.models.config import ModelPrice
 from forkyard_protocol.models import Message
 
 SYSTEM_PROMPT = """\
@@ -32,6 +33,8 @@ RESERVED_FRACTION = 0.3
 class ModelHandle:
     model: ChatModel
     context_tokens: int | None = None
+    #: What the model costs, to meter a turn's calls; None: unknown (tokens only).
+    price: ModelPrice | None = None
 
 
 def _as_chat_message(message: Message) -> ChatMessage:

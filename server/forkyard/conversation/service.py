@@ -21,13 +21,14 @@ from forkyard.conversation.commands import HELP, NO_MODEL, ChatCommands, is_comm
 from forkyard.conversation.history import SYSTEM_PROMPT, ModelHandle, build_model_messages
 from forkyard.conversation.tools import CHAT_TOOLS, ChatTools
 from forkyard.errors import UnknownThread
-from forkyard.models import ChatMessage, ChatModel, Completion, ModelError, TextDelta
+from forkyard.models import ChatMessage, Completion, ModelError, TextDelta
 from forkyard.models.loading import load_sdks
+from forkyard.models.pricing import add_usage, metered
 from forkyard.orchestrator.orchestrator import Orchestrator
 from forkyard.store import Store
 from forkyard_protocol.daemon import AgentChanged, ChatDelta, ChatTurn
 from forkyard_protocol.daemon import ChatMessage as ChatMessageEvent
-from forkyard_protocol.models import Agent, Message, Thread, TurnState
+from forkyard_protocol.models import Agent, Message, Thread, TurnState, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class Turn:
     origin: str | None = None
     state: TurnState = "queued"
     scope: anyio.CancelScope | None = None
+    #: The turn's model calls so far, told when the turn ends.
+    usage: Usage | None = None
 
 
 @dataclass
@@ -235,7 +238,13 @@ class Conversation:
 
     def _announce(self, turn: Turn, error: str | None) -> None:
         self.bus.publish(
-            ChatTurn(thread_id=turn.thread_id, turn_id=turn.id, state=turn.state, error=error)
+            ChatTurn(
+                thread_id=turn.thread_id,
+                turn_id=turn.id,
+                state=turn.state,
+                error=error,
+                usage=turn.usage if turn.state != "running" else None,
+            )
         )
 
     def _emit(self, turn: Turn, parts: list[str], text: str) -> None:
@@ -264,11 +273,12 @@ class Conversation:
         messages = build_model_messages(
             history, turn.id, turn.context, budget_tokens=handle.context_tokens
         )
-        await self._model_loop(handle.model, messages, turn, parts)
+        await self._model_loop(handle, messages, turn, parts)
 
     async def _model_loop(
-        self, model: ChatModel, messages: list[ChatMessage], turn: Turn, parts: list[str]
+        self, handle: ModelHandle, messages: list[ChatMessage], turn: Turn, parts: list[str]
     ) -> None:
+        model = handle.model
         for _ in range(MAX_TOOL_ROUNDS):
             completion: Completion | None = None
             async with aclosing(model.stream(messages, CHAT_TOOLS, system=SYSTEM_PROMPT)) as stream:
@@ -277,6 +287,8 @@ class Conversation:
                         self._emit(turn, parts, event.text)
                     else:
                         completion = event
+            if completion is not None and completion.usage is not None:
+                turn.usage = add_usage(turn.usage, metered(completion.usage, handle.price))
             if completion is None or not completion.tool_calls:
                 return
             messages.append(ChatMessage.assistant(completion.text, completion.tool_calls))

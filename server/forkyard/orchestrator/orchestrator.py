@@ -391,21 +391,19 @@ class Orchestrator:
         """Progress is frequent: kept at once, announced at most every 100 ms, and the
         latest value always announced in the end (a trailing flush)."""
         runtime.agent.progress = Progress(message=message, percentage=percentage)
-        self._announce_soon(runtime)
-
-    def add_usage(self, runtime: AgentRuntime, usage: Usage) -> None:
-        """One model call's usage, added to the agent's: announced like progress, and saved
-        with the agent's next change (its end at the latest)."""
-        runtime.agent.usage = add_usage(runtime.agent.usage, usage)
-        self._announce_soon(runtime)
-
-    def _announce_soon(self, runtime: AgentRuntime) -> None:
         wait = runtime.last_progress_emit + PROGRESS_INTERVAL_SECONDS - anyio.current_time()
         if wait <= 0:
             self._emit_progress(runtime)
         elif not runtime.progress_flush_pending and self._task_group is not None:
             runtime.progress_flush_pending = True
             self._task_group.start_soon(self._flush_progress_later, runtime, wait)
+
+    def add_usage(self, runtime: AgentRuntime, usage: Usage) -> None:
+        """One model call's usage, added to the agent's. Announced with the agent's next
+        progress (a call with tools is followed by a step's) or change of state (a call
+        without ends the run), and saved with that change: an announcement of its own
+        would take the progress's turn and hide the first step."""
+        runtime.agent.usage = add_usage(runtime.agent.usage, usage)
 
     def _emit_progress(self, runtime: AgentRuntime) -> None:
         runtime.last_progress_emit = anyio.current_time()
@@ -415,7 +413,7 @@ class Orchestrator:
     async def _flush_progress_later(self, runtime: AgentRuntime, delay: float) -> None:
         await anyio.sleep(delay)
         runtime.progress_flush_pending = False
-        if runtime.agent.state in ACTIVE_STATES:
+        if runtime.agent.state in ACTIVE_STATES and runtime.agent.progress is not None:
             self._emit_progress(runtime)
 
     async def _log(self, runtime: AgentRuntime, kind: str, text: str) -> None:
