@@ -42,7 +42,7 @@ from forkyard.settings import Settings
 from forkyard.tools.agent_tools import Approver, ToolBox, ToolResult, short_argument
 from forkyard.tools.command_tool import SandboxProbe
 from forkyard.tools.sandbox import probe_sandbox
-from forkyard.tools.search import list_paths
+from forkyard.tools.search import list_paths, ripgrep_path
 
 ModelFactory = Callable[[ModelConfig, Mapping[str, str]], ChatModel]
 
@@ -144,6 +144,8 @@ class LlmBackend:
         conversation.settle()
         conversation.messages.append(ChatMessage.user(instruction))
         toolbox = ToolBox(
+            # Looked up on PATH once, in a worker thread: stat calls stay off the loop.
+            ripgrep=await anyio.to_thread.run_sync(ripgrep_path),
             root=context.cwd,
             repo_root=context.repo_root,
             writable=context.writable,
