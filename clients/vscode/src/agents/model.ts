@@ -1,7 +1,7 @@
 // What the Agents view and the status bar show, computed from the server's agents. Pure:
 // the vscode-facing classes only turn these into TreeItems, so the grouping, labels and
 // actions offered are unit-tested.
-import type { Agent, AgentState, FileChange, NoticeNotification } from "../protocol";
+import type { Agent, AgentState, FileChange, NoticeNotification, Usage } from "../protocol";
 
 export type GroupId = "running" | "queued" | "review" | "attention" | "finished";
 
@@ -49,8 +49,15 @@ export function changesText(agent: Agent): string {
   return `${files} file${files === 1 ? "" : "s"} +${c.additions ?? 0} −${c.deletions ?? 0}`;
 }
 
-/** The grey text after the label: progress while it works, the diff's size after. */
+/** The grey text after the label: progress while it works, the diff's size after; then
+ * what its model calls used, when that is known. */
 export function agentDescription(agent: Agent): string {
+  const usage = usageText(agent.usage);
+  const state = stateDescription(agent);
+  return usage ? `${state} · ${usage.short}` : state;
+}
+
+function stateDescription(agent: Agent): string {
   switch (agent.state) {
     case "queued":
       return "queued";
@@ -184,9 +191,62 @@ export function agentTooltip(agent: Agent): string {
   ];
   if (agent.branch) lines.push(`Branch: \`${agent.branch}\``);
   if (agent.state === "done" || agent.state === "applied") lines.push(`Changes: ${changesText(agent)}`);
+  const usage = usageText(agent.usage);
+  if (usage) lines.push(usage.long);
   if (agent.summary) lines.push("", escapeMarkdown(agent.summary));
   if (agent.error) lines.push("", `Error: ${escapeMarkdown(agent.error)}`);
   return lines.join("  \n");
+}
+
+export interface UsageText {
+  /** For the description: "1.2k tok · $0.003", or "1.2k tok" when the price is unknown. */
+  short: string;
+  /** For the tooltip: "tokens: 1,234 in (100 cached) / 56 out; cost $0.0031". */
+  long: string;
+}
+
+/** What an agent's model calls used, as the Agents view shows it; undefined when nothing
+ * is known (no usage, or only zeros: an agent that calls no model), so such agents keep
+ * their old, shorter text. A null `costUsd` is an unknown price, shown as such, not as
+ * free. */
+export function usageText(usage: Usage | null | undefined): UsageText | undefined {
+  if (!usage) return undefined;
+  const input = usage.inputTokens ?? 0;
+  const output = usage.outputTokens ?? 0;
+  const cached = usage.cachedTokens ?? 0;
+  const cost = usage.costUsd ?? null;
+  if (input === 0 && output === 0 && cached === 0 && !cost) return undefined;
+  const tokens = `${compactCount(input + output)} tok`;
+  const cachedText = cached > 0 ? ` (${groupedCount(cached)} cached)` : "";
+  const tokensLong = `tokens: ${groupedCount(input)} in${cachedText} / ${groupedCount(output)} out`;
+  if (cost === null) return { short: tokens, long: `${tokensLong}; cost unknown` };
+  return { short: `${tokens} · ${dollars(cost, 1)}`, long: `${tokensLong}; cost ${dollars(cost, 2)}` };
+}
+
+/** 999, 1.2k, 12k, 1.2M: a count that fits a line. */
+export function compactCount(n: number): string {
+  if (n < 1000) return String(n);
+  for (const [divisor, suffix] of [
+    [1e3, "k"],
+    [1e6, "M"],
+  ] as const) {
+    const value = n / divisor;
+    if (value < 9.95) return `${value.toFixed(1).replace(/\.0$/, "")}${suffix}`;
+    if (value < 999.5) return `${Math.round(value)}${suffix}`;
+  }
+  return `${Math.round(n / 1e9)}G`;
+}
+
+function groupedCount(n: number): string {
+  return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+}
+
+/** $1.23 from a dollar up; below it `digits` significant digits ($0.003, $0.0031). */
+function dollars(cost: number, digits: number): string {
+  if (cost === 0) return "$0";
+  if (cost < 0.0001) return "<$0.0001";
+  if (cost >= 1) return `$${cost.toFixed(2)}`;
+  return `$${String(Number(cost.toPrecision(digits)))}`;
 }
 
 function firstLine(text: string): string {
