@@ -29,6 +29,53 @@ local function plural(n, word)
   return ('%d %s%s'):format(n, word, n == 1 and '' or 's')
 end
 
+local function number_or_zero(v)
+  return type(v) == 'number' and v or 0
+end
+
+--- 999, 1.2k, 12k, 1.2M: a token count that fits a line (as the VS Code Agents view).
+function M.compact_count(n)
+  if n < 1000 then
+    return tostring(math.floor(n))
+  end
+  for _, unit in ipairs({ { 1e3, 'k' }, { 1e6, 'M' } }) do
+    local value = n / unit[1]
+    if value < 9.95 then
+      return (('%.1f'):format(value):gsub('%.0$', '')) .. unit[2]
+    end
+    if value < 999.5 then
+      return ('%d'):format(math.floor(value + 0.5)) .. unit[2]
+    end
+  end
+  return ('%d'):format(math.floor(n / 1e9 + 0.5)) .. 'G'
+end
+
+local function dollars(cost)
+  if cost == 0 then
+    return '$0'
+  elseif cost < 0.0001 then
+    return '<$0.0001'
+  elseif cost >= 1 then
+    return ('$%.2f'):format(cost)
+  end
+  return '$' .. ('%.1g'):format(cost)
+end
+
+--- What an agent's model calls used: "1.2k tok · $0.003", "1.2k tok" when the price is
+--- unknown (costUsd null), nil when nothing is known (no usage, or only zeros).
+function M.usage_text(usage)
+  if type(usage) ~= 'table' then
+    return nil
+  end
+  local tokens = number_or_zero(usage.inputTokens) + number_or_zero(usage.outputTokens)
+  local cost = type(usage.costUsd) == 'number' and usage.costUsd or nil
+  if tokens == 0 and number_or_zero(usage.cachedTokens) == 0 and not (cost and cost > 0) then
+    return nil
+  end
+  local text = M.compact_count(tokens) .. ' tok'
+  return cost and (text .. ' · ' .. dollars(cost)) or text
+end
+
 --- One agent as one line of the list; its number comes first so keys can find it.
 function M.format(agent)
   local changes = agent.changes or { files = 0, additions = 0, deletions = 0 }
@@ -38,6 +85,10 @@ function M.format(agent)
     if type(agent.progress.percentage) == 'number' then
       progress = progress .. (' (%d%%)'):format(agent.progress.percentage)
     end
+  end
+  local usage = M.usage_text(agent.usage)
+  if usage then
+    progress = progress .. ' · ' .. usage
   end
   local title = (agent.title or agent.task or ''):gsub('\n', ' ')
   return ('#%-3d %-11s %-8s %-8s %s +%d -%d  %s%s'):format(
