@@ -98,6 +98,10 @@ class AgentDispatchParams(WireModel):
     #: sparse (git's cone mode): only these folders and the files along the way are
     #: checked out, which makes starting on a very large repository fast.
     paths: list[str] | None = None
+    #: docs/protocol.md "Usage and budgets": limits of this agent's model calls, over the
+    #: role's `budget_usd` / `max_tokens`. None: the role's (or no limit).
+    budget_usd: float | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
 
     _task_not_blank = field_validator("task")(_non_blank)
 
@@ -133,6 +137,9 @@ class AgentReadResult(WireModel):
 
 class AgentMessageParams(AgentRef):
     text: str
+    #: Raise (or set) the agent's limits before it runs again; None keeps them.
+    budget_usd: float | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
 
     _text_not_blank = field_validator("text")(_non_blank)
 

@@ -97,6 +97,10 @@ class Agent(WireModel):
     #: Summed over the agent's model calls (follow-ups included); None for backends that
     #: report none.
     usage: Usage | None = None
+    #: The agent's limits ("Usage and budgets"): its dispatch's, else its role's, raised by
+    #: a follow-up; None: no limit. An agent past one is `failed`, `budget reached (…)`.
+    budget_usd: float | None = None
+    max_tokens: int | None = None
 
 
 class Thread(WireModel):

@@ -52,6 +52,11 @@ class RoleConfig(BaseModel):
     #: only these, the files at the top level, and their parents' files. A dispatch that
     #: names `paths` overrides them. None: whole worktrees.
     paths: list[str] | None = None
+    #: Limits of each of this role's agents' model calls (docs/protocol.md "Usage and
+    #: budgets"): the agent stops `failed`, "budget reached", once its cost (when known)
+    #: or its input+output tokens reach them. None: no limit. A dispatch may override.
+    budget_usd: float | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
 
 
 BUILTIN_ROLES: dict[str, RoleConfig] = {
@@ -173,8 +178,14 @@ class Settings(BaseModel):
     approval_timeout_seconds: float = Field(default=600.0, gt=0)
 
     def role(self, name: str) -> RoleConfig | None:
-        """A configured role, else a built-in one, else None."""
-        return self.roles.get(name) or BUILTIN_ROLES.get(name)
+        """A configured role, else a built-in one, else None. A configured role named like
+        a built-in one changes only the keys it sets: `[roles.explorer] budget_usd = 1`
+        (which an untrusted repository may set) must not turn the explorer into a writer."""
+        configured, builtin = self.roles.get(name), BUILTIN_ROLES.get(name)
+        if configured is None or builtin is None:
+            return configured or builtin
+        changed = {key: getattr(configured, key) for key in configured.model_fields_set}
+        return builtin.model_copy(update=changed)
 
     def role_names(self) -> list[str]:
         return sorted({*BUILTIN_ROLES, *self.roles})

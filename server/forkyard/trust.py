@@ -172,6 +172,10 @@ UNTRUSTED_REPOSITORY_KEYS = frozenset(
     }
 )
 
+#: Keys of any role (`roles.NAME.KEY`) an untrusted repository may set: budgets only
+#: limit what an agent spends.
+UNTRUSTED_ROLE_KEYS = frozenset({"budget_usd", "max_tokens"})
+
 #: Never taken from a repository's file, trusted or not: only the user turns these on.
 USER_ONLY_KEYS = frozenset({"worktree.setup_network"})
 
@@ -206,6 +210,16 @@ def split_repository_values(
     def below(path: str, keys: frozenset[str]) -> bool:
         return any(key.startswith(path + ".") for key in keys)
 
+    def allowed(path: str) -> bool:
+        parts = path.split(".")
+        role_key = len(parts) == 3 and parts[0] == "roles" and parts[2] in UNTRUSTED_ROLE_KEYS
+        return path in UNTRUSTED_REPOSITORY_KEYS or role_key
+
+    def allowed_below(path: str) -> bool:
+        parts = path.split(".")
+        in_roles = parts[0] == "roles" and len(parts) <= 2
+        return in_roles or below(path, UNTRUSTED_REPOSITORY_KEYS)
+
     def walk(node: Mapping[str, Any], into: dict[str, Any], prefix: str) -> None:
         for key, value in node.items():
             path = f"{prefix}{key}"
@@ -213,12 +227,14 @@ def split_repository_values(
                 if value:
                     result.user_only.append(path)
             elif isinstance(value, Mapping) and (
-                below(path, USER_ONLY_KEYS)
-                or (not trusted and below(path, UNTRUSTED_REPOSITORY_KEYS))
+                below(path, USER_ONLY_KEYS) or (not trusted and allowed_below(path))
             ):
                 into[key] = {}
                 walk(value, into[key], path + ".")
-            elif trusted or path in UNTRUSTED_REPOSITORY_KEYS or not known(path):
+                if not into[key] and path.startswith("roles"):
+                    # A role table left empty would define that role with defaults.
+                    del into[key]
+            elif trusted or allowed(path) or not known(path):
                 into[key] = value
             else:
                 result.untrusted.extend(_leaves(path, value))

@@ -167,3 +167,40 @@ def test_bad_daemon_idle_and_approval_timeout_are_named_and_defaults_hold(
     assert any("'approval_timeout_seconds'" in m and "initializationOptions" in m for m in messages)
     assert loaded.settings.daemon_idle_seconds == 900
     assert loaded.settings.approval_timeout_seconds == 600
+
+
+def test_an_untrusted_repository_may_set_role_budgets_and_nothing_else_of_a_role(
+    tmp_path: Path,
+) -> None:
+    """Budgets only limit spending (trust.py's allow-list); the rest of a role's table
+    waits for trust, and the explorer stays read-only although its table is named."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".forkyard.toml").write_text(
+        "[roles.explorer]\nbudget_usd = 0.5\n"
+        "[roles.worker]\nmax_tokens = 5000\npolicy = { run_command = 'allow' }\n"
+        "[roles.evil]\ntools = ['run_command']\n"
+    )
+    loaded = load_settings(repo, environ_for(tmp_path))
+    assert not loaded.trusted
+    assert sorted(loaded.ignored_keys) == ["roles.evil.tools", "roles.worker.policy.run_command"]
+    settings = loaded.settings
+    assert settings.role_names() == ["default", "explorer", "worker"]
+    explorer, worker = settings.role("explorer"), settings.role("worker")
+    assert explorer is not None and worker is not None
+    assert (explorer.budget_usd, explorer.max_tokens) == (0.5, None)
+    assert not explorer.worktree and "write_file" not in explorer.tools
+    assert (worker.budget_usd, worker.max_tokens) == (None, 5000)
+    assert worker.policy == {}
+
+
+def test_role_budgets_default_to_no_limit_and_refuse_negative_values() -> None:
+    loaded = merge_sources(
+        [SettingsSource("test", {"roles": {"reviewer": {"budget_usd": -1, "max_tokens": 0}}})]
+    )
+    assert {problem.key for problem in loaded.problems} >= {
+        "roles.reviewer.budget_usd",
+        "roles.reviewer.max_tokens",
+    }
+    worker = loaded.settings.role("worker")
+    assert worker is not None and (worker.budget_usd, worker.max_tokens) == (None, None)

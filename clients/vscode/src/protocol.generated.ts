@@ -56,10 +56,12 @@ export interface Agent {
   backend: string;
   baseRef: string;
   branch?: string | null;
+  budgetUsd?: number | null;
   changes?: ChangeCounts;
   createdAt: string;
   error?: string | null;
   id: string;
+  maxTokens?: number | null;
   number: number;
   progress?: Progress | null;
   role: string;
@@ -146,7 +148,9 @@ export interface Hunk {
 export interface AgentDispatchParams {
   backend?: string | null;
   baseRef?: string;
+  budgetUsd?: number | null;
   includeUncommitted?: boolean;
+  maxTokens?: number | null;
   paths?: string[] | null;
   role?: string;
   task: string;
@@ -165,6 +169,8 @@ export interface AgentListResult {
 }
 export interface AgentMessageParams {
   agentId: string;
+  budgetUsd?: number | null;
+  maxTokens?: number | null;
   text: string;
 }
 export interface AgentReadResult {
