@@ -14,6 +14,7 @@ from forkyard.client import ForkyardClient
 from tests.e2e.conftest import StartServer
 from tests.fakes.model_server import FakeModelServer, Reply
 from tests.fakes.wire import ReportedUsage
+from tests.helpers import git
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -152,3 +153,87 @@ async def test_a_model_named_in_the_default_table_is_priced_without_configuratio
     # gpt-4o-mini's default: $0.15 in, $0.60 out per million tokens.
     cost = (reported.input_tokens * 0.15 + reported.output_tokens * 0.60) / 1e6
     assert turn["usage"]["costUsd"] == pytest.approx(cost)
+
+
+async def run_again(client: ForkyardClient, agent_id: str, **params: Any) -> dict[str, Any]:
+    """A follow-up to a finished agent; the agent once that run has ended."""
+    updates_before = len(client.agent_updates)
+    await client.request("forkyard/agent/message", {"agentId": agent_id, "text": "go on", **params})
+    await client.wait_until(
+        lambda: any(
+            u["id"] == agent_id and u["state"] == "running"
+            for u in client.agent_updates[updates_before:]
+        )
+    )
+    return await client.wait_for_agent(agent_id)
+
+
+def branch_file(repo: Path, agent: dict[str, Any], path: str) -> str:
+    return git(repo, "show", f"{agent['branch']}:{path}")
+
+
+async def test_a_dispatch_budget_stops_the_agent_with_its_work_and_a_raised_one_finishes_it(
+    start_server: StartServer, repo: Path, fake_model_server: FakeModelServer
+) -> None:
+    """Each call costs far more than $0.000001: the first crosses the budget, so the
+    agent stops before its second although the model had more to do."""
+    fake_model_server.script(
+        call("write_file", path="a.txt", content="a\n"),
+        call("write_file", path="b.txt", content="b\n"),
+        call("finish", summary="wrote a and b"),
+    )
+    client = await start_server(
+        repo, initialization_options=model_options(fake_model_server, price=PRICE)
+    )
+    agent = await client.dispatch("write a.txt and b.txt", budgetUsd=0.000001)
+    assert agent["budgetUsd"] == 0.000001
+    stopped = await client.wait_for_agent(agent["id"])
+    assert stopped["state"] == "failed", stopped
+    assert stopped["error"].startswith("budget reached ($"), stopped["error"]
+    assert stopped["error"].endswith(" of $0.0000)"), stopped["error"]
+    assert len(fake_model_server.reported_usage) == 1
+    assert stopped["usage"] == expected_usage(fake_model_server.reported_usage, priced=True)
+    assert branch_file(repo, stopped, "a.txt") == "a\n", "its work is committed on its branch"
+    diff = await client.request("forkyard/agent/diff", {"agentId": agent["id"]})
+    assert [f["path"] for f in diff["files"]] == ["a.txt"]
+
+    # The same budget again: it stops at once, no call made.
+    again = await run_again(client, agent["id"])
+    assert again["state"] == "failed" and again["error"].startswith("budget reached")
+    assert len(fake_model_server.reported_usage) == 1
+
+    finished = await run_again(client, agent["id"], budgetUsd=5.0)
+    assert finished["state"] == "done", finished["error"]
+    assert finished["budgetUsd"] == 5.0 and finished["summary"] == "wrote a and b"
+    assert branch_file(repo, finished, "b.txt") == "b\n"
+    assert branch_file(repo, finished, "a.txt") == "a\n", "the same worktree, continued"
+
+
+async def test_a_role_token_budget_stops_the_agent_and_a_dispatch_budget_overrides_it(
+    start_server: StartServer, repo: Path, fake_model_server: FakeModelServer
+) -> None:
+    # One script for both agents: the first stops after its one call, the second
+    # gets the other two.
+    fake_model_server.script(
+        call("write_file", path="a.txt", content="a\n"),
+        call("write_file", path="c.txt", content="c\n"),
+        call("finish", summary="wrote c"),
+    )
+    options = model_options(fake_model_server) | {"roles": {"worker": {"maxTokens": 10}}}
+    client = await start_server(repo, initialization_options=options)
+    agent = await client.dispatch("write a.txt")
+    assert agent["maxTokens"] == 10
+    stopped = await client.wait_for_agent(agent["id"])
+    assert stopped["state"] == "failed", stopped
+    assert stopped["error"].startswith("budget reached ("), stopped["error"]
+    assert stopped["error"].endswith(" of 10 tokens)"), stopped["error"]
+    assert branch_file(repo, stopped, "a.txt") == "a\n"
+
+    assert fake_model_server.pending_replies == 2, "the model had more scripted"
+
+    # The dispatch's budget wins over the role's: this one has room for its two calls.
+    roomy = await client.dispatch("write c.txt", maxTokens=10_000_000)
+    assert roomy["maxTokens"] == 10_000_000
+    done = await client.wait_for_agent(roomy["id"])
+    assert done["state"] == "done", done
+    assert done["summary"] == "wrote c" and branch_file(repo, done, "c.txt") == "c\n"

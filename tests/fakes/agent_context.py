@@ -14,7 +14,9 @@ import pytest
 from pydantic import Field
 
 from forkyard.agents.base import ApprovalAnswer, Backend, RunOutcome
+from forkyard.agents.budget import Budget
 from forkyard.agents.external_config import ExternalBackendConfig
+from forkyard.models.pricing import add_usage
 from forkyard.settings import BUILTIN_ROLES, RoleConfig, Settings
 from forkyard_protocol import Usage
 from tests.helpers import git, make_repo
@@ -76,6 +78,7 @@ class FakeAgentContext:
     progress_reports: list[tuple[str, int | None]] = field(default_factory=list)
     usage: list[Usage] = field(default_factory=list)
     followups: list[str] = field(default_factory=list)
+    limits: Budget = field(default_factory=Budget)
     logged: anyio.Event = field(default_factory=anyio.Event)
 
     @property
@@ -91,6 +94,15 @@ class FakeAgentContext:
 
     def add_usage(self, usage: Usage) -> None:
         self.usage.append(usage)
+
+    def spent(self) -> Usage | None:
+        total: Usage | None = None
+        for part in self.usage:
+            total = add_usage(total, part)
+        return total
+
+    def budget(self) -> Budget:
+        return self.limits
 
     def take_followups(self) -> list[str]:
         taken, self.followups = self.followups, []

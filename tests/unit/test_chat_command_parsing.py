@@ -51,3 +51,42 @@ async def test_a_role_without_a_task_is_told_the_usage() -> None:
     reply = await ChatCommands(cast(Orchestrator, orchestrator)).run("/dispatch --role r", None)
     assert "Usage" in reply
     assert orchestrator.dispatched == []
+
+
+class BudgetOrchestrator:
+    """Records the budgets a chat command sets; the agent is finished (failed)."""
+
+    def __init__(self) -> None:
+        self.budgets: list[tuple[str, float | None]] = []
+
+    async def set_budget(self, ref: str, *, budget_usd: float | None = None) -> Any:
+        self.budgets.append((ref, budget_usd))
+
+        class Updated:
+            number, state = int(ref), "failed"
+
+        Updated.budget_usd = budget_usd  # type: ignore[attr-defined]
+        return Updated()
+
+
+@pytest.mark.parametrize(
+    ("typed", "ref", "usd"),
+    [("/budget 3 2.00", "3", 2.0), ("/budget #12 $0.5", "12", 0.5), ("/budget 4 .25", "4", 0.25)],
+)
+async def test_budget_sets_the_agents_budget_and_replies_in_one_line(
+    typed: str, ref: str, usd: float
+) -> None:
+    orchestrator = BudgetOrchestrator()
+    reply = await ChatCommands(cast(Orchestrator, orchestrator)).run(typed, None)
+    assert orchestrator.budgets == [(ref, usd)]
+    assert "\n" not in reply
+    assert reply.startswith(f"Agent #{ref}'s budget is now ${usd:.2f}"), reply
+    assert "message" in reply
+
+
+@pytest.mark.parametrize("typed", ["/budget", "/budget 3", "/budget 3 two", "/budget 3 -1"])
+async def test_a_budget_without_an_agent_and_an_amount_is_told_the_usage(typed: str) -> None:
+    orchestrator = BudgetOrchestrator()
+    reply = await ChatCommands(cast(Orchestrator, orchestrator)).run(typed, None)
+    assert reply.startswith("Usage: `/budget <n> <usd>`"), reply
+    assert orchestrator.budgets == []

@@ -16,7 +16,9 @@ from typing import Any, Literal
 import pytest
 
 from forkyard.agents.base import RunOutcome
+from forkyard.agents.budget import Budget
 from forkyard.agents.llm import ELIDED, LlmBackend
+from forkyard.models.pricing import add_usage
 from forkyard.settings import BUILTIN_ROLES, AgentLimits, RoleConfig, Settings
 from forkyard.tools.agent_tools import ApprovalAnswer
 from forkyard_protocol import Usage
@@ -46,6 +48,7 @@ class FakeContext:
     logs: list[tuple[str, str]] = field(default_factory=list)
     progress_lines: list[str] = field(default_factory=list)
     usage: list[Usage] = field(default_factory=list)
+    limits: Budget = field(default_factory=Budget)
 
     @property
     def writable(self) -> bool:
@@ -59,6 +62,15 @@ class FakeContext:
 
     def add_usage(self, usage: Usage) -> None:
         self.usage.append(usage)
+
+    def spent(self) -> Usage | None:
+        total: Usage | None = None
+        for part in self.usage:
+            total = add_usage(total, part)
+        return total
+
+    def budget(self) -> Budget:
+        return self.limits
 
     def take_followups(self) -> list[str]:
         taken, self.followups[:] = list(self.followups), []
@@ -516,3 +528,32 @@ async def test_the_loop_speaks_both_providers(
     assert await backend.run(context, "Read the README.") == RunOutcome(True, "README read")
     assert "# sample" in fake_model_server.last_request.text
     assert "nope.py does not exist" in fake_model_server.last_request.text
+
+
+async def test_a_token_budget_stops_the_run_before_the_next_call_and_a_raised_one_goes_on(
+    fake_model_server: FakeModelServer, backend: LlmBackend, worktree: Path, repo: Path
+) -> None:
+    """The budget is checked before each call on all the agent used so far: the call that
+    crossed it runs, the next one does not, and a follow-up after a raise continues."""
+    fake_model_server.script(
+        Reply(tool_calls=[("write_file", {"path": "a.txt", "content": "a\n"})]),
+        Reply(tool_calls=[("write_file", {"path": "b.txt", "content": "b\n"})]),
+        Reply(tool_calls=[("finish", {"summary": "wrote a and b"})]),
+    )
+    context = make_context(fake_model_server, worktree, repo)
+    context.limits = Budget(max_tokens=1)
+
+    stopped = await backend.run(context, "write a.txt and b.txt")
+
+    assert not stopped.ok and stopped.error is not None
+    assert stopped.error.startswith("budget reached (")
+    assert stopped.error.endswith(" of 1 tokens)")
+    assert len(fake_model_server.requests) == 1
+    assert (worktree / "a.txt").exists() and not (worktree / "b.txt").exists()
+
+    context.limits = Budget(max_tokens=10_000_000)
+    resumed = await backend.run(context, "go on")
+
+    assert resumed == RunOutcome(True, "wrote a and b")
+    assert (worktree / "b.txt").read_text() == "b\n"
+    assert len(fake_model_server.requests) == 3

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from forkyard.agents.budget import Budget
 from forkyard.settings import RoleConfig, Settings
 from forkyard_protocol import Usage
 
@@ -67,6 +68,12 @@ class AgentContext(Protocol):
     def progress(self, message: str, percentage: int | None = None) -> None: ...
     def add_usage(self, usage: Usage) -> None:
         """One model call's tokens and cost, added to the agent's `usage`."""
+
+    def spent(self) -> Usage | None:
+        """What the agent's model calls used so far, every run of it included."""
+
+    def budget(self) -> Budget:
+        """The agent's limits as they are now (a follow-up may have raised them)."""
 
     def take_followups(self) -> list[str]:
         """Follow-up instructions the user sent since the last call."""

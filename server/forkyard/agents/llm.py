@@ -23,6 +23,7 @@ from pathlib import Path
 import anyio
 
 from forkyard.agents.base import AgentContext, Availability, RunOutcome
+from forkyard.agents.budget import budget_reached
 from forkyard.models import (
     ChatMessage,
     ChatModel,
@@ -214,6 +215,8 @@ class AgentRun:
         while True:
             if self.steps >= self.limits.max_steps:
                 return self.failed(f"step budget of {self.limits.max_steps} steps exhausted")
+            if reached := budget_reached(self.context.spent(), self.context.budget()):
+                return self.failed(reached)
             for text in self.context.take_followups():
                 messages.append(ChatMessage.user(text))
             self.steps += 1

@@ -30,6 +30,7 @@ Commands (no model needed):
 | `/apply <n>` | apply an agent's changes to your checkout |
 | `/discard <n>` | discard an agent (its work stays in a ref) |
 | `/cancel <n>` | stop an agent (its worktree is kept) |
+| `/budget <n> <usd>` | set an agent's budget in USD (a follow-up then continues it) |
 | `/help` | this list |
 """
 
@@ -84,6 +85,7 @@ class ChatCommands:
             "diff": self._diff,
             "discard": self._discard,
             "cancel": self._cancel,
+            "budget": self._budget,
             "help": self._help,
         }
 
@@ -186,3 +188,17 @@ class ChatCommands:
     async def _cancel(self, rest: str, _thread: str | None) -> str:
         agent = await self.orchestrator.cancel(self._ref(rest, "cancel"))
         return f"Agent #{agent.number} is {agent.state}; its worktree is kept."
+
+    async def _budget(self, rest: str, _thread: str | None) -> str:
+        """`/budget N USD`: the agent's budget from its next model call on; an agent
+        stopped by its old one continues when it is sent a message."""
+        match = re.fullmatch(r"#?(\d+)\s+\$?(\d+(?:\.\d*)?|\.\d+)", rest)
+        if match is None:
+            return "Usage: `/budget <n> <usd>`, e.g. `/budget 3 2.00`"
+        agent = await self.orchestrator.set_budget(match.group(1), budget_usd=float(match.group(2)))
+        then = (
+            "send it a message to continue"
+            if agent.state in ("done", "failed", "cancelled", "interrupted")
+            else "it applies from its next model call"
+        )
+        return f"Agent #{agent.number}'s budget is now ${agent.budget_usd:.2f}; {then}."

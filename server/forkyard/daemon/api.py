@@ -122,7 +122,11 @@ async def read(session: Session, _front: Front, params: AgentRef) -> AgentReadRe
 
 @handles("forkyard/agent/message")
 async def message(session: Session, _front: Front, params: AgentMessageParams) -> AgentResult:
-    return AgentResult(agent=await session.app.orchestrator.message(params.agent_id, params.text))
+    orchestrator = session.app.orchestrator
+    agent = await orchestrator.message(
+        params.agent_id, params.text, budget_usd=params.budget_usd, max_tokens=params.max_tokens
+    )
+    return AgentResult(agent=agent)
 
 
 @handles("forkyard/agent/cancel")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forkyard.agents.base import ApprovalAnswer
+from forkyard.agents.budget import Budget
 from forkyard.settings import RoleConfig, Settings
 from forkyard_protocol import Usage
 
@@ -78,6 +79,13 @@ class RunContext:
 
     async def request_approval(self, tool: str, detail: str) -> ApprovalAnswer:
         return await self._orchestrator.request_approval(self._runtime, tool, detail)
+
+    def spent(self) -> Usage | None:
+        return self._runtime.agent.usage
+
+    def budget(self) -> Budget:
+        agent = self._runtime.agent
+        return Budget(budget_usd=agent.budget_usd, max_tokens=agent.max_tokens)
 
     def take_followups(self) -> list[str]:
         taken, self._runtime.followups[:] = list(self._runtime.followups), []

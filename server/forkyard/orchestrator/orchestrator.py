@@ -224,6 +224,8 @@ class Orchestrator:
             branch=f"forkyard/{number}-{slugify(title)}" if role.worktree else None,
             created_at=stamp,
             updated_at=stamp,
+            budget_usd=role.budget_usd if params.budget_usd is None else params.budget_usd,
+            max_tokens=role.max_tokens if params.max_tokens is None else params.max_tokens,
         )
         runtime = AgentRuntime(agent, sparse_paths=sparse_paths or None)
         self._agents[agent.id] = runtime
@@ -263,10 +265,28 @@ class Orchestrator:
             raise InvalidRequest(f"baseRef: {exc}") from exc
         return base
 
-    async def message(self, ref: str, text: str) -> Agent:
-        """A follow-up: a running agent gets it at its next step; a finished one runs
-        again in the same worktree."""
+    async def set_budget(
+        self, ref: str, *, budget_usd: float | None = None, max_tokens: int | None = None
+    ) -> Agent:
+        """New limits for the agent (None keeps one): checked before its next model call,
+        so a finished agent stopped by its budget can be sent on with a higher one."""
         runtime = self.resolve(ref)
+        if runtime.agent.state in ("applied", "discarded"):
+            raise WrongState(f"agent #{runtime.agent.number} was {runtime.agent.state}")
+        changes = {"budget_usd": budget_usd, "max_tokens": max_tokens}
+        changes = {key: value for key, value in changes.items() if value is not None}
+        if changes:
+            await self._update(runtime, **changes)
+        return runtime.agent.model_copy(deep=True)
+
+    async def message(
+        self, ref: str, text: str, *, budget_usd: float | None = None, max_tokens: int | None = None
+    ) -> Agent:
+        """A follow-up: a running agent gets it at its next step; a finished one runs
+        again in the same worktree. A budget given is set first."""
+        runtime = self.resolve(ref)
+        if runtime.agent.state not in ("applied", "discarded"):
+            await self.set_budget(ref, budget_usd=budget_usd, max_tokens=max_tokens)
         agent = runtime.agent
         if agent.state in ("queued", "starting", "running"):
             runtime.followups.append(text)
@@ -370,7 +390,8 @@ class Orchestrator:
         previous = runtime.agent.state
         if "state" in changes:
             check_move(runtime.agent.number, previous, changes["state"])  # type: ignore[arg-type]
-        data = runtime.agent.model_dump()
+        # By field name: `changes` are field names, and a camelCase key would win.
+        data = runtime.agent.model_dump(by_alias=False)
         data.update(changes)
         data["updated_at"] = now_iso()
         before, runtime.agent = runtime.agent, Agent.model_validate(data)
