@@ -237,3 +237,34 @@ async def test_a_role_token_budget_stops_the_agent_and_a_dispatch_budget_overrid
     done = await client.wait_for_agent(roomy["id"])
     assert done["state"] == "done", done
     assert done["summary"] == "wrote c" and branch_file(repo, done, "c.txt") == "c\n"
+
+
+async def test_budget_in_the_chat_raises_a_stopped_agents_budget_and_a_follow_up_finishes_it(
+    start_server: StartServer, repo: Path, fake_model_server: FakeModelServer
+) -> None:
+    fake_model_server.script(
+        call("write_file", path="a.txt", content="a\n"),
+        call("finish", summary="wrote a"),
+    )
+    client = await start_server(
+        repo, initialization_options=model_options(fake_model_server, price=PRICE)
+    )
+    agent = await client.dispatch("write a.txt", budgetUsd=0)
+    stopped = await client.wait_for_agent(agent["id"])
+    assert stopped["error"] == "budget reached ($0.0000 of $0.0000)", "no call made"
+    assert fake_model_server.reported_usage == []
+
+    turn = await chat_turn_end(client, f"/budget {agent['number']} 2.50")
+    [reply] = [
+        p["message"]["text"]
+        for m, p in client.notifications
+        if m == "forkyard/chat/message"
+        and p["message"]["turnId"] == turn["turnId"]
+        and p["message"]["role"] == "assistant"
+    ]
+    assert reply.startswith(f"Agent #{agent['number']}'s budget is now $2.50"), reply
+    assert "\n" not in reply
+    finished = await run_again(client, agent["id"])
+    assert finished["state"] == "done", finished["error"]
+    assert finished["budgetUsd"] == 2.5
+    assert branch_file(repo, finished, "a.txt") == "a\n"
