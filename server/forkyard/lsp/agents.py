@@ -69,6 +69,7 @@ class AgentFeature:
         self.server = server
         self._progress: dict[str, MemoryObjectSendStream[Agent]] = {}
         self.token_to_agent: dict[str, str] = {}
+        self._reports = 0
         #: Approvals this editor is asking: approval id -> the scope of its question.
         self._asking: dict[str, anyio.CancelScope] = {}
 
@@ -108,7 +109,10 @@ class AgentFeature:
         self, first: Agent, updates: MemoryObjectReceiveStream[Agent]
     ) -> None:
         """One agent's progress, in order: create the token, begin, report, end."""
-        token = f"forkyard/agent/{first.id}/{first.updated_at}"
+        # Unique per report: a run that ends and starts again within one millisecond
+        # must not reuse its token.
+        self._reports += 1
+        token = f"forkyard/agent/{first.id}/{self._reports}"
         progress = self.server.work_done_progress
         async with updates:
             try:
