@@ -34,8 +34,10 @@ from pathlib import Path
 import anyio
 
 from forkyard.agents.base import AgentContext, ApprovalAnswer
+from forkyard.agents.budget import Budget
 from forkyard.agents.llm import LlmBackend
 from forkyard.models import ChatMessage, Completion, ModelConfig, ToolCall, ToolSpec
+from forkyard.models.pricing import add_usage
 from forkyard.models.types import StreamEvent
 from forkyard.settings import BUILTIN_ROLES, AgentLimits, RoleConfig, Settings
 from forkyard.tools.process import run_streaming
@@ -46,6 +48,7 @@ from forkyard.tools.sandbox import (
     scrubbed_env,
     unsandboxed_argv,
 )
+from forkyard_protocol import Usage
 
 GIT_ENV = {
     **os.environ,
@@ -141,6 +144,7 @@ class BenchContext:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     log_entries: int = 0
     tool_errors: list[str] = field(default_factory=list)
+    usage: Usage | None = None
 
     @property
     def writable(self) -> bool:
@@ -156,6 +160,15 @@ class BenchContext:
 
     def progress(self, message: str, percentage: int | None = None) -> None:
         pass
+
+    def add_usage(self, usage: Usage) -> None:
+        self.usage = add_usage(self.usage, usage)
+
+    def spent(self) -> Usage | None:
+        return self.usage
+
+    def budget(self) -> Budget:
+        return Budget()
 
     def take_followups(self) -> list[str]:
         return []

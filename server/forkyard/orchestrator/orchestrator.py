@@ -23,11 +23,12 @@ from forkyard.errors import InvalidRequest, UnknownAgent, WrongState
 from forkyard.models.pricing import add_usage
 from forkyard.orchestrator.events import Reporter
 from forkyard.orchestrator.failures import keep_running
+from forkyard.orchestrator.numbering import base_commit, free_agent_number
 from forkyard.orchestrator.runner import FINISH_TIMEOUT_SECONDS, AgentRunner
 from forkyard.orchestrator.runtime import AgentRuntime, is_dir
 from forkyard.orchestrator.states import check_move
 from forkyard.orchestrator.worktrees import Worktrees
-from forkyard.settings import RoleConfig, Settings
+from forkyard.settings import Settings
 from forkyard.store import Store
 from forkyard.workspace.diff import WorktreeDiff, diff_worktree, file_at
 from forkyard.workspace.gc import GcReport
@@ -207,8 +208,8 @@ class Orchestrator:
             sparse_paths = sparse_folders(params.paths) if params.paths else role.paths
         except ValueError as exc:
             raise InvalidRequest(f"paths: {exc}") from exc
-        base = await self._base_commit(params, role)
-        number = await self._free_agent_number()
+        base = await base_commit(self.repository, params, role)
+        number = await free_agent_number(self.store, self.repository, self.repo_key)
         title = (params.title or _title_from_task(params.task)).strip()
         stamp = now_iso()
         agent = Agent(
@@ -233,37 +234,6 @@ class Orchestrator:
         self._queue.append(runtime)
         self._pump()
         return runtime.agent.model_copy(deep=True)
-
-    async def _free_agent_number(self) -> int:
-        """The next agent number whose branch and kept refs do not exist yet: a lost
-        state directory restarts the numbering, and an old agent's branch or discarded
-        work must never be reused or overwritten."""
-        while True:
-            number = await self.store.next_agent_number(self.repo_key)
-            taken = await self.repository.git(
-                "for-each-ref",
-                "--count=1",
-                "--format=%(refname)",
-                f"refs/heads/forkyard/{number}-*",
-                f"refs/forkyard/discarded/{number}",
-                f"refs/forkyard/discarded/{number}-branch",
-            )
-            if not taken.line:
-                return number
-            logger.info("agent number %s is taken by %s; skipping it", number, taken.line)
-
-    async def _base_commit(self, params: AgentDispatchParams, role: RoleConfig) -> str:
-        """The commit the agent starts from; with includeUncommitted a snapshot of the
-        checkout as the user sees it, so the agent's diff holds only its own changes."""
-        try:
-            base = await self.repository.resolve(params.base_ref)
-            if role.worktree and params.include_uncommitted:
-                head = await self.repository.resolve("HEAD")
-                if base == head:
-                    return await self.repository.snapshot(base)
-        except GitError as exc:
-            raise InvalidRequest(f"baseRef: {exc}") from exc
-        return base
 
     async def set_budget(
         self, ref: str, *, budget_usd: float | None = None, max_tokens: int | None = None
