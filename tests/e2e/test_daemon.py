@@ -455,3 +455,28 @@ async def test_stop_now_interrupts_running_agents_and_keeps_their_worktrees(
     interrupted = await client.wait_for_agent(agent["id"], {"interrupted"})
     assert interrupted["worktree"] == running["worktree"]
     assert (Path(running["worktree"]) / "begun.txt").exists()
+
+
+async def test_an_agent_cannot_reach_the_daemon_socket(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    """A hostile agent that knows where the daemon listens cannot talk to it: the state
+    directory is not in its sandbox, so neither is the socket."""
+    client = await start_server(repo)
+    socket_path = DaemonPaths(state_dir(server_env)).socket
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n"
+        f"    s.connect({str(socket_path)!r})\n"
+        "    print('reached')\n"
+        "except OSError as exc:\n"
+        "    print('refused', exc)\n"
+    )
+    (repo / "probe.py").write_text(probe)
+    agent = await client.dispatch("python3 probe.py", backend="command")
+    done = await client.wait_for_agent(agent["id"])
+    log = await client.request("forkyard/agent/read", {"agentId": agent["id"]})
+    output = " ".join(entry["text"] for entry in log["log"])
+    assert done["state"] == "done", done
+    assert "refused" in output and "reached" not in output.replace("refused", ""), output

@@ -163,7 +163,7 @@ class DaemonLink:
                     await process_gone(stopping.pid)
 
     async def _attach(self, task_group: TaskGroup, *, again: bool) -> tuple[Peer, AttachResult]:
-        pid = read_pid(self.paths)
+        pid = await anyio.to_thread.run_sync(read_pid, self.paths)
         stream = await connect_or_start(self.paths, self.environ, self.idle_seconds)
         peer = Peer(stream, handle_notification=self._notification, name="the daemon")
         task_group.start_soon(self._read, peer, name="reading the daemon")
@@ -171,7 +171,8 @@ class DaemonLink:
             raw = await peer.request("daemon/attach", self._attach_params().wire())
         except DaemonStopping as exc:
             await peer.aclose()
-            raise Stopping(read_pid(self.paths) or pid or 0) from exc
+            now = await anyio.to_thread.run_sync(read_pid, self.paths)
+            raise Stopping(now or pid or 0) from exc
         except BaseException:
             await peer.aclose()
             raise
