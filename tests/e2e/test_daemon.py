@@ -45,6 +45,12 @@ async def daemon_status(env: dict[str, str]) -> dict[str, Any]:
     return raw
 
 
+def daemon_cli(env: dict[str, str], *args: str) -> list[str]:
+    """`forkyard daemon ARGS --state-dir` of the test's state directory."""
+    where = ["--state-dir", str(state_dir(env))]
+    return [sys.executable, "-m", "forkyard.cli", "daemon", *args, *where]
+
+
 def daemon_processes(env: dict[str, str]) -> list[int]:
     """Pids of `forkyard daemon` processes for this state directory."""
     found = []
@@ -310,9 +316,7 @@ async def test_daemon_status_and_a_stop_that_waits_for_running_agents(
     client = await start_server(repo)
     agent = await client.dispatch(WAIT_FOR_GO, backend="command")
     running = await wait_until_begun(client, agent["id"])
-    cli = [sys.executable, "-m", "forkyard.cli", "daemon"]
-    where = ["--state-dir", str(state_dir(server_env))]
-    status = await anyio.run_process([*cli, "status", "--json", *where], env=server_env)
+    status = await anyio.run_process(daemon_cli(server_env, "status", "--json"), env=server_env)
     report = json.loads(status.stdout)
     assert report["pid"] == read_pid(DaemonPaths(state_dir(server_env)))
     assert report["agents"] == {"running": 1}
@@ -320,7 +324,7 @@ async def test_daemon_status_and_a_stop_that_waits_for_running_agents(
     for key in ("socket", "version", "uptimeSeconds"):
         assert key in report
 
-    async with await anyio.open_process([*cli, "stop", *where], env=server_env) as stop:
+    async with await anyio.open_process(daemon_cli(server_env, "stop"), env=server_env) as stop:
         assert stop.stdout is not None
         first = await stop.stdout.receive()
         assert b"stops once its 1 running agent(s) finish" in first
@@ -415,9 +419,7 @@ async def test_an_editor_opening_while_the_daemon_stops_waits_and_starts_the_nex
     agent = await first.dispatch(WAIT_FOR_GO, backend="command")
     running = await wait_until_begun(first, agent["id"])
     old = read_pid(DaemonPaths(state_dir(server_env)))
-    cli = [sys.executable, "-m", "forkyard.cli", "daemon", "stop"]
-    where = ["--state-dir", str(state_dir(server_env))]
-    async with await anyio.open_process([*cli, *where], env=server_env) as stop:
+    async with await anyio.open_process(daemon_cli(server_env, "stop"), env=server_env) as stop:
         assert stop.stdout is not None
         assert b"stops once" in await stop.stdout.receive()
         opened: list[ForkyardClient] = []
@@ -447,9 +449,7 @@ async def test_stop_now_interrupts_running_agents_and_keeps_their_worktrees(
     client = await start_server(repo)
     agent = await client.dispatch(WAIT_FOR_GO, backend="command")
     running = await wait_until_begun(client, agent["id"])
-    where = ["--state-dir", str(state_dir(server_env))]
-    command = [sys.executable, "-m", "forkyard.cli", "daemon", "stop", "--now", *where]
-    done = await anyio.run_process(command, env=server_env)
+    done = await anyio.run_process(daemon_cli(server_env, "stop", "--now"), env=server_env)
     assert b"the Forkyard daemon stopped" in done.stdout
     # The editor starts the next daemon and learns what happened to its agent.
     interrupted = await client.wait_for_agent(agent["id"], {"interrupted"})

@@ -62,8 +62,28 @@ def installed_program(kind: str) -> Path:
     pytest.fail(f"{kind} is not installed in {folder}: run `bash {INSTALL_SCRIPT}` first")
 
 
+class Metered:
+    """What the fake contexts do with usage and budgets: each call's usage recorded,
+    summed on demand, and the limits handed back as they are."""
+
+    usage: list[Usage]
+    limits: Budget
+
+    def add_usage(self, usage: Usage) -> None:
+        self.usage.append(usage)
+
+    def spent(self) -> Usage | None:
+        total: Usage | None = None
+        for part in self.usage:
+            total = add_usage(total, part)
+        return total
+
+    def budget(self) -> Budget:
+        return self.limits
+
+
 @dataclass
-class FakeAgentContext:
+class FakeAgentContext(Metered):
     """Records what a backend reports; answers approvals with a fixed answer."""
 
     cwd: Path
@@ -91,18 +111,6 @@ class FakeAgentContext:
 
     def progress(self, message: str, percentage: int | None = None) -> None:
         self.progress_reports.append((message, percentage))
-
-    def add_usage(self, usage: Usage) -> None:
-        self.usage.append(usage)
-
-    def spent(self) -> Usage | None:
-        total: Usage | None = None
-        for part in self.usage:
-            total = add_usage(total, part)
-        return total
-
-    def budget(self) -> Budget:
-        return self.limits
 
     def take_followups(self) -> list[str]:
         taken, self.followups = self.followups, []

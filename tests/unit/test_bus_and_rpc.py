@@ -168,6 +168,18 @@ async def serve(peer: Peer) -> None:
         await peer.aclose()
 
 
+def serve_in(group: anyio.abc.TaskGroup, peer: Peer) -> anyio.Event:
+    """Serve `peer` in `group`; the event is set once its connection has ended."""
+    served = anyio.Event()
+
+    async def serve_then_tell() -> None:
+        await serve(peer)
+        served.set()
+
+    group.start_soon(serve_then_tell)
+    return served
+
+
 class Handlers:
     """The daemon side's methods: `echo`, `wrong` (WrongState), `wait` (until released)."""
 
@@ -260,13 +272,7 @@ async def test_a_line_over_the_limit_closes_the_connection(
     monkeypatch.setattr(rpc, "MAX_LINE_BYTES", 1024)
     async with socket_pair() as (daemon_end, front_end), anyio.create_task_group() as group:
         server = Peer(daemon_end, Handlers(), name="front")
-        served = anyio.Event()
-
-        async def serve_then_tell() -> None:
-            await serve(server)
-            served.set()
-
-        group.start_soon(serve_then_tell)
+        served = serve_in(group, server)
         client = Peer(front_end, name="daemon")
         group.start_soon(client.run, group)
         with anyio.fail_after(5):
@@ -334,13 +340,7 @@ async def test_a_peer_that_stops_reading_is_disconnected_not_waited_for(
     monkeypatch.setattr(rpc, "DRAIN_SECONDS", 0.2)
     async with socket_pair() as (daemon_end, front_end), anyio.create_task_group() as group:
         server = Peer(daemon_end, Handlers(), name="front")
-        served = anyio.Event()
-
-        async def serve_then_tell() -> None:
-            await serve(server)
-            served.set()
-
-        group.start_soon(serve_then_tell)
+        served = serve_in(group, server)
         with anyio.fail_after(5):
             # The front never reads: the socket buffer fills, then the queue.
             while not server.closed.is_set():

@@ -18,10 +18,10 @@ import pytest
 from forkyard.agents.base import RunOutcome
 from forkyard.agents.budget import Budget
 from forkyard.agents.llm import ELIDED, LlmBackend
-from forkyard.models.pricing import add_usage
 from forkyard.settings import BUILTIN_ROLES, AgentLimits, RoleConfig, Settings
 from forkyard.tools.agent_tools import ApprovalAnswer
 from forkyard_protocol import Usage
+from tests.fakes.agent_context import Metered
 from tests.fakes.model_server import FakeModelServer, RecordedRequest, Reply
 from tests.helpers import git
 
@@ -30,7 +30,7 @@ MAX_CHARS = 4000
 
 
 @dataclass
-class FakeContext:
+class FakeContext(Metered):
     """An `AgentContext` that records what the backend reports."""
 
     cwd: Path
@@ -59,18 +59,6 @@ class FakeContext:
 
     def progress(self, message: str, percentage: int | None = None) -> None:
         self.progress_lines.append(message)
-
-    def add_usage(self, usage: Usage) -> None:
-        self.usage.append(usage)
-
-    def spent(self) -> Usage | None:
-        total: Usage | None = None
-        for part in self.usage:
-            total = add_usage(total, part)
-        return total
-
-    def budget(self) -> Budget:
-        return self.limits
 
     def take_followups(self) -> list[str]:
         taken, self.followups[:] = list(self.followups), []
