@@ -147,6 +147,31 @@ class SandboxSettings(BaseModel):
         return paths
 
 
+class GatewaySettings(BaseModel):
+    """The model gateway every external agent program reaches its model through
+    (`[gateway]`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Log each call's prompt (the request body, clipped) in the daemon's log. Off: the
+    #: log holds who called, what it cost and how long it took, never what was said.
+    log_prompts: bool = False
+    #: Seconds an upstream may take to start answering, and between two streamed chunks,
+    #: before the agent gets a timeout error of its API.
+    upstream_timeout_seconds: float = Field(default=600.0, gt=0)
+
+
+class BudgetSettings(BaseModel):
+    """The person's own limits across agents (`[budget]`); per agent: the roles'."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: USD all model calls of a day (UTC) may cost together: chat, agents, every backend.
+    daily_usd: float | None = Field(default=None, ge=0)
+    #: USD the chat and the agents of one thread may cost together.
+    thread_usd: float | None = Field(default=None, ge=0)
+
+
 class Settings(BaseModel):
     """Everything a user can configure. Field names are the TOML keys."""
 
@@ -176,6 +201,8 @@ class Settings(BaseModel):
     #: How long an approval (a tool use the role's policy asks about) waits for the
     #: person's answer; no answer by then is Deny.
     approval_timeout_seconds: float = Field(default=600.0, gt=0)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
 
     def role(self, name: str) -> RoleConfig | None:
         """A configured role, else a built-in one, else None. A configured role named like

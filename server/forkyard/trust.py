@@ -169,6 +169,7 @@ UNTRUSTED_REPOSITORY_KEYS = frozenset(
         "worktree.ports_per_agent",
         "worktree.gc_grace_seconds",
         "worktree.gc_interval_seconds",
+        "gateway.upstream_timeout_seconds",
     }
 )
 
@@ -177,7 +178,9 @@ UNTRUSTED_REPOSITORY_KEYS = frozenset(
 UNTRUSTED_ROLE_KEYS = frozenset({"budget_usd", "max_tokens"})
 
 #: Never taken from a repository's file, trusted or not: only the user turns these on.
-USER_ONLY_KEYS = frozenset({"worktree.setup_network"})
+USER_ONLY_KEYS = frozenset(
+    {"worktree.setup_network", "gateway.log_prompts", "budget.daily_usd", "budget.thread_usd"}
+)
 
 
 @dataclass

@@ -28,7 +28,6 @@ from forkyard.agents.external_runtime import (
     Invocation,
     Launch,
     ProgramSpec,
-    api_key,
     install_root,
 )
 from forkyard.tools.process import ProcessResult
@@ -117,16 +116,13 @@ class AiderBackend(ExternalProgramBackend):
         if not context.writable or "run_command" not in context.role.tools:
             argv.append("--no-suggest-shell-commands")
         if config.model:
-            argv += ["--model", aider_model(config.model, config.base_url)]
-        if config.base_url:
-            argv += ["--openai-api-base", config.base_url]
+            argv += ["--model", aider_model(config.model, launch.access.url)]
+        # The gateway, which forwards to the configured base_url (or OpenAI's) with the
+        # real key; the program's "key" is this run's token.
+        argv += ["--openai-api-base", launch.access.url]
         argv += config.args
         env = dict(QUIET_ENV)
-        key_name, key_value = api_key(self.spec, config, context.environ)
-        if key_value:
-            env["OPENAI_API_KEY"] = key_value
-            if key_name and key_name != "OPENAI_API_KEY":
-                env[key_name] = key_value
+        env["OPENAI_API_KEY"] = launch.access.token
         env.update(await _private_git(context, launch.home.path))
         await anyio.to_thread.run_sync(_seed_model_info, launch.program, launch.home.path)
         root = context.cwd

@@ -26,7 +26,6 @@ from forkyard.agents.external_runtime import (
     Invocation,
     Launch,
     ProgramSpec,
-    api_key,
 )
 from forkyard.settings import RoleConfig
 from forkyard.tools.process import ProcessResult
@@ -85,6 +84,7 @@ def tool_permissions(role: RoleConfig, writable: bool) -> tuple[list[str], list[
 
 class ClaudeBackend(ExternalProgramBackend):
     spec: ClassVar[ProgramSpec] = ProgramSpec(
+        anthropic=True,
         kind="claude",
         executable="claude",
         local_paths=("node_modules/.bin/claude",),
@@ -109,11 +109,10 @@ class ClaudeBackend(ExternalProgramBackend):
         argv += config.args
         env = dict(QUIET_ENV)
         env["CLAUDE_CONFIG_DIR"] = str(launch.home.path / ".claude")
-        if config.base_url:
-            env["ANTHROPIC_BASE_URL"] = config.base_url
-        key_name, key_value = api_key(self.spec, config, context.environ)
-        if key_value:
-            env[TOKEN_ENV if key_name == TOKEN_ENV else "ANTHROPIC_API_KEY"] = key_value
+        # The gateway, which forwards to the configured base_url (or Anthropic's) with
+        # the real key; the program's "key" is this run's token.
+        env["ANTHROPIC_BASE_URL"] = launch.access.url
+        env["ANTHROPIC_API_KEY"] = launch.access.token
         # The instruction comes on stdin: no length limit, and not visible in `ps`.
         return Invocation(
             argv=argv, env=env, output=ClaudeEvents(context), stdin=instruction.encode()

@@ -26,12 +26,13 @@ from forkyard.agents.external_runtime import (
     Invocation,
     Launch,
     ProgramSpec,
-    api_key,
 )
 from forkyard.tools.process import ProcessResult
 
-#: The model provider Forkyard defines when a base_url is configured.
+#: The model provider Forkyard defines: the model gateway.
 PROVIDER_ID = "forkyard"
+#: The variable codex reads its "key" from: this run's gateway token.
+TOKEN_ENV = "OPENAI_API_KEY"
 
 #: Settings that keep codex quiet and self-contained (`-c key=value`, values in TOML).
 QUIET_CONFIG: tuple[str, ...] = (
@@ -60,20 +61,19 @@ class CodexBackend(ExternalProgramBackend):
         self, context: AgentContext, launch: Launch, instruction: str, session: str | None
     ) -> Invocation:
         config = launch.config
-        key_name, key_value = api_key(self.spec, config, context.environ)
         argv = [str(launch.program), "exec", "--json", "--skip-git-repo-check"]
         argv += ["--cd", str(context.cwd)]
         argv += ["--sandbox", "workspace-write" if context.writable else "read-only"]
         for setting in QUIET_CONFIG:
             argv += ["-c", setting]
-        if config.base_url:
-            provider = f"model_providers.{PROVIDER_ID}"
-            argv += ["-c", f"model_provider={json.dumps(PROVIDER_ID)}"]
-            argv += ["-c", f"{provider}.name={json.dumps(PROVIDER_ID)}"]
-            argv += ["-c", f"{provider}.base_url={json.dumps(config.base_url)}"]
-            argv += ["-c", f'{provider}.wire_api="responses"']
-            if key_name and key_value:
-                argv += ["-c", f"{provider}.env_key={json.dumps(key_name)}"]
+        # Always Forkyard's provider: the gateway, which forwards to the configured
+        # base_url (or OpenAI's) with the real key.
+        provider = f"model_providers.{PROVIDER_ID}"
+        argv += ["-c", f"model_provider={json.dumps(PROVIDER_ID)}"]
+        argv += ["-c", f"{provider}.name={json.dumps(PROVIDER_ID)}"]
+        argv += ["-c", f"{provider}.base_url={json.dumps(launch.access.url)}"]
+        argv += ["-c", f'{provider}.wire_api="responses"']
+        argv += ["-c", f"{provider}.env_key={json.dumps(TOKEN_ENV)}"]
         if config.model:
             argv += ["--model", config.model]
         argv += config.args
@@ -82,9 +82,7 @@ class CodexBackend(ExternalProgramBackend):
         argv.append("-")  # the instruction comes on stdin: no length limit, not in `ps`
         codex_home = launch.home.path / ".codex"
         await anyio.to_thread.run_sync(lambda: codex_home.mkdir(exist_ok=True))
-        env = {"CODEX_HOME": str(codex_home)}
-        if key_name and key_value:
-            env[key_name] = key_value
+        env = {"CODEX_HOME": str(codex_home), TOKEN_ENV: launch.access.token}
         return Invocation(
             argv=argv,
             env=env,

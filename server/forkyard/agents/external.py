@@ -9,9 +9,12 @@ programs Forkyard has no dedicated backend for:
     env = ["MY_AGENT_TOKEN"]
 
 `{task}`, `{worktree}`, `{model}` and `{base_url}` are replaced by shell-quoted values
-(other braces are left alone). It runs like the other external programs: sandboxed with
-network, only the worktree and a private HOME writable, only the named variables passed;
-its output is the log, its last lines the summary, its exit status the outcome.
+(other braces are left alone); `{base_url}` is the model gateway's URL, which forwards to
+the backend's configured `base_url` with the real key. It runs like the other external
+programs: sandboxed without network (the gateway is its one way out), only the worktree
+and a private HOME writable, only the named variables passed, the key's variable (and
+FORKYARD_GATEWAY_TOKEN) holding a token of this run instead of the key; its output is
+the log, its last lines the summary, its exit status the outcome.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from forkyard.agents.external_runtime import (
     ProgramSpec,
     api_key,
     execute,
+    gateway_access,
 )
+from forkyard.gateway.access import GATEWAY_TOKEN_ENV, GATEWAY_URL_ENV
 from forkyard.settings import Settings
 from forkyard.tools.sandbox import SHELL, probe_sandbox
 
@@ -91,26 +96,28 @@ class ExternalCommandBackend(ExternalProgramBackend):
             )
         home = await anyio.to_thread.run_sync(AgentHome.for_agent, context, self.name)
         await anyio.to_thread.run_sync(home.prepare, context.environ)
-        command = expand_command(
-            config.command,
-            {
-                "task": instruction,
-                "worktree": str(context.cwd),
-                "model": config.model or "",
-                "base_url": config.base_url or "",
-            },
-        )
-        env: dict[str, str] = {}
-        key_name, key_value = api_key(self.spec, config, context.environ)
-        if key_name and key_value:
-            env[key_name] = key_value
-        invocation = Invocation(
-            argv=[SHELL, "-c", " ".join([command, *map(shlex.quote, config.args)])],
-            env=env,
-            output=PlainOutputReader(context, self.name),
-        )
-        launch = Launch(program=Path(SHELL), home=home, config=config)
-        return await execute(context, launch, invocation)
+        async with gateway_access(context, self.spec, config, self.name) as access:
+            command = expand_command(
+                config.command,
+                {
+                    "task": instruction,
+                    "worktree": str(context.cwd),
+                    "model": config.model or "",
+                    "base_url": access.url,
+                },
+            )
+            # The token stands in for the key, under the key's own name too.
+            env = {GATEWAY_URL_ENV: access.url, GATEWAY_TOKEN_ENV: access.token}
+            key_name, _ = api_key(self.spec, config, context.environ)
+            if key_name:
+                env[key_name] = access.token
+            invocation = Invocation(
+                argv=[SHELL, "-c", " ".join([command, *map(shlex.quote, config.args)])],
+                env=env,
+                output=PlainOutputReader(context, self.name),
+            )
+            launch = Launch(program=Path(SHELL), home=home, config=config, access=access)
+            return await execute(context, launch, invocation)
 
 
 def external_backends(settings: Settings) -> dict[str, Backend]:

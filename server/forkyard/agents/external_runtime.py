@@ -5,9 +5,11 @@ Forkyard's guarantees hold whatever the program does:
 
 - It runs in the agent's directory under bubblewrap: the system, the toolchains and the
   program's installation read-only, writable only the worktree (nothing for explorers)
-  and the program's private home, nothing else of the user's; network stays on because
-  the program must reach its model endpoint. Its own sandbox, where it has one,
-  still applies inside (codex's keeps the commands it runs off the network).
+  and the program's private home, nothing else of the user's; no network at all. Its
+  one way out is the model gateway (`forkyard.gateway`): a socket bound in, reached
+  through a relay on the sandbox's own loopback, with a token of this run in place of
+  the API key, which never enters the sandbox. Its own sandbox, where it has one, still
+  applies inside (codex's keeps the commands it runs off even the gateway).
 - Its environment is a short allow-list plus the variables the settings name: names in
   the config, values from the server's environment, never in argv (where `ps` shows them).
 - Its private home (config, sessions, caches) lives in the state directory, one per agent,
@@ -24,7 +26,8 @@ import json
 import os
 import shlex
 import shutil
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,6 +40,7 @@ import forkyard
 from forkyard.agents.base import AgentContext, Availability, RunOutcome
 from forkyard.agents.external_config import ExternalBackendConfig, backend_config
 from forkyard.agents.external_output import OutputReader, Redactor
+from forkyard.gateway.access import AgentAccess, open_access
 from forkyard.settings import Settings, current_environ
 from forkyard.tools.process import run_streaming
 from forkyard.tools.sandbox import (
@@ -81,6 +85,8 @@ class ProgramSpec:
     default_api_key_env: str | None
     #: The program sandboxes the commands it runs with user namespaces of its own.
     nested_sandbox: bool = False
+    #: Its model speaks the Anthropic API (else an OpenAI one).
+    anthropic: bool = False
 
 
 @dataclass
@@ -275,6 +281,8 @@ class Launch:
     program: Path
     home: AgentHome
     config: ExternalBackendConfig
+    #: This run's grant on the model gateway: the program's base URL and "key".
+    access: AgentAccess
     nested_sandbox: bool = False
 
 
@@ -304,7 +312,8 @@ async def execute(context: AgentContext, launch: Launch, invocation: Invocation)
         readable += await anyio.to_thread.run_sync(_program_paths, launch.program, context.environ)
         policy = SandboxPolicy(
             writable=[*([context.cwd] if context.writable else []), launch.home.path],
-            network=True,
+            network=False,
+            ro_binds=launch.access.sandbox_binds(),
             env_allowlist=frozenset(env),
             readable=readable,
             nested_sandbox=launch.nested_sandbox,
@@ -312,12 +321,14 @@ async def execute(context: AgentContext, launch: Launch, invocation: Invocation)
         )
         # No `env=` here: bwrap inherits `env` from run_streaming, so API keys never
         # appear on bwrap's command line.
+        program_argv = launch.access.wrap(invocation.argv, sandboxed=True)
         argv = await anyio.to_thread.run_sync(
-            partial(sandboxed_argv, _shell_line(invocation.argv, env), policy, cwd=context.cwd)
+            partial(sandboxed_argv, _shell_line(program_argv, env), policy, cwd=context.cwd)
         )
     elif settings.allow_unsandboxed_commands and context.writable:
         await context.log("system", "bubblewrap is unavailable: running unsandboxed")
-        argv = [*priority_prefix(settings.agent_priority), *invocation.argv]
+        program_argv = launch.access.wrap(invocation.argv, sandboxed=False)
+        argv = [*priority_prefix(settings.agent_priority), *program_argv]
     else:
         return RunOutcome(
             False,
@@ -332,25 +343,60 @@ async def execute(context: AgentContext, launch: Launch, invocation: Invocation)
     async def on_output(stream: str, line: str) -> None:
         await invocation.output.line(stream, redact(line))
 
+    result = None
     try:
-        result = await run_streaming(
-            argv,
-            cwd=context.cwd,
-            env=env,
-            on_output=on_output,
-            timeout=timeout,
-            stdin=invocation.stdin,
-        )
+        async with anyio.create_task_group() as group:
+            group.start_soon(_stop_when_refused, launch.access, group.cancel_scope)
+            result = await run_streaming(
+                argv,
+                cwd=context.cwd,
+                env=env,
+                on_output=on_output,
+                timeout=timeout,
+                stdin=invocation.stdin,
+            )
+            group.cancel_scope.cancel()
     finally:
         if session := invocation.output.session_id:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(launch.home.write_session, session)
+    if (refused := launch.access.grant.refused) is not None:
+        # Stopped by a budget, however the program took the refusal: its work so far
+        # is committed like any run's, and a follow-up resumes its session.
+        return RunOutcome(False, "", refused)
+    assert result is not None
     outcome = invocation.output.outcome(result)
     return RunOutcome(
         outcome.ok,
         redact(outcome.summary),
         redact(outcome.error) if outcome.error is not None else None,
     )
+
+
+@asynccontextmanager
+async def gateway_access(
+    context: AgentContext, spec: ProgramSpec, config: ExternalBackendConfig, name: str
+) -> AsyncIterator[AgentAccess]:
+    """This run's grant on the model gateway, revoked when the run ends however it ends."""
+    key_name, _ = api_key(spec, config, context.environ)
+    access = await open_access(
+        context,
+        label=f"agent #{context.agent_number} ({name})",
+        upstream=config.base_url,
+        anthropic=spec.anthropic,
+        key_env=key_name,
+    )
+    try:
+        yield access
+    finally:
+        access.revoke()
+
+
+async def _stop_when_refused(access: AgentAccess, scope: anyio.CancelScope) -> None:
+    """End the program as soon as the gateway refuses it a call: a program may retry
+    (or wait) where it should stop."""
+    await access.refused.wait()
+    scope.cancel()
 
 
 def _program_paths(program: Path, environ: Mapping[str, str]) -> list[Path]:
@@ -408,16 +454,21 @@ class ExternalProgramBackend:
         home = await anyio.to_thread.run_sync(AgentHome.for_agent, context, self.name)
         await anyio.to_thread.run_sync(home.prepare, context.environ)
         session = await anyio.to_thread.run_sync(home.read_session)
-        launch = Launch(
-            program=program, home=home, config=config, nested_sandbox=self.spec.nested_sandbox
-        )
-        invocation = await self.invocation(context, launch, instruction, session)
-        try:
-            return await execute(context, launch, invocation)
-        finally:
-            if invocation.after is not None:
-                with anyio.CancelScope(shield=True):
-                    await invocation.after()
+        async with gateway_access(context, self.spec, config, self.name) as access:
+            launch = Launch(
+                program=program,
+                home=home,
+                config=config,
+                access=access,
+                nested_sandbox=self.spec.nested_sandbox,
+            )
+            invocation = await self.invocation(context, launch, instruction, session)
+            try:
+                return await execute(context, launch, invocation)
+            finally:
+                if invocation.after is not None:
+                    with anyio.CancelScope(shield=True):
+                        await invocation.after()
 
     async def invocation(
         self, context: AgentContext, launch: Launch, instruction: str, session: str | None

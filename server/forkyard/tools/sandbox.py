@@ -80,6 +80,9 @@ class SandboxPolicy:
     nested_sandbox: bool = False
     #: "background": the command and all it starts run at nice 10, idle I/O class.
     priority: Priority = "normal"
+    #: (host path, sandbox path): single files shown read-only at a place of their own,
+    #: e.g. the model gateway's socket, the one way out of a sandbox without network.
+    ro_binds: list[tuple[Path, Path]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,8 @@ def sandboxed_argv(
     if policy.network:
         readable += network_config_paths()
     argv += _mounts(dataclasses.replace(policy, readable=readable), cwd)
+    for source, target in policy.ro_binds:
+        argv += ["--ro-bind", str(source), str(target)]
     # The root is a tmpfs bwrap made to hold the mounts: read-only, so a write anywhere
     # but the worktree, /tmp and HOME fails instead of vanishing with the sandbox.
     argv += ["--remount-ro", "/"]

@@ -1,0 +1,434 @@
+"""The gateway's HTTP side: HTTP/1.1 (h11) on a Unix socket in, httpx out.
+
+Each request must carry a live grant's token, in whichever header its SDK uses. Before
+a model call starts the grant is asked whether a budget refuses it; the call then goes
+to the grant's upstream with the real key in place of the token, and its answer comes
+back byte for byte (a stream as it streams) while its usage is read on the way. What the
+upstream gets wrong reaches the agent as an error of the API it speaks: a hang as a
+timeout, garbage as a bad gateway, an error body with the key scrubbed out of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+import h11
+import httpx2
+
+from forkyard.gateway.apis import (
+    Api,
+    StreamMeter,
+    api_of,
+    error_body,
+    looks_like_event_stream,
+    presented_token,
+    upstream_auth,
+    usage_of,
+    with_usage_requested,
+)
+from forkyard.gateway.grants import Grant, GrantTable
+from forkyard.models.types import Usage
+
+logger = logging.getLogger("forkyard.gateway")
+
+#: Bounds on what a client may send and on a whole (non-streamed) upstream answer.
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+#: How much of a prompt the log keeps when `log_prompts` is on.
+LOGGED_PROMPT_CHARS = 4000
+CONNECT_TIMEOUT_SECONDS = 15.0
+#: Headers that belong to one hop, or that the gateway sets itself.
+_REQUEST_DROPPED = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "content-length",
+        "accept-encoding",
+        "authorization",
+        "x-api-key",
+        "proxy-authorization",
+    }
+)
+_RESPONSE_DROPPED = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+)
+REDACTED = "[redacted]"
+
+
+class ClientGone(Exception):
+    """The agent's side of the connection closed."""
+
+
+@dataclass
+class Exchange:
+    """One request on a connection, and how to answer it."""
+
+    connection: h11.Connection
+    stream: anyio.abc.ByteStream
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.connection.send(event)
+        if data:
+            try:
+                await self.stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
+                raise ClientGone from error
+
+    async def answer(self, status: int, body: bytes, content_type: str) -> None:
+        headers = [("content-type", content_type), ("content-length", str(len(body)))]
+        await self.send(h11.Response(status_code=status, headers=headers))
+        await self.send(h11.Data(data=body))
+        await self.send(h11.EndOfMessage())
+
+    async def error(
+        self, anthropic: bool, status: int, message: str, code: str | None = None
+    ) -> None:
+        await self.answer(status, error_body(anthropic, status, message, code), "application/json")
+
+
+class GatewayProxy:
+    """Serves connections; one `httpx2.AsyncClient` (its pool) for every upstream."""
+
+    def __init__(self, grants: GrantTable, client: httpx2.AsyncClient) -> None:
+        self.grants = grants
+        self.client = client
+
+    async def connection(self, stream: anyio.abc.ByteStream) -> None:
+        """Requests on one connection, kept alive between them as HTTP/1.1 allows."""
+        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        async with stream:
+            while True:
+                try:
+                    exchange = await _read_request(connection, stream)
+                except h11.RemoteProtocolError as problem:
+                    await _refuse_malformed(connection, stream, problem)
+                    return
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    return
+                if exchange is None:
+                    return
+                try:
+                    gone = await self.handle_while_connected(exchange)
+                except ClientGone:
+                    return
+                if gone:
+                    return
+                if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
+                    return
+                connection.start_next_cycle()
+
+    async def handle_while_connected(self, exchange: Exchange) -> bool:
+        """Handle the exchange, dropped as soon as the client hangs up (a cancelled
+        agent's program): its upstream call must end too, not run on unread. True when
+        the client went away."""
+        gone = False
+        async with anyio.create_task_group() as group:
+
+            async def watch() -> None:
+                nonlocal gone
+                try:
+                    while data := await exchange.stream.receive(65536):
+                        exchange.connection.receive_data(data)  # the next request's
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass
+                except OSError:
+                    pass
+                gone = True
+                group.cancel_scope.cancel()
+
+            group.start_soon(watch)
+            await self.handle(exchange)
+            group.cancel_scope.cancel()
+        return gone
+
+    async def handle(self, exchange: Exchange) -> None:
+        headers = exchange.headers
+        grant = self.grants.lookup(presented_token(headers))
+        if grant is None:
+            anthropic = "x-api-key" in headers or "anthropic-version" in headers
+            message = "the model gateway does not know this token (revoked, or not this agent's)"
+            await exchange.error(anthropic, 401, message, "invalid_api_key")
+            return
+        api = api_of(exchange.target, anthropic_upstream=grant.anthropic_upstream)
+        anthropic = api.anthropic or (api is Api.OTHER and grant.anthropic_upstream)
+        body, model, streamed = exchange.body, "", False
+        if exchange.method == "POST" and api is not Api.OTHER:
+            request = _json_object(body)
+            if request is None:
+                await exchange.error(anthropic, 400, "the request body is not a JSON object")
+                return
+            if (refusal := grant.check()) is not None:
+                logger.info("%s: %s refused: %s", grant.label, exchange.target, refusal)
+                await exchange.error(anthropic, 402, refusal, "budget_reached")
+                return
+            model = str(request.get("model") or "")
+            streamed = request.get("stream") is True
+            asked = with_usage_requested(api, request)
+            if asked is not request:
+                body = json.dumps(asked).encode()
+            if grant.log_prompts:
+                logger.info(
+                    "%s prompt: %s",
+                    grant.label,
+                    body[:LOGGED_PROMPT_CHARS].decode(errors="replace"),
+                )
+        await self.forward(
+            exchange, grant, api, anthropic, body=body, model=model, streamed=streamed
+        )
+
+    async def forward(
+        self,
+        exchange: Exchange,
+        grant: Grant,
+        api: Api,
+        anthropic: bool,
+        *,
+        body: bytes,
+        model: str,
+        streamed: bool,
+    ) -> None:
+        started = time.monotonic()
+        key = grant.key()
+        headers = {
+            name: value for name, value in exchange.headers.items() if name not in _REQUEST_DROPPED
+        }
+        headers["accept-encoding"] = "identity"
+        if key:
+            headers.update(upstream_auth(key, anthropic=anthropic))
+        scrub = _Scrubber(key)
+        url = grant.upstream.rstrip("/") + exchange.target
+        timeout = httpx2.Timeout(grant.timeout, connect=min(CONNECT_TIMEOUT_SECONDS, grant.timeout))
+        request = self.client.build_request(
+            exchange.method, url, headers=headers, content=body, timeout=timeout
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx2.TimeoutException:
+            await exchange.error(
+                anthropic, 504, f"the model server did not answer in {grant.timeout:g} s"
+            )
+            return
+        except httpx2.HTTPError as error:
+            message = scrub(f"cannot reach the model server: {type(error).__name__}: {error}")
+            await exchange.error(anthropic, 502, message)
+            return
+        try:
+            usage = await self._relay(exchange, response, api, anthropic, scrub, streamed)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CONNECT_TIMEOUT_SECONDS):
+                await response.aclose()
+        if usage is not None:
+            grant.meter(model, usage)
+        logger.info(
+            "%s: %s %s -> %d in %.0f ms%s",
+            grant.label,
+            exchange.method,
+            exchange.target.split("?", 1)[0],
+            response.status_code,
+            (time.monotonic() - started) * 1000,
+            f", {usage.input_tokens} in / {usage.output_tokens} out" if usage else "",
+        )
+
+    async def _relay(
+        self,
+        exchange: Exchange,
+        response: httpx2.Response,
+        api: Api,
+        anthropic: bool,
+        scrub: _Scrubber,
+        streamed: bool,
+    ) -> Usage | None:
+        """Send the upstream's answer on; return the usage it reported. A failure
+        after the answer began leaves the connection to be closed: the client's SDK
+        sees a stream cut short, an error of its own kind."""
+        try:
+            return await self._answer(exchange, response, api, anthropic, scrub, streamed)
+        except httpx2.TimeoutException:
+            if exchange.connection.our_state is h11.SEND_RESPONSE:
+                await exchange.error(anthropic, 504, "the model server stopped answering")
+            return None
+        except httpx2.HTTPError as error:
+            if exchange.connection.our_state is h11.SEND_RESPONSE:
+                await exchange.error(anthropic, 502, scrub(f"the model server broke off: {error}"))
+            return None
+
+    async def _answer(
+        self,
+        exchange: Exchange,
+        response: httpx2.Response,
+        api: Api,
+        anthropic: bool,
+        scrub: _Scrubber,
+        streamed: bool,
+    ) -> Usage | None:
+        content_type = response.headers.get("content-type", "")
+        chunks = response.aiter_raw()
+        if response.status_code >= 400 or not (streamed or "event-stream" in content_type):
+            whole = await _read_bounded(chunks)
+            return await self._whole(exchange, response, api, anthropic, scrub, whole)
+        first = await anext(chunks, b"")
+        if not looks_like_event_stream(first):
+            sample = scrub(first[:200].decode(errors="replace"))
+            message = f"the model server's stream is not server-sent events: {sample!r}"
+            await exchange.error(anthropic, 502, message)
+            return None
+        meter = StreamMeter(api)
+        await exchange.send(
+            h11.Response(status_code=response.status_code, headers=_passed(response))
+        )
+        async for chunk in _prepend(first, chunks):
+            meter.feed(chunk)
+            await exchange.send(h11.Data(data=chunk))
+        await exchange.send(h11.EndOfMessage())
+        return meter.usage
+
+    async def _whole(
+        self,
+        exchange: Exchange,
+        response: httpx2.Response,
+        api: Api,
+        anthropic: bool,
+        scrub: _Scrubber,
+        whole: bytes | None,
+    ) -> Usage | None:
+        if whole is None:
+            await exchange.error(anthropic, 502, "the model server's answer is too large")
+            return None
+        status = response.status_code
+        usage = None
+        if status < 400 and api is not Api.OTHER:
+            try:
+                payload = json.loads(whole)
+            except ValueError:
+                sample = scrub(whole[:200].decode(errors="replace"))
+                await exchange.error(
+                    anthropic, 502, f"the model server's answer is not JSON: {sample!r}"
+                )
+                return None
+            usage = usage_of(api, payload)
+        if status >= 400:
+            whole = scrub(whole.decode(errors="replace")).encode()
+        headers = [*_passed(response), ("content-length", str(len(whole)))]
+        await exchange.send(h11.Response(status_code=status, headers=headers))
+        await exchange.send(h11.Data(data=whole))
+        await exchange.send(h11.EndOfMessage())
+        return usage
+
+
+def _json_object(body: bytes) -> dict[str, object] | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class _Scrubber:
+    """Takes the real key out of any text the upstream sends back (some quote it)."""
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key if key and len(key) >= 4 else None
+
+    def __call__(self, text: str) -> str:
+        return text.replace(self.key, REDACTED) if self.key else text
+
+
+def _passed(response: httpx2.Response) -> list[tuple[str, str]]:
+    return [
+        (name, value)
+        for name, value in response.headers.items()
+        if name.lower() not in _RESPONSE_DROPPED
+    ]
+
+
+async def _read_bounded(chunks: AsyncIterator[bytes]) -> bytes | None:
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
+
+
+async def _read_request(
+    connection: h11.Connection, stream: anyio.abc.ByteStream
+) -> Exchange | None:
+    """The next whole request on the connection, None when the client closed it."""
+    request: h11.Request | None = None
+    body: list[bytes] = []
+    size = 0
+    while True:
+        event = connection.next_event()
+        if event is h11.NEED_DATA:
+            try:
+                data = await stream.receive(65536)
+            except anyio.EndOfStream:
+                data = b""
+            connection.receive_data(data)
+            continue
+        if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+            return None
+        if isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            size += len(event.data)
+            if size > MAX_REQUEST_BYTES:
+                raise h11.RemoteProtocolError("request body too large", 413)
+            body.append(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage) and request is not None:
+            headers = {
+                name.decode("latin-1").lower(): value.decode("latin-1")
+                for name, value in request.headers
+            }
+            return Exchange(
+                connection=connection,
+                stream=stream,
+                method=request.method.decode("ascii", "replace"),
+                target=request.target.decode("ascii", "replace"),
+                headers=headers,
+                body=b"".join(body),
+            )
+
+
+async def _refuse_malformed(
+    connection: h11.Connection, stream: anyio.abc.ByteStream, problem: h11.RemoteProtocolError
+) -> None:
+    """Answer a request h11 could not parse with its status, then close."""
+    if connection.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    status = problem.error_status_hint
+    body = error_body(False, status, f"malformed request: {problem}")
+    try:
+        data = connection.send(
+            h11.Response(
+                status_code=status,
+                headers=[("content-type", "application/json"), ("content-length", str(len(body)))],
+            )
+        )
+        await stream.send((data or b"") + (connection.send(h11.Data(data=body)) or b""))
+    except (h11.LocalProtocolError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        pass
