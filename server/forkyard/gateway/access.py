@@ -48,6 +48,8 @@ class AgentAccess:
     gateway: Gateway
     grant: Grant
     token: str
+    #: The socket this run's token is valid on.
+    socket: Path
     refused: anyio.Event
     #: What a program is given as its model's base URL (the relay fills in its port).
     url: str = PLACEHOLDER
@@ -57,14 +59,14 @@ class AgentAccess:
 
     def sandbox_binds(self) -> list[tuple[Path, Path]]:
         """(host path, sandbox path) pairs to bind read-only into the sandbox."""
-        return [(self.gateway.socket, SANDBOX_SOCKET), (RELAY_SCRIPT, SANDBOX_RELAY)]
+        return [(self.socket, SANDBOX_SOCKET), (RELAY_SCRIPT, SANDBOX_RELAY)]
 
     def wrap(self, argv: list[str], *, sandboxed: bool) -> list[str]:
         """`argv` started by the relay, which gives it the gateway on a loopback port."""
         if SYSTEM_PYTHON is None:
             raise FileNotFoundError("the model gateway's relay needs python3 in /usr/bin")
         relay, socket = (
-            (SANDBOX_RELAY, SANDBOX_SOCKET) if sandboxed else (RELAY_SCRIPT, self.gateway.socket)
+            (SANDBOX_RELAY, SANDBOX_SOCKET) if sandboxed else (RELAY_SCRIPT, self.socket)
         )
         return [SYSTEM_PYTHON, "-I", str(relay), str(socket), "--", *argv]
 
@@ -112,5 +114,5 @@ async def open_access(
         timeout=settings.gateway.upstream_timeout_seconds,
         spent=context.spent(),
     )
-    token = gateway.issue(grant)
-    return AgentAccess(gateway=gateway, grant=grant, token=token, refused=refused)
+    token, socket = await anyio.to_thread.run_sync(gateway.issue, grant)
+    return AgentAccess(gateway=gateway, grant=grant, token=token, socket=socket, refused=refused)

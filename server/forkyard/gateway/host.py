@@ -2,35 +2,38 @@
 (the daemon's, or an in-process server's).
 
 Its own loop because every agent's model traffic streams through it: sixteen agents
-streaming must not stretch the time the daemon takes to answer an editor. Its socket
-lives in a fresh private directory (0700, socket 0600) with a short path; sandboxes get
-that one socket bound in, never the directory around it.
+streaming must not stretch the time the daemon takes to answer an editor. Its sockets,
+one per grant, live in a fresh private directory (0700, sockets 0600) with a short path;
+a sandbox gets its own agent's socket bound in, never the directory around it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
+import itertools
 import logging
 import os
 import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import httpx2
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from forkyard.gateway.grants import Grant, GrantTable
 from forkyard.gateway.proxy import GatewayProxy
 
 logger = logging.getLogger("forkyard.gateway")
 
-START_TIMEOUT_SECONDS = 10.0
 #: Connections kept open to upstreams, for all agents together.
 UPSTREAM_LIMITS = httpx2.Limits(max_connections=256, max_keepalive_connections=64)
 
@@ -39,71 +42,92 @@ class GatewayError(RuntimeError):
     """The gateway could not start."""
 
 
+@dataclass
+class Issued:
+    """A live grant: its token, its socket and the task serving that socket."""
+
+    token: str
+    socket: Path
+    serving: Future[None]
+
+
 class Gateway:
-    """The model gateway: grants in, a Unix socket out. `start` and `close` block (call
-    them from a worker thread); `issue` and `revoke` do not."""
+    """The model gateway: each grant gets a token and a Unix socket of its own, so a
+    token presented on another agent's socket is refused, and revoking a grant closes
+    its socket. Every method blocks briefly (a bind, a hand-over to the gateway's
+    loop): call them from a worker thread, except `revoke`, which never waits."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.socket = directory / "gateway.sock"
         self.grants = GrantTable()
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self._stop: Callable[[], object] | None = None
-        self._thread: threading.Thread | None = None
+        self._issued: dict[str, Issued] = {}
+        self._lock = threading.Lock()
+        self._counter = itertools.count(1)
+        self._portal: BlockingPortal | None = None
+        self._portal_context: AbstractContextManager[BlockingPortal] | None = None
+        self._proxy: GatewayProxy | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="forkyard-gateway", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(START_TIMEOUT_SECONDS):
-            raise GatewayError(f"the model gateway did not start in {START_TIMEOUT_SECONDS:g} s")
-        if self._failure is not None:
-            raise GatewayError(f"the model gateway cannot start: {self._failure}")
+        # Made before the loop runs: it reads the system's certificates from disk.
+        client = httpx2.AsyncClient(limits=UPSTREAM_LIMITS, trust_env=True)
+        self._portal_context = start_blocking_portal(name="forkyard-gateway")
+        self._portal = self._portal_context.__enter__()
+        self._proxy = GatewayProxy(self.grants, client)
 
-    def issue(self, grant: Grant) -> str:
-        return self.grants.issue(grant)
+    def issue(self, grant: Grant) -> tuple[str, Path]:
+        """A token for `grant`, and the socket it is valid on."""
+        if self._portal is None or self._proxy is None:
+            raise GatewayError("the model gateway is not running")
+        path = self.directory / f"agent-{next(self._counter)}.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            os.chmod(path, 0o600)
+            sock.listen(64)
+        except OSError as error:
+            sock.close()
+            raise GatewayError(f"the model gateway cannot open a socket: {error}") from error
+        token = self.grants.issue(grant)
+        serving = self._portal.start_task_soon(self._serve, sock, path, grant)
+        with self._lock:
+            self._issued[token] = Issued(token, path, serving)
+        return token, path
 
     def revoke(self, token: str) -> None:
         self.grants.revoke(token)
+        with self._lock:
+            issued = self._issued.pop(token, None)
+        if issued is not None:
+            issued.serving.cancel()
+
+    def live_sockets(self) -> int:
+        with self._lock:
+            return len(self._issued)
 
     def close(self) -> None:
-        if self._stop is not None:
-            self._stop()
-        if self._thread is not None:
-            self._thread.join(START_TIMEOUT_SECONDS)
+        if self._portal_context is not None:
+            self._portal_context.__exit__(None, None, None)
+            self._portal_context = self._portal = None
 
-    def _run(self) -> None:
+    async def _serve(self, sock: socket.socket, path: Path, grant: Grant) -> None:
+        proxy = self._proxy
+        assert proxy is not None
+        listener = await anyio.abc.SocketListener.from_socket(sock)
+
+        async def guarded(stream: anyio.abc.SocketStream) -> None:
+            try:
+                await proxy.connection(stream, grant)
+            except Exception:
+                # One broken exchange must not take the gateway (and every agent's
+                # calls) with it.
+                logger.exception("gateway connection failed")
+
         try:
-            # Made before the loop runs: it reads the system's certificates from disk.
-            client = httpx2.AsyncClient(limits=UPSTREAM_LIMITS, trust_env=True)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(str(self.socket))
-            os.chmod(self.socket, 0o600)
-            sock.listen(256)
-            anyio.run(self._main, client, sock)
-        except BaseException as error:
-            self._failure = error
-            self._ready.set()
-
-    async def _main(self, client: httpx2.AsyncClient, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        async with client:
-            listener = await anyio.abc.SocketListener.from_socket(sock)
-            proxy = GatewayProxy(self.grants, client)
-
-            async def guarded(stream: anyio.abc.SocketStream) -> None:
-                try:
-                    await proxy.connection(stream)
-                except Exception:
-                    # One broken exchange must not take the gateway (and every agent's
-                    # calls) with it.
-                    logger.exception("gateway connection failed")
-
-            with anyio.CancelScope() as scope:
-                self._stop = partial(loop.call_soon_threadsafe, scope.cancel)
-                self._ready.set()
-                async with listener:
-                    await listener.serve(guarded)
+            async with listener:
+                await listener.serve(guarded)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
 
 
 class _Shared:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -109,60 +109,59 @@ class GatewayProxy:
         self.grants = grants
         self.client = client
 
-    async def connection(self, stream: anyio.abc.ByteStream) -> None:
-        """Requests on one connection, kept alive between them as HTTP/1.1 allows."""
+    async def connection(self, stream: anyio.abc.ByteStream, owner: Grant) -> None:
+        """Requests on one connection to `owner`'s socket, kept alive between them as
+        HTTP/1.1 allows; only `owner`'s token is valid here.
+
+        One task reads the socket for the connection's whole life and hands the bytes
+        over: it notices at once when the client hangs up (a cancelled agent's program),
+        even mid-exchange, and the exchange is dropped with its upstream call."""
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        async with stream:
-            while True:
+        incoming = _Incoming()
+        async with stream, anyio.create_task_group() as group:
+            group.start_soon(incoming.pump, stream)
+            try:
+                await self._exchanges(connection, stream, incoming, owner)
+            finally:
+                group.cancel_scope.cancel()
+                incoming.close()
+
+    async def _exchanges(
+        self,
+        connection: h11.Connection,
+        stream: anyio.abc.ByteStream,
+        incoming: _Incoming,
+        owner: Grant,
+    ) -> None:
+        while True:
+            try:
+                exchange = await _read_request(connection, stream, incoming)
+            except h11.RemoteProtocolError as problem:
+                await _refuse_malformed(connection, stream, problem)
+                return
+            if exchange is None:
+                return
+            with anyio.CancelScope() as scope:
+                incoming.on_hang_up = scope.cancel
                 try:
-                    exchange = await _read_request(connection, stream)
-                except h11.RemoteProtocolError as problem:
-                    await _refuse_malformed(connection, stream, problem)
-                    return
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return
-                if exchange is None:
-                    return
-                try:
-                    gone = await self.handle_while_connected(exchange)
+                    await self.handle(exchange, owner)
                 except ClientGone:
                     return
-                if gone:
-                    return
-                if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
-                    return
-                connection.start_next_cycle()
+                finally:
+                    incoming.on_hang_up = None
+            if scope.cancelled_caught or incoming.closed:
+                return
+            if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
+                return
+            connection.start_next_cycle()
 
-    async def handle_while_connected(self, exchange: Exchange) -> bool:
-        """Handle the exchange, dropped as soon as the client hangs up (a cancelled
-        agent's program): its upstream call must end too, not run on unread. True when
-        the client went away."""
-        gone = False
-        async with anyio.create_task_group() as group:
-
-            async def watch() -> None:
-                nonlocal gone
-                try:
-                    while data := await exchange.stream.receive(65536):
-                        exchange.connection.receive_data(data)  # the next request's
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    pass
-                except OSError:
-                    pass
-                gone = True
-                group.cancel_scope.cancel()
-
-            group.start_soon(watch)
-            await self.handle(exchange)
-            group.cancel_scope.cancel()
-        return gone
-
-    async def handle(self, exchange: Exchange) -> None:
+    async def handle(self, exchange: Exchange, owner: Grant) -> None:
         headers = exchange.headers
         grant = self.grants.lookup(presented_token(headers))
-        if grant is None:
+        if grant is not owner:
             anthropic = "x-api-key" in headers or "anthropic-version" in headers
-            message = "the model gateway does not know this token (revoked, or not this agent's)"
+            why = "revoked, or unknown" if grant is None else "another agent's"
+            message = f"the model gateway refuses this token ({why})"
             await exchange.error(anthropic, 401, message, "invalid_api_key")
             return
         api = api_of(exchange.target, anthropic_upstream=grant.anthropic_upstream)
@@ -374,8 +373,40 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
         yield chunk
 
 
+class _Incoming:
+    """The bytes a client sends, read by one task for the connection's whole life."""
+
+    def __init__(self) -> None:
+        self.sender, self.receiver = anyio.create_memory_object_stream[bytes](16)
+        self.closed = False
+        #: Called when the client hangs up: cancels the exchange under way.
+        self.on_hang_up: Callable[[], None] | None = None
+
+    async def pump(self, stream: anyio.abc.ByteStream) -> None:
+        try:
+            while True:
+                await self.sender.send(await stream.receive(65536))
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        self.closed = True
+        self.sender.close()
+        if self.on_hang_up is not None:
+            self.on_hang_up()
+
+    def close(self) -> None:
+        self.sender.close()
+        self.receiver.close()
+
+    async def receive(self) -> bytes:
+        """The next bytes; b"" once the client closed its side."""
+        try:
+            return await self.receiver.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            return b""
+
+
 async def _read_request(
-    connection: h11.Connection, stream: anyio.abc.ByteStream
+    connection: h11.Connection, stream: anyio.abc.ByteStream, incoming: _Incoming
 ) -> Exchange | None:
     """The next whole request on the connection, None when the client closed it."""
     request: h11.Request | None = None
@@ -384,11 +415,7 @@ async def _read_request(
     while True:
         event = connection.next_event()
         if event is h11.NEED_DATA:
-            try:
-                data = await stream.receive(65536)
-            except anyio.EndOfStream:
-                data = b""
-            connection.receive_data(data)
+            connection.receive_data(await incoming.receive())
             continue
         if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
             return None
