@@ -104,9 +104,11 @@ class _ResponsesHandler(_Handler):
             new_id=self.server.fake._next_id,
         )
         response = _ResponseBuilder(script)
+        usage = wire.ReportedUsage(script.input_tokens, wire.output_tokens(script), 0)
         if isinstance(request.body, dict) and request.body.get("stream"):
-            self._stream(response.frames(), reply, None)
+            self._stream(response.frames(), reply, usage)
         else:
+            self.server.fake._report(usage)
             self._send_json(200, response.whole())
 
 

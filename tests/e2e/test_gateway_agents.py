@@ -1,0 +1,222 @@
+"""The real Codex CLI, Claude Code and aider through the model gateway, end to end.
+
+Each program runs sandboxed with no network: its one way out is the gateway's socket,
+reached through a relay on the sandbox's own loopback, with a token of its run where the
+API key would be. These tests attack that from inside: the key is looked for in the
+sandbox's processes and files, a command the program runs tries to reach a listener on
+the host, a budget stops a program in the middle of its work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import StartServer
+from tests.e2e.test_external_agents import (
+    AGENT_TIMEOUT,
+    ORIGINAL_APP,
+    PROGRAMS,
+    TASK,
+    backend_options,
+    model_calls,
+)
+from tests.e2e.test_usage import run_again
+from tests.fakes.agent_context import FAKE_API_KEY, processes_in
+from tests.fakes.model_server import Reply
+from tests.fakes.responses_server import ResponsesModelServer
+
+pytestmark = pytest.mark.timeout(120)
+
+#: What every gateway token starts with (forkyard.gateway.grants.TOKEN_PREFIX).
+TOKEN_PREFIX = b"fy-gw-"
+
+
+@pytest.fixture
+def server_env(server_env: dict[str, str]) -> dict[str, str]:
+    """The daemon's environment holds the keys (the fake model checks them arrive)."""
+    return {**server_env, "OPENAI_API_KEY": FAKE_API_KEY, "ANTHROPIC_API_KEY": FAKE_API_KEY}
+
+
+@pytest.fixture
+def model() -> Iterator[ResponsesModelServer]:
+    with ResponsesModelServer(default=Reply(text="(unscripted reply)")) as server:
+        yield server
+
+
+@pytest.fixture
+def host_listener() -> Iterator[socket.socket]:
+    """A TCP listener on the host's loopback, where a user's database or dev server
+    would be: nothing in a sandbox may connect to it."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    yield listener
+    listener.close()
+
+
+def connections_accepted(listener: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        connection.close()
+        count += 1
+
+
+def process_texts(pids: list[int]) -> list[bytes]:
+    """The environment and command line of each process (those still alive)."""
+    texts = []
+    for pid in pids:
+        for name in ("environ", "cmdline"):
+            with contextlib.suppress(OSError):
+                texts.append(Path(f"/proc/{pid}/{name}").read_bytes())
+    return texts
+
+
+def files_holding(root: Path, needle: bytes) -> list[Path]:
+    found = []
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+                found.append(path)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("kind", list(PROGRAMS))
+async def test_the_key_is_nowhere_in_the_sandbox_and_the_upstream_gets_it(
+    start_server: StartServer,
+    model: ResponsesModelServer,
+    repo: Path,
+    server_env: dict[str, str],
+    kind: str,
+) -> None:
+    program = PROGRAMS[kind]
+    first, *rest = program.edit_script
+    held = Reply(text=first.text, tool_calls=first.tool_calls, hold=True)
+    model.script(held, *rest)
+    client = await start_server(repo, initialization_options=backend_options(program, model))
+    agent = await client.dispatch(TASK, backend=kind)
+    running = await client.wait_for_agent(agent["id"], {"running"}, timeout=AGENT_TIMEOUT)
+    await held.started()
+
+    # While the program waits on its model: every process of its sandbox.
+    pids = await processes_in(Path(running["worktree"]))
+    assert pids, f"{kind} should be running"
+    texts = process_texts(pids)
+    assert not [text for text in texts if FAKE_API_KEY.encode() in text]
+    assert any(TOKEN_PREFIX in text for text in texts), "the program got no gateway token"
+    held.release()
+    done = await client.wait_for_agent(agent["id"], timeout=AGENT_TIMEOUT)
+
+    assert done["state"] == "done", done
+    # What the program kept (its home, sessions, config) and its worktree hold no key.
+    state = Path(server_env["FORKYARD_STATE_DIR"])
+    assert files_holding(state / "agent-homes", FAKE_API_KEY.encode()) == []
+    assert files_holding(Path(done["worktree"]), FAKE_API_KEY.encode()) == []
+    # The upstream got the real key on every call, never a token.
+    header, value = program.auth_header
+    for call in model_calls(program, model):
+        assert call.headers[header] == value
+        assert TOKEN_PREFIX.decode() not in str(call.headers)
+
+
+PROBE = (
+    'python3 -c "import socket; s = socket.socket(); s.settimeout(3); '
+    "print('probe:', s.connect_ex(('127.0.0.1', {port})))\" 2>&1; "
+    'python3 -c "import socket; s = socket.socket(); s.settimeout(3); '
+    "print('probe-outside:', s.connect_ex(('192.0.2.1', 80)))\" 2>&1"
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "tool", "argument"),
+    [("claude", "Bash", "command"), ("codex", "exec_command", "cmd")],
+)
+async def test_a_command_the_program_runs_reaches_nothing_on_the_host(
+    start_server: StartServer,
+    model: ResponsesModelServer,
+    repo: Path,
+    host_listener: socket.socket,
+    kind: str,
+    tool: str,
+    argument: str,
+) -> None:
+    program = PROGRAMS[kind]
+    probe = PROBE.format(port=host_listener.getsockname()[1])
+    model.script(
+        Reply(text="Probing.", tool_calls=[(tool, {argument: probe})]),
+        Reply(text="Probed."),
+    )
+    client = await start_server(repo, initialization_options=backend_options(program, model))
+    agent = await client.dispatch("Probe the network", backend=kind)
+    done = await client.wait_for_agent(agent["id"], timeout=AGENT_TIMEOUT)
+
+    assert done["state"] == "done", done
+    calls = model_calls(program, model)
+    assert len(calls) >= 2, "the program never sent the probe's output back"
+    result = calls[-1].text
+    # The probe ran (its output came back to the model) and connected to nothing.
+    assert "probe" in result, result[-2000:]
+    assert "probe: 0" not in result and "probe-outside: 0" not in result
+    assert connections_accepted(host_listener) == 0
+
+
+@pytest.mark.parametrize("kind", list(PROGRAMS))
+async def test_the_agent_s_usage_is_what_the_model_reported(
+    start_server: StartServer, model: ResponsesModelServer, repo: Path, kind: str
+) -> None:
+    program = PROGRAMS[kind]
+    model.script(*program.edit_script)
+    client = await start_server(repo, initialization_options=backend_options(program, model))
+    agent = await client.dispatch(TASK, backend=kind)
+    done = await client.wait_for_agent(agent["id"], timeout=AGENT_TIMEOUT)
+
+    assert done["state"] == "done", done
+    reported = model.reported_usage
+    assert reported, "the fake model reported no usage"
+    assert done["usage"] == {
+        "inputTokens": sum(usage.input_tokens for usage in reported),
+        "outputTokens": sum(usage.output_tokens for usage in reported),
+        "cachedTokens": sum(usage.cached_tokens for usage in reported),
+        "costUsd": None,  # "fake-model" has no price
+    }
+
+
+@pytest.mark.parametrize("kind", ["claude", "codex"])
+async def test_a_budget_stops_the_program_mid_run_and_a_follow_up_finishes_it(
+    start_server: StartServer, model: ResponsesModelServer, repo: Path, kind: str
+) -> None:
+    program = PROGRAMS[kind]
+    edit, final = program.edit_script
+    model.script(edit, final)
+    client = await start_server(repo, initialization_options=backend_options(program, model))
+    # One token: the first call may start (nothing is spent yet), the second may not.
+    agent = await client.dispatch(TASK, backend=kind, maxTokens=1)
+    failed = await client.wait_for_agent(agent["id"], timeout=AGENT_TIMEOUT)
+
+    assert failed["state"] == "failed", failed
+    assert failed["error"].startswith("budget reached ("), failed["error"]
+    assert len(model_calls(program, model)) == 1, "the refused call reached the model"
+    # The work done before the refusal is kept: the edit is the agent's change.
+    assert failed["changes"] == {"files": 1, "additions": 1, "deletions": 1}
+    worktree = Path(failed["worktree"])
+    assert (worktree / "src/app.py").read_text() == ORIGINAL_APP.replace("a + b", "b + a")
+    assert (repo / "src/app.py").read_text() == ORIGINAL_APP
+
+    # The scripted final reply is still waiting: the follow-up's first call gets it.
+    done = await run_again(client, agent["id"], maxTokens=1_000_000)
+
+    assert done["state"] == "done", done
+    assert done["summary"] == program.summary
+    assert done["changes"] == {"files": 1, "additions": 1, "deletions": 1}
+    assert len(model_calls(program, model)) == 2
