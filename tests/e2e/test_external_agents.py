@@ -2,8 +2,8 @@
 client, runs the real Codex CLI, Claude Code and aider (installed into `.agents/` by
 tests/fakes/install_agents.sh) in agent worktrees, each against a scripted fake model on
 127.0.0.1 that speaks its API: the Responses API for codex, the Messages API for claude,
-chat completions for aider. Nothing these programs do may reach beyond 127.0.0.1, and
-every test fails if the fake model saw nothing."""
+chat completions for aider, reached through the model gateway (the programs' sandboxes
+have no network). Every test fails if the fake model saw nothing."""
 
 from __future__ import annotations
 

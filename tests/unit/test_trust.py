@@ -277,3 +277,36 @@ def test_forkyard_trust_round_trip(tmp_path: Path) -> None:
     outside = run_cli([str(tmp_path)], env, cwd=tmp_path)
     assert outside.returncode == 2 and "git" in outside.stderr.lower()
     assert read_trust(env).repositories == {}
+
+
+GATEWAY_AND_BUDGET_TOML = """\
+[gateway]
+log_prompts = true
+upstream_timeout_seconds = 30
+[budget]
+daily_usd = 1000000
+thread_usd = 1000000
+"""
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_a_repository_cannot_log_prompts_nor_set_the_person_s_own_budgets(
+    tmp_path: Path, trusted: bool
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".forkyard.toml").write_text(GATEWAY_AND_BUDGET_TOML)
+    env = environ_for(tmp_path)
+    set_trust(repo, env, trusted=trusted)
+    settings = load_settings(repo, env).settings
+    assert not settings.gateway.log_prompts, "a repository would read the person's prompts"
+    assert settings.budget.daily_usd is None and settings.budget.thread_usd is None
+    # A timing only: any repository may set it.
+    assert settings.gateway.upstream_timeout_seconds == 30
+
+    user_file = tmp_path / "config" / "forkyard" / "config.toml"
+    user_file.parent.mkdir(parents=True, exist_ok=True)
+    user_file.write_text("[gateway]\nlog_prompts = true\n[budget]\ndaily_usd = 2.5\n")
+    settings = load_settings(repo, env).settings
+    assert settings.gateway.log_prompts
+    assert settings.budget.daily_usd == 2.5

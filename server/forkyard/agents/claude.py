@@ -52,7 +52,6 @@ QUIET_ENV: dict[str, str] = {
     "DISABLE_BUG_COMMAND": "1",
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
 }
-TOKEN_ENV = "ANTHROPIC_AUTH_TOKEN"
 
 
 def tool_permissions(role: RoleConfig, writable: bool) -> tuple[list[str], list[str], str]:

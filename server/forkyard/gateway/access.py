@@ -36,6 +36,8 @@ RELAY_SCRIPT = Path(__file__).with_name("relay.py")
 #: The default upstreams of the two kinds of API, when a backend names no base_url.
 OPENAI_UPSTREAM = "https://api.openai.com/v1"
 ANTHROPIC_UPSTREAM = "https://api.anthropic.com"
+#: Claude Code's variable for a key sent as a bearer token rather than `x-api-key`.
+BEARER_KEY_ENV = "ANTHROPIC_AUTH_TOKEN"
 #: Variables a generic command gets: the gateway's URL and this run's token.
 GATEWAY_URL_ENV = "FORKYARD_GATEWAY_URL"
 GATEWAY_TOKEN_ENV = "FORKYARD_GATEWAY_TOKEN"
@@ -113,6 +115,7 @@ async def open_access(
         log_prompts=settings.gateway.log_prompts,
         timeout=settings.gateway.upstream_timeout_seconds,
         spent=context.spent(),
+        bearer=key_env == BEARER_KEY_ENV,
     )
     token, socket = await anyio.to_thread.run_sync(gateway.issue, grant)
     return AgentAccess(gateway=gateway, grant=grant, token=token, socket=socket, refused=refused)

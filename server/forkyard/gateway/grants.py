@@ -46,6 +46,9 @@ class Grant:
     on_usage: Callable[[WireUsage], None]
     on_refused: Callable[[str], None]
     log_prompts: bool = False
+    #: The key goes upstream as a bearer token even to an Anthropic API (a key held in
+    #: ANTHROPIC_AUTH_TOKEN, as proxies in front of that API want it).
+    bearer: bool = False
     #: Seconds the upstream may take to start answering, and between two chunks.
     timeout: float = 600.0
     #: What the agent spent before this run, then with every call of it.

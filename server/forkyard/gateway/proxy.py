@@ -209,7 +209,7 @@ class GatewayProxy:
         }
         headers["accept-encoding"] = "identity"
         if key:
-            headers.update(upstream_auth(key, anthropic=anthropic))
+            headers.update(upstream_auth(key, anthropic=anthropic and not grant.bearer))
         scrub = _Scrubber(key)
         url = grant.upstream.rstrip("/") + exchange.target
         timeout = httpx2.Timeout(grant.timeout, connect=min(CONNECT_TIMEOUT_SECONDS, grant.timeout))
