@@ -25,6 +25,7 @@ from forkyard.errors import InvalidRequest
 from forkyard.models import ChatModel, ModelConfig, create_chat_model
 from forkyard.models.loading import load_sdks
 from forkyard.models.pricing import price_for
+from forkyard.orchestrator.ledger import UsageLedger
 from forkyard.orchestrator.orchestrator import Orchestrator
 from forkyard.settings import LoadedSettings, Settings, SettingsProblem, load_settings
 from forkyard.store import Store
@@ -62,6 +63,7 @@ class ForkyardApp:
         state_dir: Path,
         environ: Mapping[str, str],
         initialization_options: Mapping[str, Any] | None,
+        ledger: UsageLedger | None = None,
     ) -> None:
         self.repository = repository
         self.loaded = loaded
@@ -83,6 +85,7 @@ class ForkyardApp:
             state_dir,
             environ,
             self.bus,
+            ledger,
         )
         self.approvals = Approvals(
             self.bus, lambda: self.settings.approval_timeout_seconds, self._waiting_for
@@ -129,8 +132,10 @@ class ForkyardApp:
         state_dir: Path | None = None,
         client_settings: Mapping[str, Any] | None = None,
         store: Store | None = None,
+        ledger: UsageLedger | None = None,
     ) -> ForkyardApp:
-        """`state_dir` and `store`: the daemon's, shared by every repository it serves."""
+        """`state_dir`, `store` and the store's `ledger`: the daemon's, shared by every
+        repository it serves (a day's budget is the person's, not a repository's)."""
         repository = await Repository.discover(root)
         loaded = await anyio.to_thread.run_sync(
             load_settings, repository.root, environ, initialization_options, client_settings
@@ -138,7 +143,7 @@ class ForkyardApp:
         state_dir = state_dir or loaded.settings.resolved_state_dir(environ)
         shared = store is not None
         store = store or await Store.open(state_dir)
-        app = cls(repository, loaded, store, state_dir, environ, initialization_options)
+        app = cls(repository, loaded, store, state_dir, environ, initialization_options, ledger)
         app.client_settings = client_settings
         app.owns_store = not shared
         return app

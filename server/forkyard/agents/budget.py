@@ -3,10 +3,14 @@
 The check runs before each model call, on what the agent used so far (all its runs), so
 a budget stops an agent after the call that crossed it, never in the middle of one. A
 cost is compared only when it is known: an unpriced model's dollars are not guessed.
+
+The limits the person set across agents (a day's, a thread's) come along as `shared`,
+asked after the agent's own: the orchestrator's ledger knows those sums, not the agent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from forkyard_protocol import Usage
@@ -21,6 +25,9 @@ class Budget:
 
     budget_usd: float | None = None
     max_tokens: int | None = None
+    #: The error of a reached budget shared with other agents and the chat, or None.
+    #: Called before each model call, from whichever thread makes the check.
+    shared: Callable[[], str | None] | None = None
 
 
 def budget_reached(used: Usage | None, budget: Budget) -> str | None:
@@ -33,4 +40,4 @@ def budget_reached(used: Usage | None, budget: Budget) -> str | None:
     cost = used.cost_usd
     if budget.budget_usd is not None and cost is not None and cost >= budget.budget_usd:
         return f"{BUDGET_REACHED} (${cost:.4f} of ${budget.budget_usd:.4f})"
-    return None
+    return budget.shared() if budget.shared is not None else None

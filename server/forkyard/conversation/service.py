@@ -37,6 +37,10 @@ EVENT_STATES = {"running", "done", "failed", "cancelled"}
 TITLE_CHARS = 60
 
 
+class BudgetRefused(Exception):
+    """A daily or thread budget is reached: no model call starts; `str` is the error."""
+
+
 @dataclass
 class Turn:
     id: str
@@ -206,6 +210,9 @@ class Conversation:
                 except ModelError as exc:
                     state, error = "failed", str(exc)
                     parts.append(("\n\n" if parts else "") + f"**The model failed:** {exc}")
+                except BudgetRefused as exc:
+                    state, error = "failed", str(exc)
+                    parts.append(("\n\n" if parts else "") + f"**Not asked the model:** {exc}")
                 except Exception as exc:
                     logger.exception("chat turn failed")
                     state, error = "failed", f"{type(exc).__name__}: {exc}"
@@ -279,7 +286,10 @@ class Conversation:
         self, handle: ModelHandle, messages: list[ChatMessage], turn: Turn, parts: list[str]
     ) -> None:
         model = handle.model
+        ledger = self.orchestrator.ledger
         for _ in range(MAX_TOOL_ROUNDS):
+            if reached := ledger.refusal(turn.thread_id, self.orchestrator.settings.budget):
+                raise BudgetRefused(reached)
             completion: Completion | None = None
             async with aclosing(model.stream(messages, CHAT_TOOLS, system=SYSTEM_PROMPT)) as stream:
                 async for event in stream:
@@ -288,7 +298,9 @@ class Conversation:
                     else:
                         completion = event
             if completion is not None and completion.usage is not None:
-                turn.usage = add_usage(turn.usage, metered(completion.usage, handle.price))
+                spent = metered(completion.usage, handle.price)
+                turn.usage = add_usage(turn.usage, spent)
+                ledger.add(turn.thread_id, spent)
             if completion is None or not completion.tool_calls:
                 return
             messages.append(ChatMessage.assistant(completion.text, completion.tool_calls))

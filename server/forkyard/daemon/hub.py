@@ -22,6 +22,7 @@ import forkyard
 from forkyard.app import ForkyardApp
 from forkyard.clock import new_id
 from forkyard.errors import DaemonStopping, InvalidRequest
+from forkyard.orchestrator.ledger import UsageLedger
 from forkyard.settings import SettingsProblem, user_config_file
 from forkyard.settings_watch import watch_settings_files
 from forkyard.store import Store
@@ -98,6 +99,8 @@ class Hub:
         self.socket_path = socket_path
         self.log_file = log_file
         self.store = store
+        #: The store's usage sums, one for every repository: a day's budget is all of them.
+        self.ledger = UsageLedger(store) if store is not None else None
         self.sessions: dict[str, Session] = {}
         self.fronts: dict[str, Front] = {}
         self.started = time.monotonic()
@@ -128,6 +131,7 @@ class Hub:
                 state_dir=self.state_dir,
                 client_settings=params.client_settings,
                 store=self.store,
+                ledger=self.ledger,
             )
             session = Session(app)
             await app.start(self.task_group)

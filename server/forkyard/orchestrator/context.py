@@ -84,8 +84,11 @@ class RunContext:
         return self._runtime.agent.usage
 
     def budget(self) -> Budget:
+        """The agent's own limits, then the day's and its thread's (the person's)."""
         agent = self._runtime.agent
-        return Budget(budget_usd=agent.budget_usd, max_tokens=agent.max_tokens)
+        orchestrator = self._orchestrator
+        shared = orchestrator.ledger.check(agent.thread_id, lambda: orchestrator.settings.budget)
+        return Budget(budget_usd=agent.budget_usd, max_tokens=agent.max_tokens, shared=shared)
 
     def take_followups(self) -> list[str]:
         taken, self._runtime.followups[:] = list(self._runtime.followups), []

@@ -23,6 +23,7 @@ from forkyard.errors import InvalidRequest, UnknownAgent, WrongState
 from forkyard.models.pricing import add_usage
 from forkyard.orchestrator.events import Reporter
 from forkyard.orchestrator.failures import keep_running
+from forkyard.orchestrator.ledger import UsageLedger
 from forkyard.orchestrator.numbering import base_commit, free_agent_number
 from forkyard.orchestrator.runner import FINISH_TIMEOUT_SECONDS, AgentRunner
 from forkyard.orchestrator.runtime import AgentRuntime, is_dir
@@ -65,9 +66,12 @@ class Orchestrator:
         state_dir: Path,
         environ: Mapping[str, str],
         bus: EventBus | None = None,
+        ledger: UsageLedger | None = None,
     ) -> None:
+        """`ledger`: the store's, shared with the other repositories the store serves."""
         self.repository = repository
         self.store = store
+        self.ledger = ledger or UsageLedger(store)
         self._settings = settings
         self.backends = dict(backends)
         self.state_dir = state_dir
@@ -108,6 +112,7 @@ class Orchestrator:
         """Load agents from the store; those the last server left running are
         `interrupted` (their worktrees kept); unowned worktrees are reported."""
         self._task_group = task_group
+        await self.ledger.start(task_group)
         for agent in await self.store.load_agents(self.repo_key):
             runtime = AgentRuntime(agent)
             self._agents[agent.id] = runtime
@@ -133,6 +138,7 @@ class Orchestrator:
     async def stop(self) -> None:
         """Persist what is pending; called on shutdown, shielded by the caller."""
         await self._flush_logs()
+        await self.ledger.flush()
 
     # --- queries ---------------------------------------------------------------------
 
@@ -393,8 +399,10 @@ class Orchestrator:
         """One model call's usage, added to the agent's. Announced with the agent's next
         progress (a call with tools is followed by a step's) or change of state (a call
         without ends the run), and saved with that change: an announcement of its own
-        would take the progress's turn and hide the first step."""
+        would take the progress's turn and hide the first step. Counted in the day's and
+        the thread's sums at once."""
         runtime.agent.usage = add_usage(runtime.agent.usage, usage)
+        self.ledger.add(runtime.agent.thread_id, usage)
 
     def _emit_progress(self, runtime: AgentRuntime) -> None:
         runtime.last_progress_emit = anyio.current_time()

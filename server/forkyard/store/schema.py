@@ -68,8 +68,28 @@ def _create_initial_schema(connection: sqlite3.Connection) -> None:
         connection.execute(statement)
 
 
+def _add_usage_totals(connection: sqlite3.Connection) -> None:
+    # What the model calls of a UTC day (`YYYY-MM-DD`) cost in one thread ('' for calls
+    # of no thread), summed as they happen, so a daily or thread budget survives a
+    # restart. `cost_usd` sums the calls whose price is known; `unpriced_calls` counts
+    # the others, whose dollars nobody knows.
+    connection.execute(
+        """CREATE TABLE usage_totals (
+            day TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            unpriced_calls INTEGER NOT NULL,
+            PRIMARY KEY (day, thread_id)
+        )"""
+    )
+    connection.execute("CREATE INDEX usage_totals_by_thread ON usage_totals (thread_id)")
+
+
 #: Index i holds the migration from version i to version i + 1.
-MIGRATIONS: tuple[Migration, ...] = (_create_initial_schema,)
+MIGRATIONS: tuple[Migration, ...] = (_create_initial_schema, _add_usage_totals)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

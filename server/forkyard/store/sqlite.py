@@ -1,4 +1,4 @@
-"""SQLite persistence of agents, agent logs, threads and messages.
+"""SQLite persistence of agents, agent logs, threads, messages and usage totals.
 
 One database file, `forkyard.db`, in the state directory, in WAL mode. The server holds
 one `Store`; its connection is used from worker threads one call at a time (a
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from forkyard.store.errors import StoreError
 from forkyard.store.schema import migrate
-from forkyard_protocol.models import Agent, LogEntry, Message, Thread
+from forkyard_protocol.models import Agent, LogEntry, Message, Thread, Usage
 
 DATABASE_NAME = "forkyard.db"
 DEFAULT_MAX_LOG_ENTRIES_PER_AGENT = 20_000
@@ -41,6 +42,39 @@ BUSY_TIMEOUT_SECONDS = 10.0
 _Result = TypeVar("_Result")
 _Model = TypeVar("_Model", bound=BaseModel)
 _Operation = Callable[[sqlite3.Connection], _Result]
+
+
+@dataclass(frozen=True)
+class UsageTotal:
+    """Model calls summed. The dollars of the calls whose price is known are summed on
+    their own, the others counted: a budget can then stop spending that is known to
+    be past it, even when one unpriced call makes the whole bill unknown."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    #: The dollars of the calls whose price is known.
+    cost_usd: float = 0.0
+    #: Calls whose price is not known (their dollars are not in `cost_usd`).
+    unpriced_calls: int = 0
+
+    def plus(self, usage: Usage) -> UsageTotal:
+        return UsageTotal(
+            self.input_tokens + usage.input_tokens,
+            self.output_tokens + usage.output_tokens,
+            self.cached_tokens + usage.cached_tokens,
+            self.cost_usd + (usage.cost_usd or 0.0),
+            self.unpriced_calls + (usage.cost_usd is None),
+        )
+
+    def usage(self) -> Usage:
+        """As the protocol tells it: the cost is None when a call's price is unknown."""
+        return Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cached_tokens=self.cached_tokens,
+            cost_usd=None if self.unpriced_calls else self.cost_usd,
+        )
 
 
 def sort_key(timestamp: str) -> str:
@@ -282,6 +316,58 @@ class Store:
             (thread_id,),
         )
 
+    # Usage totals
+
+    async def add_usage(self, entries: Sequence[tuple[str, str | None, Usage]]) -> None:
+        """Add each (UTC day `YYYY-MM-DD`, thread id or None, one call's usage) to the
+        day's total for that thread, all in one transaction."""
+        rows = [
+            (
+                day,
+                thread_id or "",
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_tokens,
+                usage.cost_usd or 0.0,
+                int(usage.cost_usd is None),
+            )
+            for day, thread_id, usage in entries
+        ]
+        if not rows:
+            return
+
+        def write(connection: sqlite3.Connection) -> None:
+            connection.executemany(
+                """INSERT INTO usage_totals (day, thread_id, input_tokens, output_tokens,
+                    cached_tokens, cost_usd, unpriced_calls) VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (day, thread_id) DO UPDATE SET
+                    input_tokens = input_tokens + excluded.input_tokens,
+                    output_tokens = output_tokens + excluded.output_tokens,
+                    cached_tokens = cached_tokens + excluded.cached_tokens,
+                    cost_usd = cost_usd + excluded.cost_usd,
+                    unpriced_calls = unpriced_calls + excluded.unpriced_calls""",
+                rows,
+            )
+
+        await self._write(write)
+
+    async def load_usage_totals(self, day: str) -> tuple[UsageTotal, dict[str, UsageTotal]]:
+        """What `day` used in all, and what each thread used in all its days."""
+        columns = """SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens),
+            SUM(cost_usd), SUM(unpriced_calls)"""
+
+        def read(connection: sqlite3.Connection) -> tuple[UsageTotal, dict[str, UsageTotal]]:
+            (today,) = connection.execute(
+                f"SELECT {columns} FROM usage_totals WHERE day = ?", (day,)
+            ).fetchall()
+            threads = connection.execute(
+                f"""SELECT thread_id, {columns} FROM usage_totals
+                WHERE thread_id != '' GROUP BY thread_id"""
+            ).fetchall()
+            return _total(today), {row[0]: _total(row[1:]) for row in threads}
+
+        return await self._run(read)
+
     # Running work on the connection's thread
 
     async def _write(self, operation: _Operation[_Result]) -> _Result:
@@ -334,6 +420,12 @@ class Store:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+
+def _total(row: Sequence[int | float | None]) -> UsageTotal:
+    """A row of sums; SUM over no rows is NULL, which is nothing used."""
+    inputs, outputs, cached, cost, unpriced = (value or 0 for value in row)
+    return UsageTotal(int(inputs), int(outputs), int(cached), float(cost), int(unpriced))
 
 
 def _check_log_cap(max_log_entries_per_agent: int) -> None:
