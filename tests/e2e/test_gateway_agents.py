@@ -130,19 +130,29 @@ async def test_the_key_is_nowhere_in_the_sandbox_and_the_upstream_gets_it(
         assert TOKEN_PREFIX.decode() not in str(call.headers)
 
 
-PROBE = (
-    'python3 -c "import socket; s = socket.socket(); s.settimeout(3); '
-    "print('probe:', s.connect_ex(('127.0.0.1', {port})))\" 2>&1; "
-    'python3 -c "import socket; s = socket.socket(); s.settimeout(3); '
-    "print('probe-outside:', s.connect_ex(('192.0.2.1', 80)))\" 2>&1"
-)
+#: Run inside the sandbox by the program's own tool: connect to the host's listener and
+#: to an outside address, and count where the key shows (its environment, every visible
+#: process's, its home, /tmp, the worktree). The pattern matches the key's tail without
+#: containing it, so the probe's own command line does not count.
+PROBE = """\
+python3 -c "import socket; s = socket.socket(); s.settimeout(3); \
+print('probe:', s.connect_ex(('127.0.0.1', {port})))" 2>&1
+python3 -c "import socket; s = socket.socket(); s.settimeout(3); \
+print('probe-outside:', s.connect_ex(('192.0.2.1', 80)))" 2>&1
+seen=$( (env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline) 2>/dev/null \
+| tr '\\000' '\\n' | grep -c '{pattern}')
+files=$(grep -rls '{pattern}' "$HOME" /tmp . 2>/dev/null | wc -l)
+echo "leaks: $seen $files"
+"""
+#: FAKE_API_KEY's tail as a pattern that does not contain it.
+KEY_PATTERN = FAKE_API_KEY[-10:-5] + "[" + FAKE_API_KEY[-5] + "]" + FAKE_API_KEY[-4:]
 
 
 @pytest.mark.parametrize(
     ("kind", "tool", "argument"),
     [("claude", "Bash", "command"), ("codex", "exec_command", "cmd")],
 )
-async def test_a_command_the_program_runs_reaches_nothing_on_the_host(
+async def test_a_command_the_program_runs_reaches_nothing_and_finds_no_key(
     start_server: StartServer,
     model: ResponsesModelServer,
     repo: Path,
@@ -152,7 +162,7 @@ async def test_a_command_the_program_runs_reaches_nothing_on_the_host(
     argument: str,
 ) -> None:
     program = PROGRAMS[kind]
-    probe = PROBE.format(port=host_listener.getsockname()[1])
+    probe = PROBE.format(port=host_listener.getsockname()[1], pattern=KEY_PATTERN)
     model.script(
         Reply(text="Probing.", tool_calls=[(tool, {argument: probe})]),
         Reply(text="Probed."),
@@ -169,6 +179,8 @@ async def test_a_command_the_program_runs_reaches_nothing_on_the_host(
     assert "probe" in result, result[-2000:]
     assert "probe: 0" not in result and "probe-outside: 0" not in result
     assert connections_accepted(host_listener) == 0
+    # The key is nowhere the program's own commands can look.
+    assert "leaks: 0 0" in result, result[-2000:]
 
 
 @pytest.mark.parametrize("kind", list(PROGRAMS))

@@ -24,6 +24,7 @@ from forkyard.agents.external_config import ExternalBackendConfig
 from forkyard.settings import BUILTIN_ROLES
 from forkyard.tools.sandbox import SandboxStatus
 from tests.fakes.agent_context import (
+    FAKE_API_KEY,
     FakeAgentContext,
     Workspace,
     make_workspace,
@@ -32,6 +33,7 @@ from tests.fakes.agent_context import (
     settings_for,
     wait_until_no_processes_in,
 )
+from tests.fakes.model_server import FakeModelServer, Reply
 from tests.helpers import git
 
 
@@ -251,3 +253,50 @@ def test_the_config_takes_variable_names_never_values() -> None:
         ExternalBackendConfig(api_key_env="sk-live-123 456")
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         ExternalBackendConfig.model_validate({"api_key": "sk-123"})
+
+
+#: A command that calls its model itself: a chat completion through the gateway's URL,
+#: with the token it was given as its key, printing the reply and what it was given.
+CALLS_ITS_MODEL = r"""python3 -c '
+import json, os, sys, urllib.request
+request = urllib.request.Request(
+    sys.argv[1] + "/chat/completions",
+    data=json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+    headers={"authorization": "Bearer " + os.environ["MY_KEY"], "content-type": "application/json"},
+)
+reply = json.load(urllib.request.urlopen(request, timeout=20))
+print("key given:", os.environ["MY_KEY"][:6], os.environ["FORKYARD_GATEWAY_TOKEN"][:6])
+print(reply["choices"][0]["message"]["content"])
+' {base_url}"""
+
+
+@pytest.mark.parametrize("sandboxed", [True, False])
+async def test_a_command_reaches_its_model_only_through_the_gateway_with_a_token(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, sandboxed: bool
+) -> None:
+    if not sandboxed:
+
+        async def no_sandbox() -> SandboxStatus:
+            return SandboxStatus(False, "bwrap cannot create namespaces here")
+
+        monkeypatch.setattr(external_runtime, "probe_sandbox", no_sandbox)
+    with FakeModelServer() as model:
+        model.script(Reply(text="hello from the model"))
+        context = command_context(
+            workspace, CALLS_ITS_MODEL, base_url=model.openai_base_url, api_key_env="MY_KEY"
+        )
+        context.environ = {**context.environ, "MY_KEY": FAKE_API_KEY}
+        if not sandboxed:
+            update = {"allow_unsandboxed_commands": True}
+            context.settings = context.settings.model_copy(update=update)
+
+        outcome = await ExternalCommandBackend("mine").run(context, "")
+
+        assert outcome.ok, outcome.error
+        assert outcome.summary.splitlines() == ["key given: fy-gw- fy-gw-", "hello from the model"]
+        (request,) = model.requests
+        assert request.headers["authorization"] == f"Bearer {FAKE_API_KEY}"
+        [reported] = model.reported_usage
+        assert [(u.input_tokens, u.output_tokens) for u in context.usage] == [
+            (reported.input_tokens, reported.output_tokens)
+        ]

@@ -142,6 +142,8 @@ class StreamMeter:
 
     api: Api
     usage: Usage | None = None
+    #: The event that closes the call's usage was seen (no more will come).
+    final: bool = False
     _pending: bytes = b""
 
     MAX_LINE = 4 * 1024 * 1024
@@ -167,11 +169,12 @@ class StreamMeter:
             return
         if self.api is Api.CHAT:
             if (found := usage_of(Api.CHAT, event)) is not None:
-                self.usage = found
+                self.usage, self.final = found, True
         elif self.api is Api.RESPONSES:
             if event.get("type") in ("response.completed", "response.incomplete"):
                 found = usage_of(Api.RESPONSES, event.get("response"))
                 self.usage = found or self.usage
+                self.final = True
         elif self.api is Api.MESSAGES:
             self._anthropic(event)
 
@@ -185,6 +188,7 @@ class StreamMeter:
             if delta is None:
                 return
             base = self.usage or Usage()
+            self.final = True
             self.usage = Usage(
                 input_tokens=max(base.input_tokens, delta.input_tokens),
                 output_tokens=delta.output_tokens or base.output_tokens,

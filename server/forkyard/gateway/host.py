@@ -9,7 +9,9 @@ a sandbox gets its own agent's socket bound in, never the directory around it.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import itertools
 import logging
 import os
@@ -72,6 +74,7 @@ class Gateway:
         client = httpx2.AsyncClient(limits=UPSTREAM_LIMITS, trust_env=True)
         self._portal_context = start_blocking_portal(name="forkyard-gateway")
         self._portal = self._portal_context.__enter__()
+        self._portal.call(_quiet_cancelled_reads)
         self._proxy = GatewayProxy(self.grants, client)
 
     def issue(self, grant: Grant) -> tuple[str, Path]:
@@ -105,6 +108,14 @@ class Gateway:
             return len(self._issued)
 
     def close(self) -> None:
+        """Revoke every grant, close the upstream connections, stop the thread."""
+        with self._lock:
+            tokens = list(self._issued)
+        for token in tokens:
+            self.revoke(token)
+        if self._portal is not None and self._proxy is not None:
+            with contextlib.suppress(Exception):
+                self._portal.call(self._proxy.client.aclose)
         if self._portal_context is not None:
             self._portal_context.__exit__(None, None, None)
             self._portal_context = self._portal = None
@@ -128,6 +139,21 @@ class Gateway:
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
+
+
+async def _quiet_cancelled_reads() -> None:
+    """Drop one known, harmless report from the gateway's loop: a read on a Unix socket
+    cancelled (its grant revoked) just as data arrived makes anyio's reader callback set
+    a result on the cancelled future (`InvalidStateError`). Nothing is lost; the report
+    would only fill the daemon's log. Everything else goes to the default handler."""
+    loop = asyncio.get_running_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        if isinstance(context.get("exception"), asyncio.InvalidStateError):
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 class _Shared:

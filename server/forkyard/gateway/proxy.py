@@ -228,12 +228,11 @@ class GatewayProxy:
             await exchange.error(anthropic, 502, message)
             return
         try:
-            usage = await self._relay(exchange, response, api, anthropic, scrub, streamed)
+            recorder = _Recorder(grant, model)
+            usage = await self._relay(exchange, response, api, anthropic, scrub, streamed, recorder)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CONNECT_TIMEOUT_SECONDS):
                 await response.aclose()
-        if usage is not None:
-            grant.meter(model, usage)
         logger.info(
             "%s: %s %s -> %d in %.0f ms%s",
             grant.label,
@@ -252,12 +251,13 @@ class GatewayProxy:
         anthropic: bool,
         scrub: _Scrubber,
         streamed: bool,
+        recorder: _Recorder,
     ) -> Usage | None:
         """Send the upstream's answer on; return the usage it reported. A failure
         after the answer began leaves the connection to be closed: the client's SDK
         sees a stream cut short, an error of its own kind."""
         try:
-            return await self._answer(exchange, response, api, anthropic, scrub, streamed)
+            return await self._answer(exchange, response, api, anthropic, scrub, streamed, recorder)
         except httpx2.TimeoutException:
             if exchange.connection.our_state is h11.SEND_RESPONSE:
                 await exchange.error(anthropic, 504, "the model server stopped answering")
@@ -275,12 +275,15 @@ class GatewayProxy:
         anthropic: bool,
         scrub: _Scrubber,
         streamed: bool,
+        recorder: _Recorder,
     ) -> Usage | None:
+        """The answer passed on, its usage recorded before the part of it that tells the
+        client the call is over: a program that exits on it finds its usage counted."""
         content_type = response.headers.get("content-type", "")
         chunks = response.aiter_raw()
         if response.status_code >= 400 or not (streamed or "event-stream" in content_type):
             whole = await _read_bounded(chunks)
-            return await self._whole(exchange, response, api, anthropic, scrub, whole)
+            return await self._whole(exchange, response, api, anthropic, scrub, whole, recorder)
         first = await anext(chunks, b"")
         if not looks_like_event_stream(first):
             sample = scrub(first[:200].decode(errors="replace"))
@@ -293,7 +296,11 @@ class GatewayProxy:
         )
         async for chunk in _prepend(first, chunks):
             meter.feed(chunk)
+            if meter.final and meter.usage is not None:
+                recorder.record(meter.usage)
             await exchange.send(h11.Data(data=chunk))
+        if meter.usage is not None:
+            recorder.record(meter.usage)
         await exchange.send(h11.EndOfMessage())
         return meter.usage
 
@@ -305,6 +312,7 @@ class GatewayProxy:
         anthropic: bool,
         scrub: _Scrubber,
         whole: bytes | None,
+        recorder: _Recorder,
     ) -> Usage | None:
         if whole is None:
             await exchange.error(anthropic, 502, "the model server's answer is too large")
@@ -321,6 +329,8 @@ class GatewayProxy:
                 )
                 return None
             usage = usage_of(api, payload)
+            if usage is not None:
+                recorder.record(usage)
         if status >= 400:
             whole = scrub(whole.decode(errors="replace")).encode()
         headers = [*_passed(response), ("content-length", str(len(whole)))]
@@ -336,6 +346,20 @@ def _json_object(body: bytes) -> dict[str, object] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+class _Recorder:
+    """Meters one call, once, as soon as its final usage is known."""
+
+    def __init__(self, grant: Grant, model: str) -> None:
+        self.grant = grant
+        self.model = model
+        self.done = False
+
+    def record(self, usage: Usage) -> None:
+        if not self.done:
+            self.done = True
+            self.grant.meter(self.model, usage)
 
 
 class _Scrubber:
