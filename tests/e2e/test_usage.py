@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from forkyard.client import ForkyardClient
+from forkyard.models.pricing import usage_text
+from forkyard_protocol import Usage
 from tests.e2e.conftest import StartServer
 from tests.fakes.model_server import FakeModelServer, Reply
 from tests.fakes.wire import ReportedUsage
@@ -116,6 +118,9 @@ async def test_an_llm_agent_sums_its_calls_follow_ups_included_and_prices_them(
         and p["message"]["role"] == "assistant"
     ]
     assert " tokens, $" in reply, reply
+    # With the person's totals: every call so far today, and this thread's (the agent
+    # was not dispatched from a thread, so only today's).
+    assert reply.splitlines()[-1] == "Today: " + usage_text(Usage.model_validate(second["usage"]))
 
 
 async def test_a_chat_turn_carries_its_calls_usage_and_an_unknown_model_no_cost(

@@ -13,6 +13,8 @@ from functools import partial
 from forkyard.errors import InvalidRequest, WrongState
 from forkyard.models.pricing import usage_text
 from forkyard.orchestrator.orchestrator import Orchestrator
+from forkyard.store.sqlite import UsageTotal
+from forkyard_protocol import Usage
 from forkyard_protocol.daemon import ApplyRequested
 from forkyard_protocol.messages import AgentDispatchParams
 from forkyard_protocol.models import Agent
@@ -68,6 +70,24 @@ def agent_line(agent: Agent) -> str:
         counts += f", {used}"
     progress = f" — {agent.progress.message}" if agent.progress else ""
     return f"#{agent.number} **{agent.title}** `{agent.state}` ({agent.role}, {counts}){progress}"
+
+
+def total_text(total: UsageTotal) -> str:
+    """`12k tokens, $0.04`; a sum with unpriced calls says what of it is known."""
+    if not total.input_tokens + total.output_tokens:
+        return ""
+    priced = total.unpriced_calls == 0
+    text = usage_text(
+        Usage(
+            input_tokens=total.input_tokens,
+            output_tokens=total.output_tokens,
+            cached_tokens=total.cached_tokens,
+            cost_usd=total.cost_usd if priced else None,
+        )
+    )
+    if not priced and total.cost_usd:
+        text += f", ${total.cost_usd:.4f} known ({total.unpriced_calls} calls unpriced)"
+    return text
 
 
 def is_command(text: str) -> bool:
@@ -128,11 +148,21 @@ class ChatCommands:
         )
         return f"Started agent #{agent.number} running `{rest}` in its own worktree."
 
-    async def _agents(self, _rest: str, _thread: str | None) -> str:
+    async def _agents(self, _rest: str, thread: str | None) -> str:
         agents = self.orchestrator.agents()
         if not agents:
             return "No agents yet. Start one with `/run <command>` or `/dispatch <task>`."
-        return "\n".join(f"- {agent_line(agent)}" for agent in agents)
+        lines = [f"- {agent_line(agent)}" for agent in agents]
+        return "\n".join([*lines, *self._totals(thread)])
+
+    def _totals(self, thread: str | None) -> list[str]:
+        """The person's spend across agents and chat: today's, and this thread's."""
+        ledger = self.orchestrator.ledger
+        parts = [("Today", ledger.day_total())]
+        if thread is not None:
+            parts.append(("this thread", ledger.thread_total(thread)))
+        shown = [f"{name}: {total_text(total)}" for name, total in parts if total_text(total)]
+        return ["", " · ".join(shown)] if shown else []
 
     def _ref(self, rest: str, command: str) -> str:
         ref = rest.split(maxsplit=1)[0] if rest.split() else ""
