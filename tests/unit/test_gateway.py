@@ -465,6 +465,28 @@ def test_a_program_that_hangs_up_mid_stream_ends_the_upstream_call(
     assert not reply.finished
 
 
+def test_a_stream_cut_short_costs_what_it_reported_so_far(
+    gateway: GatewayUnderTest, upstream: ResponsesModelServer
+) -> None:
+    """Anthropic reports a call's input tokens first: a program that hangs up mid-answer
+    (cancelled) was still billed for them, and its budget must see it."""
+    agent = gateway.grant(upstream, anthropic_upstream=True)
+    (reply,) = upstream.script(Reply(text="one two three four five six seven", hold=True))
+    with (
+        anthropic_client(agent) as claude,
+        claude.messages.stream(
+            model=MODEL, max_tokens=100, messages=[{"role": "user", "content": PROMPT}]
+        ) as stream,
+    ):
+        next(iter(stream.text_stream))
+    reply.wait_disconnected()
+
+    (usage,) = agent.metered.wait(1)
+    assert usage.input_tokens > 0
+    # What message_start said; the rest of the answer never came.
+    assert usage.output_tokens <= 1
+
+
 def test_a_call_is_metered_when_the_program_hangs_up_at_its_end(
     gateway: GatewayUnderTest,
 ) -> None:
@@ -487,12 +509,6 @@ def test_a_call_is_metered_when_the_program_hangs_up_at_its_end(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GatewayProxy.forward logs a call only after _relay returned; a client that "
-    "hangs up once it has the whole answer (the sync openai SDK at [DONE]) cancels the "
-    "exchange first (_Incoming.on_hang_up), so that call is metered but never logged",
-)
 def test_a_call_the_program_hung_up_on_at_its_end_is_logged(
     gateway: GatewayUnderTest, caplog: pytest.LogCaptureFixture
 ) -> None:

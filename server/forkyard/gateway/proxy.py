@@ -227,21 +227,23 @@ class GatewayProxy:
             message = scrub(f"cannot reach the model server: {type(error).__name__}: {error}")
             await exchange.error(anthropic, 502, message)
             return
+        recorder = _Recorder(grant, model)
         try:
-            recorder = _Recorder(grant, model)
-            usage = await self._relay(exchange, response, api, anthropic, scrub, streamed, recorder)
+            await self._relay(exchange, response, api, anthropic, scrub, streamed, recorder)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CONNECT_TIMEOUT_SECONDS):
                 await response.aclose()
-        logger.info(
-            "%s: %s %s -> %d in %.0f ms%s",
-            grant.label,
-            exchange.method,
-            exchange.target.split("?", 1)[0],
-            response.status_code,
-            (time.monotonic() - started) * 1000,
-            f", {usage.input_tokens} in / {usage.output_tokens} out" if usage else "",
-        )
+            # Also when the program hung up first: every call it made is in the log.
+            usage = recorder.usage
+            logger.info(
+                "%s: %s %s -> %d in %.0f ms%s",
+                grant.label,
+                exchange.method,
+                exchange.target.split("?", 1)[0],
+                response.status_code,
+                (time.monotonic() - started) * 1000,
+                f", {usage.input_tokens} in / {usage.output_tokens} out" if usage else "",
+            )
 
     async def _relay(
         self,
@@ -294,13 +296,17 @@ class GatewayProxy:
         await exchange.send(
             h11.Response(status_code=response.status_code, headers=_passed(response))
         )
-        async for chunk in _prepend(first, chunks):
-            meter.feed(chunk)
-            if meter.final and meter.usage is not None:
+        try:
+            async for chunk in _prepend(first, chunks):
+                meter.feed(chunk)
+                if meter.final and meter.usage is not None:
+                    recorder.record(meter.usage)
+                await exchange.send(h11.Data(data=chunk))
+        finally:
+            # A stream cut short still cost what it reported so far (Anthropic's input
+            # tokens come first).
+            if meter.usage is not None:
                 recorder.record(meter.usage)
-            await exchange.send(h11.Data(data=chunk))
-        if meter.usage is not None:
-            recorder.record(meter.usage)
         await exchange.send(h11.EndOfMessage())
         return meter.usage
 
@@ -354,11 +360,11 @@ class _Recorder:
     def __init__(self, grant: Grant, model: str) -> None:
         self.grant = grant
         self.model = model
-        self.done = False
+        self.usage: Usage | None = None
 
     def record(self, usage: Usage) -> None:
-        if not self.done:
-            self.done = True
+        if self.usage is None:
+            self.usage = usage
             self.grant.meter(self.model, usage)
 
 
