@@ -10,6 +10,7 @@ the host, a budget stops a program in the middle of its work.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,8 @@ TOKEN_PREFIX = b"fy-gw-"
 @pytest.fixture
 def server_env(server_env: dict[str, str]) -> dict[str, str]:
     """The daemon's environment holds the keys (the fake model checks them arrive)."""
-    return {**server_env, "OPENAI_API_KEY": FAKE_API_KEY, "ANTHROPIC_API_KEY": FAKE_API_KEY}
+    keys = {"OPENAI_API_KEY": FAKE_API_KEY, "ANTHROPIC_API_KEY": FAKE_API_KEY}
+    return {**server_env, **keys, "CLAUDE_CODE_MAX_RETRIES": "0"}
 
 
 @pytest.fixture
@@ -132,20 +134,27 @@ async def test_the_key_is_nowhere_in_the_sandbox_and_the_upstream_gets_it(
 
 #: Run inside the sandbox by the program's own tool: connect to the host's listener and
 #: to an outside address, and count where the key shows (its environment, every visible
-#: process's, its home, /tmp, the worktree). The pattern matches the key's tail without
+#: process's, its home, its TMPDIR, the worktree). The pattern matches the key without
 #: containing it, so the probe's own command line does not count.
 PROBE = """\
-python3 -c "import socket; s = socket.socket(); s.settimeout(3); \
-print('probe:', s.connect_ex(('127.0.0.1', {port})))" 2>&1
-python3 -c "import socket; s = socket.socket(); s.settimeout(3); \
-print('probe-outside:', s.connect_ex(('192.0.2.1', 80)))" 2>&1
+python3 -c "
+import socket
+for name, address in (('probe', ('127.0.0.1', {port})), ('probe-outside', ('192.0.2.1', 80))):
+    try:
+        s = socket.socket()
+        s.settimeout(3)
+        code = s.connect_ex(address)
+    except OSError as error:  # codex's own sandbox refuses the socket itself
+        code = error.errno
+    print(name + ':', code)
+" 2>&1
 seen=$( (env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline) 2>/dev/null \
 | tr '\\000' '\\n' | grep -c '{pattern}')
-files=$(grep -rls '{pattern}' "$HOME" /tmp . 2>/dev/null | wc -l)
+files=$(grep -rls '{pattern}' "$HOME" "${{TMPDIR:-/tmp}}" . 2>/dev/null | wc -l)
 echo "leaks: $seen $files"
 """
-#: FAKE_API_KEY's tail as a pattern that does not contain it.
-KEY_PATTERN = FAKE_API_KEY[-10:-5] + "[" + FAKE_API_KEY[-5] + "]" + FAKE_API_KEY[-4:]
+#: FAKE_API_KEY as a pattern that matches it and does not contain it.
+KEY_PATTERN = FAKE_API_KEY[:4] + "[" + FAKE_API_KEY[4] + "]" + FAKE_API_KEY[5:]
 
 
 @pytest.mark.parametrize(
@@ -175,12 +184,14 @@ async def test_a_command_the_program_runs_reaches_nothing_and_finds_no_key(
     calls = model_calls(program, model)
     assert len(calls) >= 2, "the program never sent the probe's output back"
     result = calls[-1].text
-    # The probe ran (its output came back to the model) and connected to nothing.
-    assert "probe" in result, result[-2000:]
-    assert "probe: 0" not in result and "probe-outside: 0" not in result
+    # The probe ran (its output came back to the model) and connected to nothing:
+    # connect_ex gave an error number, not 0.
+    outcomes = re.findall(r"probe(-outside)?: (\d+)", result)
+    assert len(outcomes) == 2, result[-3000:]
+    assert all(int(errno) != 0 for _, errno in outcomes), outcomes
     assert connections_accepted(host_listener) == 0
     # The key is nowhere the program's own commands can look.
-    assert "leaks: 0 0" in result, result[-2000:]
+    assert re.findall(r"leaks: (\d+) (\d+)", result) == [("0", "0")], result[-3000:]
 
 
 @pytest.mark.parametrize("kind", list(PROGRAMS))
@@ -232,3 +243,40 @@ async def test_a_budget_stops_the_program_mid_run_and_a_follow_up_finishes_it(
     assert done["summary"] == program.summary
     assert done["changes"] == {"files": 1, "additions": 1, "deletions": 1}
     assert len(model_calls(program, model)) == 2
+
+
+#: What the fake model does wrong, and what the agent's error must then say: the
+#: status, or the program's own words for it (codex calls a 500 "high demand").
+UPSTREAM_FAILURES: dict[str, tuple[Reply, tuple[str, ...]]] = {
+    "429": (Reply(status=429, error_message="slow down, fake client"), ("429",)),
+    "500": (Reply(status=500, error_message="the fake model is down"), ("500", "high demand")),
+    "garbage": (Reply(garbage=True), ("502",)),
+    "hang": (Reply(hang=True), ("504",)),
+}
+
+
+@pytest.mark.parametrize("failure", list(UPSTREAM_FAILURES))
+@pytest.mark.parametrize("kind", ["claude", "codex"])
+async def test_an_upstream_failure_fails_the_program_with_an_error_of_its_api(
+    start_server: StartServer,
+    model: ResponsesModelServer,
+    repo: Path,
+    kind: str,
+    failure: str,
+) -> None:
+    program = PROGRAMS[kind]
+    reply, said = UPSTREAM_FAILURES[failure]
+    model.script(reply)
+    # No retries (the programs would retry a 429 or a 5xx for minutes), and a short
+    # upstream timeout for the hang.
+    options = backend_options(program, model, env=["CLAUDE_CODE_MAX_RETRIES"])
+    options["gateway"] = {"upstreamTimeoutSeconds": 3}
+    client = await start_server(repo, initialization_options=options)
+    agent = await client.dispatch(TASK, backend=kind)
+    failed = await client.wait_for_agent(agent["id"], timeout=AGENT_TIMEOUT)
+
+    assert failed["state"] == "failed", failed
+    assert any(words in failed["error"] for words in said), failed["error"]
+    assert FAKE_API_KEY not in failed["error"]
+    assert len(model_calls(program, model)) == 1, "the program retried"
+    assert failed["changes"] == {"files": 0, "additions": 0, "deletions": 0}
