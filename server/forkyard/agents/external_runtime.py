@@ -296,11 +296,12 @@ def _shell_line(argv: Sequence[str], env: Mapping[str, str]) -> str:
     return f"mkdir -p {SANDBOX_TMPDIR} && {assignments} exec {shlex.join(argv)}"
 
 
-async def execute(context: AgentContext, launch: Launch, invocation: Invocation) -> RunOutcome:
-    """Run the invocation sandboxed (or unsandboxed where the user allowed it, for roles
-    that write) and return the reader's outcome; remember the program's session."""
+async def launch_argv(
+    context: AgentContext, launch: Launch, invocation: Invocation, env: Mapping[str, str]
+) -> list[str] | RunOutcome:
+    """The argv that starts the invocation sandboxed (or unsandboxed where the user
+    allowed it, for roles that write), or the failed outcome saying why it cannot run."""
     settings = context.settings
-    env = program_env(context, launch.config, launch.home, invocation.env)
     status = await probe_sandbox()
     if status.available:
         readable = await sandbox_read_paths(
@@ -319,22 +320,31 @@ async def execute(context: AgentContext, launch: Launch, invocation: Invocation)
             nested_sandbox=launch.nested_sandbox,
             priority=settings.agent_priority,
         )
-        # No `env=` here: bwrap inherits `env` from run_streaming, so API keys never
+        # No `env=` here: bwrap inherits `env` from its runner, so API keys never
         # appear on bwrap's command line.
         program_argv = launch.access.wrap(invocation.argv, sandboxed=True)
-        argv = await anyio.to_thread.run_sync(
+        return await anyio.to_thread.run_sync(
             partial(sandboxed_argv, _shell_line(program_argv, env), policy, cwd=context.cwd)
         )
-    elif settings.allow_unsandboxed_commands and context.writable:
+    if settings.allow_unsandboxed_commands and context.writable:
         await context.log("system", "bubblewrap is unavailable: running unsandboxed")
         program_argv = launch.access.wrap(invocation.argv, sandboxed=False)
-        argv = [*priority_prefix(settings.agent_priority), *program_argv]
-    else:
-        return RunOutcome(
-            False,
-            "",
-            f"cannot run {launch.program.name}: the sandbox is unavailable ({status.reason})",
-        )
+        return [*priority_prefix(settings.agent_priority), *program_argv]
+    return RunOutcome(
+        False,
+        "",
+        f"cannot run {launch.program.name}: the sandbox is unavailable ({status.reason})",
+    )
+
+
+async def execute(context: AgentContext, launch: Launch, invocation: Invocation) -> RunOutcome:
+    """Run the invocation (`launch_argv`) and return the reader's outcome; remember the
+    program's session."""
+    settings = context.settings
+    env = program_env(context, launch.config, launch.home, invocation.env)
+    argv = await launch_argv(context, launch, invocation, env)
+    if isinstance(argv, RunOutcome):
+        return argv
     await context.log("command", "$ " + shlex.join(invocation.argv))
     context.progress(f"starting {launch.program.name}")
     timeout = launch.config.timeout_seconds or settings.command_timeout_seconds

@@ -300,6 +300,19 @@ class ToolBox:
             truncate_output(result.text, self.max_chars), result.is_error, result.finish_summary
         )
 
+    async def permission(self, name: str, detail: str) -> str | None:
+        """Why the role refuses `name` on `detail` (a path, a command), else None;
+        asks the person where its policy says "ask". For agents that run their own
+        tools (ACP) and ask us first."""
+        if name not in self.permitted:
+            why = " (this agent may not write)" if name in WRITE_TOOLS else ""
+            return f"{name} is not allowed for this agent's role{why}"
+        if self.role.policy.get(name) == "deny":
+            return f"{name} is refused: the role's policy denies it"
+        if self.role.policy.get(name) == "ask":
+            return await self._ask(name, detail)
+        return None
+
     async def _ask(self, name: str, detail: str) -> str | None:
         """None when the call may go ahead, else the refusal for the model."""
         if name in self.remembered:

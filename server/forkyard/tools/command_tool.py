@@ -6,6 +6,7 @@ environment), its output bounded so that `cat` of a huge log cannot flood the mo
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -27,25 +28,33 @@ from forkyard.workspace.sandbox_view import sandbox_read_paths
 SandboxProbe = Callable[[], Awaitable[SandboxStatus]]
 
 
-async def run_command(
+@dataclass(frozen=True)
+class PreparedCommand:
+    """A command ready to run: its argv (sandboxed unless allowed otherwise), its
+    scrubbed environment, and a note for the model when it runs unsandboxed."""
+
+    argv: list[str]
+    env: dict[str, str]
+    note: str = ""
+
+
+async def prepare_command(
     command: str,
     *,
     root: Path,
     repo_root: Path,
     writable: bool,
     environ: Mapping[str, str],
-    timeout_seconds: float,
     allow_unsandboxed: bool,
     probe: SandboxProbe,
-    max_chars: int,
     settings: Settings | None = None,
-) -> tuple[str, bool]:
-    """Run `command` in `root`; returns (text for the model, whether it failed).
+) -> PreparedCommand | str:
+    """How `command` runs in `root`, or why it cannot (the sandbox is unavailable and
+    unsandboxed commands are not allowed).
 
     The sandbox shows the repository's git directory read-only and, with `settings`,
     the folders `[worktree] link` linked and the `[sandbox] read_paths`; nothing else of
-    the user's. Without a working sandbox the command is refused unless the user allowed
-    unsandboxed commands; even then the environment is scrubbed."""
+    the user's. Even unsandboxed, the environment is scrubbed."""
     status = await probe()
     worktree = root if writable else None
     if settings is not None:
@@ -60,19 +69,47 @@ async def run_command(
         priority=settings.agent_priority if settings is not None else "background",
     )
     env = scrubbed_env(environ, policy)
-    note = ""
     if status.available:
         argv = await anyio.to_thread.run_sync(partial(sandboxed_argv, command, policy, cwd=root))
-    elif allow_unsandboxed and writable:
-        argv = unsandboxed_argv(command, policy.priority)
+        return PreparedCommand(argv, env)
+    if allow_unsandboxed and writable:
         note = "[ran unsandboxed: the sandbox is unavailable]\n"
-    else:
-        return (
-            f"run_command is unavailable: commands run sandboxed and the sandbox is "
-            f"unavailable ({status.reason}); the user can install bubblewrap or set "
-            f"allow_unsandboxed_commands = true",
-            True,
-        )
+        return PreparedCommand(unsandboxed_argv(command, policy.priority), env, note)
+    return (
+        f"run_command is unavailable: commands run sandboxed and the sandbox is "
+        f"unavailable ({status.reason}); the user can install bubblewrap or set "
+        f"allow_unsandboxed_commands = true"
+    )
+
+
+async def run_command(
+    command: str,
+    *,
+    root: Path,
+    repo_root: Path,
+    writable: bool,
+    environ: Mapping[str, str],
+    timeout_seconds: float,
+    allow_unsandboxed: bool,
+    probe: SandboxProbe,
+    max_chars: int,
+    settings: Settings | None = None,
+) -> tuple[str, bool]:
+    """Run `command` in `root` (`prepare_command`); returns (text for the model,
+    whether it failed)."""
+    prepared = await prepare_command(
+        command,
+        root=root,
+        repo_root=repo_root,
+        writable=writable,
+        environ=environ,
+        allow_unsandboxed=allow_unsandboxed,
+        probe=probe,
+        settings=settings,
+    )
+    if isinstance(prepared, str):
+        return prepared, True
+    argv, env, note = prepared.argv, prepared.env, prepared.note
     collected: list[str] = []
 
     def collect(_stream: str, line: str) -> None:

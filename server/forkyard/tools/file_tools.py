@@ -156,6 +156,22 @@ def read_file(
     return text
 
 
+def read_text(root: Path, path: str, line: int | None, limit: int | None, max_bytes: int) -> str:
+    """The file's raw text from 1-based `line`, at most `limit` lines (an ACP agent's
+    `fs/read_text_file`), confined like `read_file`; a file over `max_bytes` is refused
+    rather than read whole."""
+    target = confined(root, path, for_write=False)
+    with _opened(root, target, path, os.O_RDONLY, "r") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > max_bytes:
+            raise ToolFailure(f"{path} is {size} bytes, over the {max_bytes} bytes read whole")
+        if b"\0" in os.pread(handle.fileno(), _BINARY_SNIFF_BYTES, 0):
+            raise ToolFailure(f"{path} is a binary file ({size} bytes); not read")
+        lines = handle.read().splitlines(keepends=True)
+    first = max((line or 1) - 1, 0)
+    return "".join(lines[first : first + limit] if limit is not None else lines[first:])
+
+
 def write_file(root: Path, path: str, content: str) -> str:
     target = confined(root, path, for_write=True)
     data = _encoded(content, path)

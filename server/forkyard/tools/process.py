@@ -86,7 +86,7 @@ async def run_streaming(
     argv = list(argv)
     info: SandboxInfo | None = None
     pass_fds: tuple[int, ...] = ()
-    if _is_bwrap(argv):
+    if is_bwrap(argv):
         # bwrap says on this pipe which host process is its namespace's init.
         read_end, write_end = os.pipe()
         info = SandboxInfo(read_end)
@@ -114,7 +114,7 @@ async def run_streaming(
     finally:
         for fd in pass_fds:
             os.close(fd)
-    stop = _Stopper(process, info, kill_grace_seconds)
+    stop = Stopper(process, info, kill_grace_seconds)
     try:
         with anyio.move_on_after(timeout) as deadline:
             await _supervise(process, output, stdin, stop)
@@ -133,11 +133,11 @@ async def run_streaming(
     )
 
 
-def _is_bwrap(argv: Sequence[str]) -> bool:
+def is_bwrap(argv: Sequence[str]) -> bool:
     return bool(argv) and Path(argv[0]).name == "bwrap"
 
 
-class _Stopper:
+class Stopper:
     """Ends what the command started, once or as often as asked: its sandbox's PID
     namespace when it has one, then its process group."""
 
@@ -233,14 +233,14 @@ async def _supervise(
         tasks.start_soon(read_both_streams)
         if stdin is not None and process.stdin is not None:
             tasks.start_soon(_feed_stdin, process.stdin, stdin)
-        await _wait_for_exit(process)
+        await wait_for_exit(process)
         await stop()
         with anyio.move_on_after(DRAIN_SECONDS):
             await drained.wait()
         tasks.cancel_scope.cancel()
 
 
-async def _wait_for_exit(process: Process) -> None:
+async def wait_for_exit(process: Process) -> None:
     """Wait for the main process to exit, without waiting for its pipes to close as
     `Process.wait()` does on asyncio (a leftover background process would hold them)."""
     try:
