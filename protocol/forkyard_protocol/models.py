@@ -159,6 +159,9 @@ class BackendInfo(WireModel):
     name: str
     available: bool
     reason: str | None = None
+    #: "builtin" (command, llm), "external" (a program Forkyard drives by its own
+    #: output: codex, claude, aider, a command), "acp" (an Agent Client Protocol agent).
+    kind: Literal["builtin", "external", "acp"] | None = None
 
 
 class ForkyardCapabilities(WireModel):

@@ -7,14 +7,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
 
+from forkyard.agents.acp import AcpBackend
 from forkyard.agents.base import Availability, Backend
 from forkyard.agents.command import CommandBackend
 from forkyard.agents.external import external_backends
+from forkyard.agents.external_runtime import ExternalProgramBackend
 from forkyard.agents.llm import LlmBackend
 from forkyard.approvals import Approvals
 from forkyard.bus import EventBus
@@ -213,6 +215,12 @@ class ForkyardApp:
             name: await backend.availability(self.settings)
             for name, backend in sorted(self.orchestrator.backends.items())
         }
+
+    def backend_kind(self, name: str) -> Literal["builtin", "external", "acp"]:
+        backend = self.orchestrator.backends.get(name)
+        if isinstance(backend, AcpBackend):
+            return "acp"
+        return "external" if isinstance(backend, ExternalProgramBackend) else "builtin"
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):

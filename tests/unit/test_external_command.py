@@ -16,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from forkyard.agents import external_runtime
+from forkyard.agents.acp import AcpBackend
 from forkyard.agents.aider import AiderBackend
 from forkyard.agents.claude import ClaudeBackend
 from forkyard.agents.codex import CodexBackend
@@ -235,11 +236,17 @@ def test_configured_backends_drive_their_kind_and_the_usual_three_always_exist(
         codex=ExternalBackendConfig(model="m"),
         local_codex=ExternalBackendConfig(kind="codex"),
         bot=ExternalBackendConfig(command="bot {task}"),
+        goose=ExternalBackendConfig(acp=["goose", "acp"]),
     )
 
     backends = external_backends(settings)
 
-    assert sorted(backends) == ["aider", "bot", "claude", "codex", "local_codex"]
+    assert sorted(backends) == [
+        *["aider", "bot", "claude", "claude-acp", "codex", "codex-acp", "gemini", "goose"],
+        "local_codex",
+    ]
+    assert isinstance(backends["goose"], AcpBackend)
+    assert isinstance(backends["gemini"], AcpBackend)
     assert isinstance(backends["local_codex"], CodexBackend)
     assert backends["local_codex"].name == "local_codex"
     assert isinstance(backends["bot"], ExternalCommandBackend)

@@ -197,6 +197,7 @@ export interface AgentResult {
  */
 export interface BackendInfo {
   available: boolean;
+  kind?: ("builtin" | "external" | "acp") | null;
   name: string;
   reason?: string | null;
 }

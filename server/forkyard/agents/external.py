@@ -27,11 +27,12 @@ from typing import ClassVar
 
 import anyio.to_thread
 
+from forkyard.agents.acp import AcpBackend
 from forkyard.agents.aider import AiderBackend
 from forkyard.agents.base import AgentContext, Availability, Backend, RunOutcome
 from forkyard.agents.claude import ClaudeBackend
 from forkyard.agents.codex import CodexBackend
-from forkyard.agents.external_config import configured_backends
+from forkyard.agents.external_config import ACP_PRESET_NAMES, configured_backends
 from forkyard.agents.external_output import PlainOutputReader
 from forkyard.agents.external_runtime import (
     AgentHome,
@@ -121,11 +122,16 @@ class ExternalCommandBackend(ExternalProgramBackend):
 
 
 def external_backends(settings: Settings) -> dict[str, Backend]:
-    """Every external backend: `codex`, `claude` and `aider` always (available when the
-    program is installed), plus one per `[backends.NAME]` table, driving its kind."""
+    """Every external backend: `codex`, `claude` and `aider`, and the ACP presets
+    `claude-acp`, `codex-acp` and `gemini`, always (available when the program is
+    installed), plus one per `[backends.NAME]` table, driving its kind."""
     backends: dict[str, Backend] = {name: cls() for name, cls in PROGRAM_BACKENDS.items()}
+    backends.update({name: AcpBackend(name) for name in ACP_PRESET_NAMES})
     for name, config in configured_backends(settings).items():
         kind = config.resolved_kind(name)
+        if kind == "acp":
+            backends[name] = AcpBackend(name)
+            continue
         cls = PROGRAM_BACKENDS.get(kind, ExternalCommandBackend)
         backends[name] = cls(name)
     return backends

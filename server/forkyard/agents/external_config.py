@@ -9,6 +9,9 @@
     kind = "external"
     command = "my-agent --task {task} --dir {worktree}"
 
+    [backends.goose]                       # an ACP agent: the program and its arguments
+    acp = ["goose", "acp"]
+
 A backend named `codex`, `claude` or `aider` drives that program without any table: the
 table only changes what differs from the defaults.
 """
@@ -21,9 +24,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-BackendKind = Literal["codex", "claude", "aider", "external"]
+BackendKind = Literal["codex", "claude", "aider", "external", "acp"]
 #: The kinds a backend named after them drives without saying so.
 KNOWN_KINDS: tuple[BackendKind, ...] = ("codex", "claude", "aider", "external")
+#: ACP agents Forkyard knows how to start (`forkyard.agents.acp_presets`): a backend of
+#: that name is an ACP backend without saying so.
+ACP_PRESET_NAMES: tuple[str, ...] = ("claude-acp", "codex-acp", "gemini")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -52,6 +58,9 @@ class ExternalBackendConfig(BaseModel):
     api_key_env: str | None = None
     #: Names of further variables of the server's environment the program may see.
     env: list[str] = Field(default_factory=list)
+    #: For an ACP agent: the program and its arguments (`["gemini", "--experimental-acp"]`);
+    #: setting it makes the backend an ACP one.
+    acp: list[str] | None = Field(default=None, min_length=1)
     #: For `external`: the shell command run in the worktree. `{task}`, `{worktree}`,
     #: `{model}` and `{base_url}` are replaced by shell-quoted values.
     command: str | None = None
@@ -76,6 +85,8 @@ class ExternalBackendConfig(BaseModel):
     def resolved_kind(self, name: str) -> BackendKind:
         if self.kind is not None:
             return self.kind
+        if self.acp is not None or name in ACP_PRESET_NAMES:
+            return "acp"
         for kind in KNOWN_KINDS:
             if kind == name:
                 return kind

@@ -183,7 +183,12 @@ class Hub:
             roles=app.settings.role_names(),
             backends=[name for name, status in availability.items() if status.available],
             backend_details=[
-                BackendInfo(name=name, available=status.available, reason=status.reason)
+                BackendInfo(
+                    name=name,
+                    available=status.available,
+                    reason=status.reason,
+                    kind=app.backend_kind(name),
+                )
                 for name, status in availability.items()
             ],
             trusted=app.loaded.trusted,

@@ -1,0 +1,292 @@
+"""The client side of ACP that Forkyard serves an agent, under the agent's role.
+
+What the agent reports (messages, thoughts, tool calls, plans) becomes its log and
+progress. What it asks of us is decided by the role, whatever the agent's own settings
+say: files are read and written through the same confined tools as the built-in agent's
+(`ToolBox`: the worktree only, never through a link; nothing written by an explorer),
+commands run in the same sandbox as `run_command` (none for explorers), and a permission
+request is answered from the role's policy, or for "ask" by the person, mapped onto the
+options the agent offers. The worktree's git diff stays the truth for review.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import Any
+
+import anyio.to_thread
+from acp import RequestError
+from acp.schema import (
+    AgentMessageChunk,
+    AgentPlanUpdate,
+    AgentThoughtChunk,
+    AllowedOutcome,
+    CreateTerminalResponse,
+    DeniedOutcome,
+    EnvVariable,
+    FileEditToolCallContent,
+    KillTerminalResponse,
+    PermissionOption,
+    ReadTextFileResponse,
+    ReleaseTerminalResponse,
+    RequestPermissionResponse,
+    TerminalOutputResponse,
+    TextContentBlock,
+    ToolCallProgress,
+    ToolCallStart,
+    ToolCallUpdate,
+    WaitForTerminalExitResponse,
+    WriteTextFileResponse,
+)
+
+from forkyard.agents.acp_terminals import Terminals
+from forkyard.agents.base import AgentContext
+from forkyard.agents.external_output import clip, first_line
+from forkyard.tools import file_tools
+from forkyard.tools.agent_tools import ToolBox
+from forkyard.tools.confine import PathRefused
+
+#: JSON-RPC's code for bad params: what a refused request answers.
+INVALID_PARAMS = -32602
+#: A file the agent reads through us is read whole, up to this size.
+MAX_READ_BYTES = 8 * 1024 * 1024
+#: ACP's kinds of tool call, as the Forkyard tool whose permission they need.
+TOOL_OF_KIND = {
+    "read": "read_file",
+    "search": "search",
+    "edit": "edit_file",
+    "delete": "delete_file",
+    "move": "write_file",
+    "execute": "run_command",
+}
+#: Kinds no role grants: Forkyard's agents have no web access.
+REFUSED_KINDS = frozenset({"fetch"})
+
+
+class ForkyardAcpClient:
+    """One agent run's client: its context, its toolbox and its terminals."""
+
+    def __init__(self, context: AgentContext, toolbox: ToolBox, terminals: Terminals) -> None:
+        self.context = context
+        self.toolbox = toolbox
+        self.terminals = terminals
+        self.session_id: str | None = None
+        self._message: list[str] = []
+        self._thought: list[str] = []
+        self.last_message = ""
+        self._titles: dict[str, str] = {}
+
+    # --- what the agent reports -----------------------------------------------------
+
+    async def session_update(self, session_id: str, update: Any, **_: Any) -> None:
+        if isinstance(update, AgentMessageChunk):
+            await self._flush_thought()
+            if isinstance(update.content, TextContentBlock):
+                self._message.append(update.content.text)
+        elif isinstance(update, AgentThoughtChunk):
+            if isinstance(update.content, TextContentBlock):
+                self._thought.append(update.content.text)
+        elif isinstance(update, ToolCallStart):
+            await self.flush()
+            self._titles[update.tool_call_id] = update.title
+            await self.context.log("tool", f"{update.kind or 'other'}: {update.title}")
+            self.context.progress(update.title)
+            await self._diffs(update.content)
+        elif isinstance(update, ToolCallProgress):
+            await self._tool_progress(update)
+        elif isinstance(update, AgentPlanUpdate):
+            await self._plan(update)
+
+    async def flush(self) -> None:
+        """Log the message (and thought) streamed so far, as one entry each."""
+        await self._flush_thought()
+        if text := "".join(self._message).strip():
+            self._message.clear()
+            self.last_message = text
+            await self.context.log("assistant", text)
+            self.context.progress(first_line(text) or "replied")
+
+    async def _flush_thought(self) -> None:
+        if text := "".join(self._thought).strip():
+            self._thought.clear()
+            await self.context.log("reasoning", clip(text))
+            self.context.progress(first_line(text) or "thinking")
+
+    async def _tool_progress(self, update: ToolCallProgress) -> None:
+        title = update.title or self._titles.get(update.tool_call_id, update.tool_call_id)
+        if update.status in ("completed", "failed"):
+            await self.context.log("tool", f"{title}: {update.status}")
+        await self._diffs(update.content)
+
+    async def _diffs(self, content: list[Any] | None) -> None:
+        for item in content or []:
+            if isinstance(item, FileEditToolCallContent):
+                old = (item.old_text or "").count("\n")
+                await self.context.log(
+                    "diff", f"{item.path}: {old} line(s) -> {item.new_text.count(chr(10))}"
+                )
+
+    async def _plan(self, plan: AgentPlanUpdate) -> None:
+        entries = plan.entries
+        done = sum(entry.status == "completed" for entry in entries)
+        current = next((e.content for e in entries if e.status == "in_progress"), None)
+        text = "\n".join(f"[{entry.status}] {entry.content}" for entry in entries)
+        await self.context.log("plan", text)
+        percentage = round(100 * done / len(entries)) if entries else None
+        message = f"plan {done}/{len(entries)}" + (f": {current}" if current else "")
+        self.context.progress(message, percentage)
+
+    # --- what the agent asks -----------------------------------------------------------
+
+    async def request_permission(
+        self, session_id: str, tool_call: ToolCallUpdate, options: list[PermissionOption], **_: Any
+    ) -> RequestPermissionResponse:
+        """The role's answer, as one of the options the agent offered (no option that
+        says so: the request is cancelled, which the agent takes as no)."""
+        kind = tool_call.kind or "other"
+        title = tool_call.title or self._titles.get(tool_call.tool_call_id, kind)
+        tool = TOOL_OF_KIND.get(kind)
+        if kind in REFUSED_KINDS or (tool is None and kind != "other"):
+            verdict = "reject"
+        else:
+            detail = _detail(tool_call, title)
+            refusal = await self.toolbox.permission(tool or "run_command", detail)
+            verdict = "reject" if refusal else ("always" if self._remembered(tool) else "once")
+        await self.context.log("approval", f"{title}: {verdict}")
+        wanted = {
+            "once": ("allow_once", "allow_always"),
+            "always": ("allow_always", "allow_once"),
+            "reject": ("reject_once", "reject_always"),
+        }[verdict]
+        for option_kind in wanted:
+            for option in options:
+                if option.kind == option_kind:
+                    return RequestPermissionResponse(
+                        outcome=AllowedOutcome(option_id=option.option_id, outcome="selected")
+                    )
+        return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
+
+    def _remembered(self, tool: str | None) -> bool:
+        return tool is not None and tool in self.toolbox.remembered
+
+    async def read_text_file(
+        self,
+        session_id: str,
+        path: str,
+        line: int | None = None,
+        limit: int | None = None,
+        **_: Any,
+    ) -> ReadTextFileResponse:
+        relative = await self._allowed("read_file", path)
+        text = await _confined_call(
+            file_tools.read_text, self.toolbox.root, relative, line, limit, MAX_READ_BYTES
+        )
+        return ReadTextFileResponse(content=text)
+
+    async def write_text_file(
+        self, session_id: str, path: str, content: str, **_: Any
+    ) -> WriteTextFileResponse | None:
+        relative = await self._allowed("write_file", path)
+        done = await _confined_call(file_tools.write_file, self.toolbox.root, relative, content)
+        await self.context.log("tool", done)
+        return WriteTextFileResponse()
+
+    async def _allowed(self, tool: str, path: str) -> str:
+        """`path` (absolute, as ACP sends it) relative to the agent's directory, once
+        the role allows `tool` on it; else the request fails with the refusal."""
+        root = self.toolbox.root
+        candidate = PurePosixPath(path)
+        if candidate.is_absolute():
+            try:
+                relative = str(candidate.relative_to(root))
+            except ValueError:
+                message = f"{path} is outside this agent's directory ({root}); refused"
+                await self.context.log("error", message)
+                raise RequestError(INVALID_PARAMS, message) from None
+        else:
+            relative = path
+        if (refusal := await self.toolbox.permission(tool, path)) is not None:
+            await self.context.log("error", f"{path}: {refusal}")
+            raise RequestError(INVALID_PARAMS, refusal)
+        return relative
+
+    async def create_terminal(
+        self,
+        session_id: str,
+        command: str,
+        args: list[str] | None = None,
+        env: list[EnvVariable] | None = None,
+        cwd: str | None = None,
+        output_byte_limit: int | None = None,
+        **_: Any,
+    ) -> CreateTerminalResponse:
+        line = " ".join([command, *(args or [])]) if args else command
+        refusal = await self.toolbox.permission("run_command", line)
+        if refusal is not None:
+            await self.context.log("error", f"$ {line}: {refusal}")
+            raise RequestError(INVALID_PARAMS, refusal)
+        terminal_id = await self.terminals.create(command, args or [], cwd, output_byte_limit)
+        await self.context.log("command", f"$ {line}")
+        return CreateTerminalResponse(terminal_id=terminal_id)
+
+    async def terminal_output(
+        self, session_id: str, terminal_id: str, **_: Any
+    ) -> TerminalOutputResponse:
+        return self.terminals.output(terminal_id)
+
+    async def wait_for_terminal_exit(
+        self, session_id: str, terminal_id: str, **_: Any
+    ) -> WaitForTerminalExitResponse:
+        return await self.terminals.wait(terminal_id)
+
+    async def kill_terminal(
+        self, session_id: str, terminal_id: str, **_: Any
+    ) -> KillTerminalResponse | None:
+        self.terminals.kill(terminal_id)
+        return KillTerminalResponse()
+
+    async def release_terminal(
+        self, session_id: str, terminal_id: str, **_: Any
+    ) -> ReleaseTerminalResponse | None:
+        self.terminals.release(terminal_id)
+        return ReleaseTerminalResponse()
+
+    async def create_elicitation(self, *_: Any, **__: Any) -> Any:
+        raise RequestError.method_not_found("elicitation/create")
+
+    async def complete_elicitation(self, *_: Any, **__: Any) -> None:
+        return None
+
+    async def ext_method(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        raise RequestError.method_not_found(method)
+
+    async def ext_notification(self, method: str, params: dict[str, Any]) -> None:
+        return None
+
+    def on_connect(self, conn: Any) -> None:
+        return None
+
+
+async def _confined_call(function: Callable[..., str], *args: Any) -> str:
+    """A confined file tool in a worker thread; what it refuses, as the agent's error."""
+    try:
+        return await anyio.to_thread.run_sync(function, *args)
+    except (PathRefused, file_tools.ToolFailure) as error:
+        raise RequestError(INVALID_PARAMS, str(error)) from None
+    except UnicodeDecodeError:
+        raise RequestError(INVALID_PARAMS, "the file is not UTF-8 text") from None
+    except (OSError, RuntimeError, ValueError) as error:
+        raise RequestError(INVALID_PARAMS, f"{type(error).__name__}: {error}") from None
+
+
+def _detail(tool_call: ToolCallUpdate, title: str) -> str:
+    """What the person is asked about: the title, and the call's input when short."""
+    if tool_call.raw_input is None:
+        return title
+    try:
+        shown = json.dumps(tool_call.raw_input, ensure_ascii=False)
+    except (TypeError, ValueError):
+        shown = str(tool_call.raw_input)
+    return f"{title}: {shown[:300]}"
