@@ -1,11 +1,13 @@
-"""What the gateway knows of the three model APIs it speaks: which one a request is, how
+"""What the gateway knows of the four model APIs it speaks: which one a request is, how
 the real key goes upstream, what an error looks like to a client of that API, and where
 a response says how many tokens it used.
 
 The gateway forwards bytes; it reads them only to meter. A call's usage comes from the
 response: the JSON body, or for a stream the event that carries it (chat completions'
 last chunk, asked for with `stream_options.include_usage`; the Responses API's
-`response.completed`; Anthropic's `message_start` and `message_delta`).
+`response.completed`; Anthropic's `message_start` and `message_delta`; Gemini's
+`usageMetadata`, in every chunk as a running total, final in the one with a
+`finishReason`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from forkyard.models.types import Usage
 
@@ -22,6 +24,8 @@ class Api(Enum):
     CHAT = "openai-chat"
     RESPONSES = "openai-responses"
     MESSAGES = "anthropic-messages"
+    #: Google's Gemini API (`models/M:generateContent`, `:streamGenerateContent`).
+    GEMINI = "gemini"
     #: Any other path (model lists, token counts): forwarded, not metered.
     OTHER = "other"
 
@@ -30,9 +34,17 @@ class Api(Enum):
         return self is Api.MESSAGES
 
 
+#: Whose conventions a call follows: how its key goes upstream and how its errors look.
+Dialect = Literal["openai", "anthropic", "gemini"]
+GEMINI_KEY_HEADER = "x-goog-api-key"
+_GEMINI_CALLS = (":generateContent", ":streamGenerateContent")
+
+
 def api_of(path: str, *, anthropic_upstream: bool) -> Api:
     """The API a request path belongs to (query strings ignored)."""
     path = path.split("?", 1)[0].rstrip("/")
+    if path.endswith(_GEMINI_CALLS):
+        return Api.GEMINI
     if path.endswith("/chat/completions"):
         return Api.CHAT
     if path.endswith("/responses"):
@@ -42,15 +54,60 @@ def api_of(path: str, *, anthropic_upstream: bool) -> Api:
     return Api.MESSAGES if anthropic_upstream and "/messages/" in path else Api.OTHER
 
 
-def upstream_auth(key: str, *, anthropic: bool) -> dict[str, str]:
-    """The headers that carry the real key: Anthropic's `x-api-key`, else a bearer."""
-    return {"x-api-key": key} if anthropic else {"authorization": f"Bearer {key}"}
+def dialect_of(api: Api, headers: dict[str, str], *, anthropic_upstream: bool) -> Dialect:
+    """The conventions of a call: its API's, or for another path (a model list) those
+    of the upstream, or Gemini's for a client that sent its key as Gemini's SDK does."""
+    if api is Api.GEMINI or (api is Api.OTHER and GEMINI_KEY_HEADER in headers):
+        return "gemini"
+    if api.anthropic or (api is Api.OTHER and anthropic_upstream):
+        return "anthropic"
+    return "openai"
+
+
+def guessed_dialect(target: str, headers: dict[str, str]) -> Dialect:
+    """The conventions of a client whose grant is unknown: read from its path and from
+    the headers its SDK sends."""
+    if api_of(target, anthropic_upstream=False) is Api.GEMINI or GEMINI_KEY_HEADER in headers:
+        return "gemini"
+    return "anthropic" if "x-api-key" in headers or "anthropic-version" in headers else "openai"
+
+
+def streams(api: Api, target: str, request: dict[str, Any]) -> bool:
+    """Whether a call's answer is server-sent events. Gemini says so in the URL
+    (`:streamGenerateContent?alt=sse`; without `alt=sse` it streams one JSON array,
+    read whole here), the others with `"stream": true` in the body."""
+    if api is Api.GEMINI:
+        path, _, query = target.partition("?")
+        return path.endswith(":streamGenerateContent") and "alt=sse" in query.split("&")
+    return request.get("stream") is True
+
+
+def without_key_parameter(target: str) -> str:
+    """The target without a `key=` query parameter: Gemini's other way to send a key,
+    never trusted as a token here nor passed on (the upstream gets the real key in a
+    header, and a token in a URL would end up in the upstream's logs)."""
+    path, mark, query = target.partition("?")
+    if not mark:
+        return target
+    kept = [part for part in query.split("&") if part.split("=", 1)[0] != "key"]
+    return f"{path}?{'&'.join(kept)}" if kept else path
+
+
+def upstream_auth(key: str, dialect: Dialect) -> dict[str, str]:
+    """The headers that carry the real key: Anthropic's `x-api-key`, Gemini's
+    `x-goog-api-key`, else a bearer."""
+    if dialect == "anthropic":
+        return {"x-api-key": key}
+    if dialect == "gemini":
+        return {GEMINI_KEY_HEADER: key}
+    return {"authorization": f"Bearer {key}"}
 
 
 def presented_token(headers: dict[str, str]) -> str | None:
     """The token a client sent, in whichever header its SDK uses."""
-    if value := headers.get("x-api-key"):
-        return value.strip()
+    for name in ("x-api-key", GEMINI_KEY_HEADER):
+        if value := headers.get(name):
+            return value.strip()
     auth = headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
@@ -73,12 +130,34 @@ _ANTHROPIC_TYPES = {
     502: "api_error",
     504: "timeout_error",
 }
+_GEMINI_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    402: "RESOURCE_EXHAUSTED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
 
-def error_body(anthropic: bool, status: int, message: str, code: str | None = None) -> bytes:
+def error_body(
+    dialect: Dialect | bool, status: int, message: str, code: str | None = None
+) -> bytes:
     """An error as a client of that API expects it, so its SDK raises its own error with
-    our message (`openai.APIStatusError`, `anthropic.APIStatusError`)."""
-    if anthropic:
+    our message (`openai.APIStatusError`, `anthropic.APIStatusError`, Gemini's
+    `ApiError`). A bool means Anthropic's (True) or OpenAI's."""
+    if dialect == "gemini":
+        error = {
+            "code": status,
+            "message": message,
+            "status": _GEMINI_STATUSES.get(status, "INTERNAL"),
+        }
+        return json.dumps({"error": error}).encode()
+    if dialect is True or dialect == "anthropic":
         kind = _ANTHROPIC_TYPES.get(status, "api_error")
         return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
     error = {"message": message, "type": _OPENAI_TYPES.get(status, "server_error"), "code": code}
@@ -103,6 +182,8 @@ def _int(value: object) -> int:
 
 def usage_of(api: Api, payload: object) -> Usage | None:
     """The usage in a whole (non-streamed) response body, if it has one."""
+    if api is Api.GEMINI:
+        return _gemini_usage(payload)
     if not isinstance(payload, dict):
         return None
     usage = payload.get("usage")
@@ -133,6 +214,32 @@ def usage_of(api: Api, payload: object) -> Usage | None:
             cached_tokens=read,
         )
     return None
+
+
+def _gemini_usage(payload: object) -> Usage | None:
+    """`usageMetadata`'s counts (thoughts are output; the prompt's count includes its
+    cached part); a streamed JSON array's totals are in its last element that has it."""
+    if isinstance(payload, list):
+        found = [usage for item in payload if (usage := _gemini_usage(item)) is not None]
+        return found[-1] if found else None
+    usage = payload.get("usageMetadata") if isinstance(payload, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    return Usage(
+        input_tokens=_int(usage.get("promptTokenCount"))
+        + _int(usage.get("toolUsePromptTokenCount")),
+        output_tokens=_int(usage.get("candidatesTokenCount"))
+        + _int(usage.get("thoughtsTokenCount")),
+        cached_tokens=_int(usage.get("cachedContentTokenCount")),
+    )
+
+
+def _finished(event: dict[str, Any]) -> bool:
+    """Whether a Gemini chunk ends its answer (a candidate says why it stopped)."""
+    candidates = event.get("candidates")
+    return isinstance(candidates, list) and any(
+        isinstance(candidate, dict) and candidate.get("finishReason") for candidate in candidates
+    )
 
 
 @dataclass
@@ -177,6 +284,9 @@ class StreamMeter:
                 self.final = True
         elif self.api is Api.MESSAGES:
             self._anthropic(event)
+        elif self.api is Api.GEMINI and (found := _gemini_usage(event)) is not None:
+            self.usage = found
+            self.final = _finished(event)
 
     def _anthropic(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

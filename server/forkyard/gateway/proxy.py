@@ -22,14 +22,21 @@ import h11
 import httpx2
 
 from forkyard.gateway.apis import (
+    GEMINI_KEY_HEADER,
     Api,
+    Dialect,
     StreamMeter,
     api_of,
+    dialect_of,
+    error_body,
+    guessed_dialect,
     looks_like_event_stream,
     presented_token,
+    streams,
     upstream_auth,
     usage_of,
     with_usage_requested,
+    without_key_parameter,
 )
 from forkyard.gateway.grants import Grant, GrantTable
 from forkyard.gateway.http11 import Exchange, serve_connection
@@ -56,6 +63,7 @@ _REQUEST_DROPPED = frozenset(
         "accept-encoding",
         "authorization",
         "x-api-key",
+        GEMINI_KEY_HEADER,
         "proxy-authorization",
     }
 )
@@ -81,25 +89,27 @@ class GatewayProxy:
         headers = exchange.headers
         grant = self.grants.lookup(presented_token(headers))
         if grant is not owner:
-            anthropic = "x-api-key" in headers or "anthropic-version" in headers
+            dialect = guessed_dialect(exchange.target, headers)
             why = "revoked, or unknown" if grant is None else "another agent's"
             message = f"the model gateway refuses this token ({why})"
-            await exchange.error(anthropic, 401, message, "invalid_api_key")
+            await _error(exchange, dialect, 401, message, "invalid_api_key")
             return
         api = api_of(exchange.target, anthropic_upstream=grant.anthropic_upstream)
-        anthropic = api.anthropic or (api is Api.OTHER and grant.anthropic_upstream)
+        dialect = dialect_of(api, headers, anthropic_upstream=grant.anthropic_upstream)
         body, model, streamed = exchange.body, "", False
         if exchange.method == "POST" and api is not Api.OTHER:
             request = _json_object(body)
             if request is None:
-                await exchange.error(anthropic, 400, "the request body is not a JSON object")
+                await _error(exchange, dialect, 400, "the request body is not a JSON object")
                 return
             if (refusal := grant.check()) is not None:
-                logger.info("%s: %s refused: %s", grant.label, exchange.target, refusal)
-                await exchange.error(anthropic, 402, refusal, "budget_reached")
+                logger.info(
+                    "%s: %s refused: %s", grant.label, exchange.target.split("?")[0], refusal
+                )
+                await _error(exchange, dialect, 402, refusal, "budget_reached")
                 return
-            model = str(request.get("model") or "")
-            streamed = request.get("stream") is True
+            model = str(request.get("model") or "") or _gemini_model(api, exchange.target)
+            streamed = streams(api, exchange.target, request)
             asked = with_usage_requested(api, request)
             if asked is not request:
                 body = json.dumps(asked).encode()
@@ -109,16 +119,14 @@ class GatewayProxy:
                     grant.label,
                     body[:LOGGED_PROMPT_CHARS].decode(errors="replace"),
                 )
-        await self.forward(
-            exchange, grant, api, anthropic, body=body, model=model, streamed=streamed
-        )
+        await self.forward(exchange, grant, api, dialect, body=body, model=model, streamed=streamed)
 
     async def forward(
         self,
         exchange: Exchange,
         grant: Grant,
         api: Api,
-        anthropic: bool,
+        dialect: Dialect,
         *,
         body: bytes,
         model: str,
@@ -131,9 +139,10 @@ class GatewayProxy:
         }
         headers["accept-encoding"] = "identity"
         if key:
-            headers.update(upstream_auth(key, anthropic=anthropic and not grant.bearer))
+            bearer = dialect == "anthropic" and grant.bearer
+            headers.update(upstream_auth(key, "openai" if bearer else dialect))
         scrub = _Scrubber(key)
-        url = grant.upstream.rstrip("/") + exchange.target
+        url = grant.upstream.rstrip("/") + without_key_parameter(exchange.target)
         timeout = httpx2.Timeout(grant.timeout, connect=min(CONNECT_TIMEOUT_SECONDS, grant.timeout))
         request = self.client.build_request(
             exchange.method, url, headers=headers, content=body, timeout=timeout
@@ -141,17 +150,17 @@ class GatewayProxy:
         try:
             response = await self.client.send(request, stream=True)
         except httpx2.TimeoutException:
-            await exchange.error(
-                anthropic, 504, f"the model server did not answer in {grant.timeout:g} s"
+            await _error(
+                exchange, dialect, 504, f"the model server did not answer in {grant.timeout:g} s"
             )
             return
         except httpx2.HTTPError as error:
             message = scrub(f"cannot reach the model server: {type(error).__name__}: {error}")
-            await exchange.error(anthropic, 502, message)
+            await _error(exchange, dialect, 502, message)
             return
         recorder = _Recorder(grant, model)
         try:
-            await self._relay(exchange, response, api, anthropic, scrub, streamed, recorder)
+            await self._relay(exchange, response, api, dialect, scrub, streamed, recorder)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CONNECT_TIMEOUT_SECONDS):
                 await response.aclose()
@@ -172,7 +181,7 @@ class GatewayProxy:
         exchange: Exchange,
         response: httpx2.Response,
         api: Api,
-        anthropic: bool,
+        dialect: Dialect,
         scrub: _Scrubber,
         streamed: bool,
         recorder: _Recorder,
@@ -181,14 +190,14 @@ class GatewayProxy:
         after the answer began leaves the connection to be closed: the client's SDK
         sees a stream cut short, an error of its own kind."""
         try:
-            return await self._answer(exchange, response, api, anthropic, scrub, streamed, recorder)
+            return await self._answer(exchange, response, api, dialect, scrub, streamed, recorder)
         except httpx2.TimeoutException:
             if exchange.connection.our_state is h11.SEND_RESPONSE:
-                await exchange.error(anthropic, 504, "the model server stopped answering")
+                await _error(exchange, dialect, 504, "the model server stopped answering")
             return None
         except httpx2.HTTPError as error:
             if exchange.connection.our_state is h11.SEND_RESPONSE:
-                await exchange.error(anthropic, 502, scrub(f"the model server broke off: {error}"))
+                await _error(exchange, dialect, 502, scrub(f"the model server broke off: {error}"))
             return None
 
     async def _answer(
@@ -196,7 +205,7 @@ class GatewayProxy:
         exchange: Exchange,
         response: httpx2.Response,
         api: Api,
-        anthropic: bool,
+        dialect: Dialect,
         scrub: _Scrubber,
         streamed: bool,
         recorder: _Recorder,
@@ -207,12 +216,12 @@ class GatewayProxy:
         chunks = response.aiter_raw()
         if response.status_code >= 400 or not (streamed or "event-stream" in content_type):
             whole = await _read_bounded(chunks)
-            return await self._whole(exchange, response, api, anthropic, scrub, whole, recorder)
+            return await self._whole(exchange, response, api, dialect, scrub, whole, recorder)
         first = await anext(chunks, b"")
         if not looks_like_event_stream(first):
             sample = scrub(first[:200].decode(errors="replace"))
             message = f"the model server's stream is not server-sent events: {sample!r}"
-            await exchange.error(anthropic, 502, message)
+            await _error(exchange, dialect, 502, message)
             return None
         meter = StreamMeter(api)
         await exchange.send(
@@ -237,13 +246,13 @@ class GatewayProxy:
         exchange: Exchange,
         response: httpx2.Response,
         api: Api,
-        anthropic: bool,
+        dialect: Dialect,
         scrub: _Scrubber,
         whole: bytes | None,
         recorder: _Recorder,
     ) -> Usage | None:
         if whole is None:
-            await exchange.error(anthropic, 502, "the model server's answer is too large")
+            await _error(exchange, dialect, 502, "the model server's answer is too large")
             return None
         status = response.status_code
         usage = None
@@ -252,8 +261,8 @@ class GatewayProxy:
                 payload = json.loads(whole)
             except ValueError:
                 sample = scrub(whole[:200].decode(errors="replace"))
-                await exchange.error(
-                    anthropic, 502, f"the model server's answer is not JSON: {sample!r}"
+                await _error(
+                    exchange, dialect, 502, f"the model server's answer is not JSON: {sample!r}"
                 )
                 return None
             usage = usage_of(api, payload)
@@ -266,6 +275,21 @@ class GatewayProxy:
         await exchange.send(h11.Data(data=whole))
         await exchange.send(h11.EndOfMessage())
         return usage
+
+
+async def _error(
+    exchange: Exchange, dialect: Dialect, status: int, message: str, code: str | None = None
+) -> None:
+    """Answer with an error of the API the client speaks."""
+    await exchange.answer(status, error_body(dialect, status, message, code), "application/json")
+
+
+def _gemini_model(api: Api, target: str) -> str:
+    """A Gemini call names its model in its path (`/v1beta/models/M:generateContent`)."""
+    if api is not Api.GEMINI:
+        return ""
+    name = target.split("?", 1)[0].rsplit("/", 1)[-1]
+    return name.split(":", 1)[0]
 
 
 def _json_object(body: bytes) -> dict[str, object] | None:
