@@ -233,6 +233,8 @@ def _anthropic_input(script: ScriptedReply) -> dict[str, int]:
     return {
         "input_tokens": script.input_tokens - script.cached_tokens,
         "cache_read_input_tokens": script.cached_tokens,
+        # As the real API sends it: clients that sum the four (Claude Code) need all.
+        "cache_creation_input_tokens": 0,
     }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import shlex
+from functools import partial
 from typing import ClassVar
 
 import anyio
@@ -91,8 +92,10 @@ class AcpBackend(ExternalProgramBackend):
         home = await anyio.to_thread.run_sync(AgentHome.for_agent, context, self.name)
         await anyio.to_thread.run_sync(home.prepare, context.environ)
         previous = await anyio.to_thread.run_sync(home.read_session)
+        for name in preset.home_dirs:
+            await anyio.to_thread.run_sync(partial((home.path / name).mkdir, exist_ok=True))
         async with gateway_access(context, spec, config, self.name) as access:
-            args, extra_env = preset.extras(access, home, config)
+            args, extra_env = preset.extras(access, home, config, context.writable)
             argv = [str(program), *preset.argv[1:], *args, *config.args]
             launch = Launch(
                 program=program,

@@ -19,12 +19,15 @@ from forkyard.agents.external_config import ExternalBackendConfig
 from forkyard.agents.external_runtime import AgentHome
 from forkyard.gateway.access import GATEWAY_TOKEN_ENV, GATEWAY_URL_ENV, AgentAccess
 
-#: What a preset adds for one run: (extra arguments, extra environment).
-Extras = Callable[[AgentAccess, AgentHome, ExternalBackendConfig], tuple[list[str], dict[str, str]]]
+#: What a preset adds for one run of an agent that may write or not: (extra arguments,
+#: extra environment).
+Extras = Callable[
+    [AgentAccess, AgentHome, ExternalBackendConfig, bool], tuple[list[str], dict[str, str]]
+]
 
 
 def _generic(
-    access: AgentAccess, _home: AgentHome, _config: ExternalBackendConfig
+    access: AgentAccess, _home: AgentHome, _config: ExternalBackendConfig, _writable: bool
 ) -> tuple[list[str], dict[str, str]]:
     """Any ACP agent: the gateway under the names OpenAI's and Anthropic's SDKs read."""
     return [], {
@@ -38,7 +41,7 @@ def _generic(
 
 
 def _claude(
-    access: AgentAccess, home: AgentHome, config: ExternalBackendConfig
+    access: AgentAccess, home: AgentHome, config: ExternalBackendConfig, _writable: bool
 ) -> tuple[list[str], dict[str, str]]:
     env = {
         **CLAUDE_QUIET_ENV,
@@ -52,11 +55,13 @@ def _claude(
 
 
 def _codex(
-    access: AgentAccess, home: AgentHome, config: ExternalBackendConfig
+    access: AgentAccess, home: AgentHome, config: ExternalBackendConfig, writable: bool
 ) -> tuple[list[str], dict[str, str]]:
+    """As the `codex` backend sets codex up; its own sandbox writes only for writers."""
     provider = f"model_providers.{PROVIDER_ID}"
     settings = [
         *QUIET_CONFIG,
+        f'sandbox_mode="{"workspace-write" if writable else "read-only"}"',
         f"model_provider={json.dumps(PROVIDER_ID)}",
         f"{provider}.name={json.dumps(PROVIDER_ID)}",
         f"{provider}.base_url={json.dumps(access.url)}",
@@ -70,12 +75,15 @@ def _codex(
 
 
 def _gemini(
-    access: AgentAccess, home: AgentHome, config: ExternalBackendConfig
+    access: AgentAccess, home: AgentHome, config: ExternalBackendConfig, _writable: bool
 ) -> tuple[list[str], dict[str, str]]:
     env = {
         "GEMINI_API_KEY": access.token,
         "GOOGLE_GEMINI_BASE_URL": access.url,
         "GEMINI_CLI_HOME": str(home.path),
+        "GEMINI_TELEMETRY_ENABLED": "false",
+        "GEMINI_CLI_NO_RELAUNCH": "true",
+        "GEMINI_CLI_TRUST_WORKSPACE": "true",
     }
     return (["--model", config.model] if config.model else []), env
 
@@ -91,6 +99,8 @@ class AcpPreset:
     #: It sandboxes what it runs with user namespaces of its own (codex does).
     nested_sandbox: bool = False
     extras: Extras = field(default=_generic)
+    #: Folders of its private home it needs before it starts.
+    home_dirs: tuple[str, ...] = ()
 
 
 PRESETS: dict[str, AcpPreset] = {
@@ -108,6 +118,7 @@ PRESETS: dict[str, AcpPreset] = {
         install_hint="npm install -g @zed-industries/codex-acp",
         nested_sandbox=True,
         extras=_codex,
+        home_dirs=(".codex",),
     ),
     "gemini": AcpPreset(
         argv=("gemini", "--acp"),
@@ -131,5 +142,6 @@ def preset_for(name: str, config: ExternalBackendConfig) -> AcpPreset:
             anthropic=preset.anthropic,
             nested_sandbox=preset.nested_sandbox,
             extras=preset.extras,
+            home_dirs=preset.home_dirs,
         )
     return preset
