@@ -259,6 +259,9 @@ def test_checkhealth_reports_ok_and_help_is_found(
         # The server reports its resolved models (forkyard/server/stats): the source.
         f'OK model "default" (openai fake-model, from server) reachable at '
         f"{fake_model_server.openai_base_url}",
+        # The agent programs the install script put in .agents/, ACP ones among them.
+        "OK claude-acp (acp): claude-agent-acp at ",
+        "OK codex (external): codex at ",
     ):
         assert expected in text, text
     assert "WARNING" not in text and "ERROR" not in text, text

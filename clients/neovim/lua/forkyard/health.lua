@@ -297,6 +297,25 @@ local function check_trust(session)
   end
 end
 
+-- The agent programs the server can drive (external ones and ACP agents): which are
+-- installed, and how to install the others. A program not installed is no problem.
+local function check_agent_programs(session)
+  health.start('forkyard: agent programs')
+  if not session then
+    return
+  end
+  for _, detail in ipairs(session.capabilities.backendDetails or {}) do
+    if detail.kind == 'external' or detail.kind == 'acp' then
+      local label = ('%s (%s)'):format(detail.name, detail.kind)
+      if detail.available then
+        health.ok(('%s: %s'):format(label, detail.reason or 'available'))
+      else
+        health.info(('%s not available: %s'):format(label, detail.reason or '?'))
+      end
+    end
+  end
+end
+
 function M.check()
   health.start('forkyard: Neovim')
   local v = vim.version()
@@ -317,6 +336,7 @@ function M.check()
   check_sandbox(session)
   check_trust(session)
   check_models(session, stats)
+  check_agent_programs(session)
   if session and session:client() then
     local client = session:client()
     health.info(('client id %d, position encoding %s'):format(client.id, client.offset_encoding or '?'))
