@@ -33,9 +33,11 @@ SANDBOX_DIR = Path("/forkyard")
 SANDBOX_SOCKET = SANDBOX_DIR / "gateway.sock"
 SANDBOX_RELAY = SANDBOX_DIR / "relay.py"
 RELAY_SCRIPT = Path(__file__).with_name("relay.py")
-#: The default upstreams of the two kinds of API, when a backend names no base_url.
+#: The default upstreams of the kinds of API, when a backend names no base_url.
 OPENAI_UPSTREAM = "https://api.openai.com/v1"
 ANTHROPIC_UPSTREAM = "https://api.anthropic.com"
+#: Gemini's paths (`/v1beta/models/...`) come whole from the program.
+GEMINI_UPSTREAM = "https://generativelanguage.googleapis.com"
 #: Claude Code's variable for a key sent as a bearer token rather than `x-api-key`.
 BEARER_KEY_ENV = "ANTHROPIC_AUTH_TOKEN"
 #: Variables a generic command gets: the gateway's URL and this run's token.
@@ -73,6 +75,13 @@ class AgentAccess:
         return [SYSTEM_PYTHON, "-I", str(relay), str(socket), "--", *argv]
 
 
+def default_upstream(*, anthropic: bool, gemini: bool = False) -> str:
+    """The provider's own API, for a backend that names no base_url of its own."""
+    if gemini:
+        return GEMINI_UPSTREAM
+    return ANTHROPIC_UPSTREAM if anthropic else OPENAI_UPSTREAM
+
+
 def model_price(settings: Settings, model: str) -> ModelPrice | None:
     """A model's price by the name a program asks for: a configured model of that name
     with a price of its own, else the default table's."""
@@ -89,8 +98,11 @@ async def open_access(
     upstream: str | None,
     anthropic: bool,
     key_env: str | None,
+    gemini: bool = False,
 ) -> AgentAccess:
-    """A grant for this run of the agent, on this process's gateway."""
+    """A grant for this run of the agent, on this process's gateway; `gemini`: its
+    model speaks the Gemini API (only the default upstream differs, the gateway tells
+    the API of each call by its path)."""
     gateway = await anyio.to_thread.run_sync(shared_gateway)
     loop = asyncio.get_running_loop()
     refused = anyio.Event()
@@ -104,7 +116,7 @@ async def open_access(
 
     grant = Grant(
         label=label,
-        upstream=upstream or (ANTHROPIC_UPSTREAM if anthropic else OPENAI_UPSTREAM),
+        upstream=upstream or default_upstream(anthropic=anthropic, gemini=gemini),
         anthropic_upstream=anthropic,
         key_env=key_env,
         environ=lambda: context.environ,
