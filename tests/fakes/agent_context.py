@@ -91,6 +91,7 @@ class FakeAgentContext(Metered):
     settings: Settings
     environ: Mapping[str, str]
     role: RoleConfig = field(default_factory=lambda: BUILTIN_ROLES["worker"])
+    role_name: str = "worker"
     agent_number: int = 1
     approval: ApprovalAnswer = "deny"
     extra_env: Mapping[str, str] = field(default_factory=lambda: {"FORKYARD_PORT_BASE": "20010"})

@@ -123,6 +123,21 @@ async def test_an_edit_through_the_client_lands_in_the_worktree_and_the_run_is_d
     assert prompt["text"] == "Write a notes file"
 
 
+async def test_reading_a_file_that_is_not_there_is_an_empty_text(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """Agents read a file before they create it; an error there stops some (Gemini CLI)."""
+    context = agent_context(
+        workspace,
+        tmp_path,
+        [[{"type": "read_file", "path": "new.txt"}, {"type": "read_file", "path": "../escape"}]],
+    )
+    outcome = await AcpBackend("fake").run(context, "Read")
+    assert outcome.ok, outcome.error
+    assert f"read {workspace.worktree}/new.txt:\n" in outcome.summary
+    assert "escape failed" in outcome.summary, outcome.summary
+
+
 async def test_an_explorer_cannot_write_whatever_the_agent_asks(
     workspace: Workspace, tmp_path: Path
 ) -> None:

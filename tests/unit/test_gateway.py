@@ -14,6 +14,7 @@ import http.client
 import json
 import logging
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -544,3 +545,26 @@ def test_closing_the_gateway_with_a_live_grant_returns(upstream: ResponsesModelS
         under_test.gateway.revoke(agent.token)  # lets a hung close() finish
         closing.join(WAIT)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_head_request_gets_headers_and_no_body(
+    gateway: GatewayUnderTest, upstream: ResponsesModelServer
+) -> None:
+    """Claude Code probes its base URL with `HEAD /` before it starts."""
+    agent = gateway.grant(upstream)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(WAIT)
+        sock.connect(str(agent.socket))
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+        # The connection stays usable: the next request gets its answer, not the body
+        # a HEAD answer must not have.
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        while answer.count(b"\r\n\r\n") < 2 and (chunk := sock.recv(65536)):
+            answer += chunk
+    first, second, rest = answer.split(b"\r\n\r\n", 2)
+    assert first.startswith(b"HTTP/1.1 401"), answer
+    assert second.startswith(b"HTTP/1.1 401"), answer
+    assert rest == b""

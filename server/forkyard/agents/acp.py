@@ -58,9 +58,16 @@ class AcpBackend(ExternalProgramBackend):
             executable=program,
             local_paths=preset.local_paths,
             install_hint=preset.install_hint,
-            default_api_key_env="ANTHROPIC_API_KEY" if preset.anthropic else "OPENAI_API_KEY",
+            default_api_key_env=(
+                "ANTHROPIC_API_KEY"
+                if preset.anthropic
+                else "GEMINI_API_KEY"
+                if preset.gemini
+                else "OPENAI_API_KEY"
+            ),
             nested_sandbox=preset.nested_sandbox,
             anthropic=preset.anthropic,
+            gemini=preset.gemini,
         )
         if "/" in program:
             config = config.model_copy(update={"program": program})

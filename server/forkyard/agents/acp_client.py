@@ -12,9 +12,10 @@ options the agent offers. The worktree's git diff stays the truth for review.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
-from pathlib import PurePosixPath
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from acp import RequestError
@@ -48,6 +49,7 @@ from forkyard.tools import file_tools
 from forkyard.tools.agent_tools import ToolBox
 from forkyard.tools.confine import PathRefused
 
+T = TypeVar("T")
 #: JSON-RPC's code for bad params: what a refused request answers.
 INVALID_PARAMS = -32602
 #: A file the agent reads through us is read whole, up to this size.
@@ -74,6 +76,7 @@ class ForkyardAcpClient:
         self.terminals = terminals
         self.session_id: str | None = None
         self._message: list[str] = []
+        self._message_id: str | None = None
         self._thought: list[str] = []
         self.last_message = ""
         self._titles: dict[str, str] = {}
@@ -83,8 +86,14 @@ class ForkyardAcpClient:
     async def session_update(self, session_id: str, update: Any, **_: Any) -> None:
         if isinstance(update, AgentMessageChunk):
             await self._flush_thought()
+            if update.message_id is not None and update.message_id != self._message_id:
+                await self.flush()  # another message: the one before is whole
+                self._message_id = update.message_id
             if isinstance(update.content, TextContentBlock):
                 self._message.append(update.content.text)
+                # Shown as it streams; logged once whole.
+                if line := first_line("".join(self._message)):
+                    self.context.progress(line)
         elif isinstance(update, AgentThoughtChunk):
             if isinstance(update.content, TextContentBlock):
                 self._thought.append(update.content.text)
@@ -180,8 +189,13 @@ class ForkyardAcpClient:
         **_: Any,
     ) -> ReadTextFileResponse:
         relative = await self._allowed("read_file", path)
+        root = self.toolbox.root
+        if await _confined_call(_missing, root, relative):
+            # An empty text, not an error: agents read before they create (Gemini CLI
+            # cannot tell our "missing" error from any other and gives up).
+            return ReadTextFileResponse(content="")
         text = await _confined_call(
-            file_tools.read_text, self.toolbox.root, relative, line, limit, MAX_READ_BYTES
+            file_tools.read_text, root, relative, line, limit, MAX_READ_BYTES
         )
         return ReadTextFileResponse(content=text)
 
@@ -269,7 +283,12 @@ class ForkyardAcpClient:
         return None
 
 
-async def _confined_call(function: Callable[..., str], *args: Any) -> str:
+def _missing(root: Path, relative: str) -> bool:
+    """Nothing at the confined path (a link counts as something). Blocking."""
+    return not os.path.lexists(file_tools.confined(root, relative, for_write=False))
+
+
+async def _confined_call(function: Callable[..., T], *args: Any) -> T:
     """A confined file tool in a worker thread; what it refuses, as the agent's error."""
     try:
         return await anyio.to_thread.run_sync(function, *args)

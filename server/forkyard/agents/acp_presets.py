@@ -94,8 +94,9 @@ class AcpPreset:
     #: Where the install script puts the program, relative to its folder.
     local_paths: tuple[str, ...]
     install_hint: str
-    #: Its model speaks the Anthropic API (else an OpenAI one).
+    #: Its model speaks the Anthropic API (else an OpenAI one, or with `gemini` Google's).
     anthropic: bool = False
+    gemini: bool = False
     #: It sandboxes what it runs with user namespaces of its own (codex does).
     nested_sandbox: bool = False
     extras: Extras = field(default=_generic)
@@ -124,6 +125,7 @@ PRESETS: dict[str, AcpPreset] = {
         argv=("gemini", "--acp"),
         local_paths=("node_modules/.bin/gemini",),
         install_hint="npm install -g @google/gemini-cli",
+        gemini=True,
         extras=_gemini,
     ),
 }
@@ -140,6 +142,7 @@ def preset_for(name: str, config: ExternalBackendConfig) -> AcpPreset:
             local_paths=preset.local_paths if preset is not CUSTOM else (),
             install_hint=preset.install_hint,
             anthropic=preset.anthropic,
+            gemini=preset.gemini,
             nested_sandbox=preset.nested_sandbox,
             extras=preset.extras,
             home_dirs=preset.home_dirs,

@@ -85,8 +85,9 @@ class ProgramSpec:
     default_api_key_env: str | None
     #: The program sandboxes the commands it runs with user namespaces of its own.
     nested_sandbox: bool = False
-    #: Its model speaks the Anthropic API (else an OpenAI one).
+    #: Its model speaks the Anthropic API (else an OpenAI one, or Gemini's).
     anthropic: bool = False
+    gemini: bool = False
 
 
 @dataclass
@@ -395,6 +396,7 @@ async def gateway_access(
         upstream=config.base_url,
         anthropic=spec.anthropic,
         key_env=key_name,
+        gemini=spec.gemini,
     )
     try:
         yield access

@@ -47,7 +47,8 @@ class Exchange:
     async def answer(self, status: int, body: bytes, content_type: str) -> None:
         headers = [("content-type", content_type), ("content-length", str(len(body)))]
         await self.send(h11.Response(status_code=status, headers=headers))
-        await self.send(h11.Data(data=body))
+        if self.method != "HEAD":  # a HEAD answer has the headers of a body, not the body
+            await self.send(h11.Data(data=body))
         await self.send(h11.EndOfMessage())
 
     async def error(
