@@ -94,6 +94,15 @@ async def test_gemini_edits_a_file_and_runs_a_command_in_the_worktree(
         gemini.script(
             Reply(tool_calls=[("replace", edit)]),
             Reply(tool_calls=[("run_shell_command", {"command": "echo ran > ran.txt"})]),
+            # A new file: Gemini CLI reads it first, and must find it empty, not failing.
+            Reply(
+                tool_calls=[
+                    (
+                        "write_file",
+                        {"file_path": str(workspace.worktree / "NOTES.md"), "content": "notes\n"},
+                    )
+                ]
+            ),
             Reply(text="Swapped the operands."),
         )
         context = context_for(workspace, gemini)
@@ -104,5 +113,6 @@ async def test_gemini_edits_a_file_and_runs_a_command_in_the_worktree(
     assert outcome.summary.endswith("Swapped the operands.")
     assert app.read_text() == "def add(a, b):\n    return b + a\n"
     assert (workspace.worktree / "ran.txt").read_text() == "ran\n"
-    assert sorted(workspace.status()) == [" M src/app.py", "?? ran.txt"]
+    assert (workspace.worktree / "NOTES.md").read_text() == "notes\n"
+    assert sorted(workspace.status()) == [" M src/app.py", "?? NOTES.md", "?? ran.txt"]
     assert (workspace.repo / "src/app.py").read_text() == "def add(a, b):\n    return a + b\n"
