@@ -7,7 +7,8 @@ model servers of the tests (real HTTP on 127.0.0.1, no network):
 
 1. for each real ACP agent that tests/fakes/install_agents.sh installed in `.agents/`
    (claude-acp: @zed-industries/claude-agent-acp against the fake Anthropic Messages API;
-   codex-acp: @zed-industries/codex-acp against the fake Responses API; one that is not
+   codex-acp: @zed-industries/codex-acp against the fake Responses API; gemini:
+   @google/gemini-cli against the fake Gemini API; one that is not
    installed is skipped, saying so), `AcpBackend(name).run(context, "say hello")` with the
    model answering `Reply(text="hello")`, each run in a fresh repository, worktree and
    agent home (so a new session every time). Times from the dispatch (just before
@@ -83,6 +84,7 @@ from tests.fakes.agent_context import (
     server_environ,
     settings_for,
 )
+from tests.fakes.gemini_server import FakeGeminiServer
 from tests.fakes.model_server import FakeModelServer, Reply
 from tests.fakes.responses_server import ResponsesModelServer
 
@@ -99,6 +101,7 @@ FAKE_AGENT = Path(__file__).resolve().parents[1] / "tests" / "fakes" / "acp_agen
 AGENTS = {
     "claude-acp": ("@zed-industries/claude-agent-acp", "anthropic"),
     "codex-acp": ("@zed-industries/codex-acp", "responses"),
+    "gemini": ("@google/gemini-cli", "gemini"),
 }
 #: Log kinds that carry what the agent itself reported.
 AGENT_LOG_KINDS = frozenset({"assistant", "reasoning", "tool", "plan", "diff"})
@@ -243,6 +246,7 @@ async def real_run(name: str, base_url: str, root: Path) -> RunTimes:
         environ=server_environ(
             ANTHROPIC_API_KEY=FAKE_API_KEY,
             OPENAI_API_KEY=FAKE_API_KEY,
+            GEMINI_API_KEY=FAKE_API_KEY,
             # Claude Code retries a failing API with backoff; a failure should show at once.
             CLAUDE_CODE_MAX_RETRIES="0",
         ),
@@ -278,14 +282,23 @@ async def bench_real_agents(runs: int, root: Path) -> list[str]:
             )
             continue
         folder, version = found
-        server: FakeModelServer = (
-            FakeModelServer(default=Reply(text="hello"))
-            if api == "anthropic"
-            else ResponsesModelServer(default=Reply(text="hello"))
-        )
-        with server:
-            base_url = server.anthropic_base_url if api == "anthropic" else server.openai_base_url
-            times = [await real_run(name, base_url, root / f"{name}-{n}") for n in range(runs)]
+        if api == "gemini":
+            with FakeGeminiServer() as gemini:
+                times = []
+                for n in range(runs):
+                    gemini.script(Reply(text="hello"))
+                    times.append(await real_run(name, gemini.url, root / f"{name}-{n}"))
+        else:
+            server: FakeModelServer = (
+                FakeModelServer(default=Reply(text="hello"))
+                if api == "anthropic"
+                else ResponsesModelServer(default=Reply(text="hello"))
+            )
+            with server:
+                base_url = (
+                    server.anthropic_base_url if api == "anthropic" else server.openai_base_url
+                )
+                times = [await real_run(name, base_url, root / f"{name}-{n}") for n in range(runs)]
         kinds = sorted({t.first_kind for t in times})
         print(f"  {name} ({package} {version}, in {folder}):")
         print(f"    first update at the client   {spread([t.client for t in times])}")
