@@ -12,6 +12,7 @@ or tests.*, so it runs inside a sandbox with the system python3 and a site direc
 Script (JSON)::
 
     {"capabilities": {"loadSession": false},
+     "protocolVersion": 1,            (optional: the version `initialize` answers)
      "prompts": [TURN, TURN, ...]}
 
 Each `session/prompt`, on any session, consumes the next TURN (a follow-up is the next
@@ -133,6 +134,8 @@ class Running:
 class Script:
     load_session: bool
     turns: list[Turn] = field(default_factory=list)
+    #: The protocol version it answers `initialize` with (top-level "protocolVersion").
+    protocol_version: int = PROTOCOL_VERSION
 
 
 def parse_script(raw: Any) -> Script:
@@ -156,7 +159,11 @@ def parse_script(raw: Any) -> Script:
             if not isinstance(step, dict) or step.get("type") not in STEP_TYPES:
                 raise ValueError(f"turn {index}: unknown step {step!r}")
         turns.append(turn)
-    return Script(load_session=bool(capabilities.get("loadSession", False)), turns=turns)
+    return Script(
+        load_session=bool(capabilities.get("loadSession", False)),
+        turns=turns,
+        protocol_version=int(raw.get("protocolVersion", PROTOCOL_VERSION)),
+    )
 
 
 def error_text(exc: BaseException) -> str:
@@ -221,7 +228,7 @@ class ScriptedAgent:
             clientInfo=client_info.model_dump(mode="json", by_alias=True) if client_info else None,
         )
         return InitializeResponse(
-            protocol_version=PROTOCOL_VERSION,
+            protocol_version=self._script.protocol_version,
             agent_capabilities=AgentCapabilities(load_session=self._script.load_session),
             agent_info=Implementation(name="forkyard-fake-acp-agent", version="1.0"),
         )

@@ -16,7 +16,7 @@ import pytest
 
 from forkyard.agents import acp_session as acp_backend
 from forkyard.agents.acp import AcpBackend
-from forkyard.agents.acp_session import LOST_SESSION_NOTE
+from forkyard.agents.acp_session import LOST_SESSION_NOTE, role_preamble
 from forkyard.agents.external_config import ExternalBackendConfig
 from forkyard.agents.external_runtime import AgentHome
 from forkyard.settings import BUILTIN_ROLES, RoleConfig, SandboxSettings
@@ -45,13 +45,20 @@ def agent_context(
     prompts: list[Any],
     *,
     load_session: bool = False,
+    protocol_version: int = 1,
     role: RoleConfig | None = None,
     number: int = 1,
 ) -> FakeAgentContext:
     """A context whose `fake` backend runs the scripted agent with `prompts`."""
     script = tmp_path / f"script-{number}-{len(list(tmp_path.glob('script-*')))}.json"
     script.write_text(
-        json.dumps({"capabilities": {"loadSession": load_session}, "prompts": prompts})
+        json.dumps(
+            {
+                "capabilities": {"loadSession": load_session},
+                "protocolVersion": protocol_version,
+                "prompts": prompts,
+            }
+        )
     )
     config = ExternalBackendConfig(
         acp=[sys.executable, str(FAKE_AGENT), str(script)], env=["ACP_FAKE_TRACE"]
@@ -120,7 +127,8 @@ async def test_an_edit_through_the_client_lands_in_the_worktree_and_the_run_is_d
     assert (capabilities["fs"]["readTextFile"], capabilities["fs"]["writeTextFile"]) == (True, True)
     assert capabilities["terminal"] is True
     [prompt] = [entry for entry in trace(context) if entry["event"] == "prompt"]
-    assert prompt["text"] == "Write a notes file"
+    assert prompt["text"] == f"{role_preamble(context)}\n\nWrite a notes file"
+    assert "role 'worker'" in prompt["text"] and str(workspace.worktree) in prompt["text"]
 
 
 async def test_reading_a_file_that_is_not_there_is_an_empty_text(
@@ -317,7 +325,8 @@ async def test_a_follow_up_resumes_the_session_when_the_agent_can_load_it(
     [created] = [entry for entry in events if entry["event"] == "new_session"]
     [loaded] = [entry for entry in events if entry["event"] == "load_session"]
     assert loaded["sessionId"] == created["sessionId"]
-    assert [entry["text"] for entry in events if entry["event"] == "prompt"] == ["Start", "Go on"]
+    texts = [entry["text"] for entry in events if entry["event"] == "prompt"]
+    assert texts == [f"{role_preamble(again)}\n\nStart", "Go on"]
 
 
 async def test_without_load_a_new_session_is_told_what_happened(
@@ -331,7 +340,8 @@ async def test_without_load_a_new_session_is_told_what_happened(
 
     assert outcome.ok, outcome.error
     prompts = [entry["text"] for entry in trace(again) if entry["event"] == "prompt"]
-    assert prompts == ["Start", f"{LOST_SESSION_NOTE}\n\nGo on"]
+    preamble = role_preamble(again)
+    assert prompts == [f"{preamble}\n\nStart", f"{preamble}\n\n{LOST_SESSION_NOTE}\n\nGo on"]
     assert not any(entry["event"] == "load_session" for entry in trace(again))
 
 
@@ -350,7 +360,7 @@ async def test_follow_ups_sent_while_it_runs_are_prompts_on_the_same_session(
     assert outcome.ok, outcome.error
     assert outcome.summary == "two"
     prompts = [e for e in trace(context) if e["event"] == "prompt"]
-    assert [p["text"] for p in prompts] == ["Do it", "and also this"]
+    assert [p["text"] for p in prompts] == [f"{role_preamble(context)}\n\nDo it", "and also this"]
     assert len({p["sessionId"] for p in prompts}) == 1
 
 
@@ -367,3 +377,15 @@ async def test_an_agent_that_never_answers_fails_after_the_setup_timeout(
     assert not outcome.ok
     assert outcome.error == "fake did not answer in 1 s"
     assert await wait_until_no_processes_in(workspace.worktree) == []
+
+
+async def test_an_agent_of_another_protocol_version_is_refused_before_any_session(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    context = agent_context(workspace, tmp_path, [[]], protocol_version=2)
+
+    outcome = await AcpBackend("fake").run(context, "Hello")
+
+    assert not outcome.ok
+    assert outcome.error == "fake speaks ACP version 2; Forkyard speaks version 1"
+    assert not any(entry["event"] == "new_session" for entry in trace(context))

@@ -132,6 +132,11 @@ class Session:
                         client_info=Implementation(name="forkyard", version=forkyard.__version__),
                     ),
                 )
+                if init.protocol_version != PROTOCOL_VERSION:
+                    return self._failed(
+                        f"{self.name} speaks ACP version {init.protocol_version}; Forkyard "
+                        f"speaks version {PROTOCOL_VERSION}"
+                    )
                 session_id, resumed = await self._open_session(connection, conv, init, previous)
         except TimeoutError:
             return self._failed(f"{self.name} did not answer in {SETUP_TIMEOUT_SECONDS:g} s")
@@ -141,9 +146,11 @@ class Session:
             return self._failed(f"{self.name} refused to start a session: {error}")
         client.session_id = session_id
         await anyio.to_thread.run_sync(self.home.write_session, session_id)
-        text = (
-            instruction if resumed or previous is None else f"{LOST_SESSION_NOTE}\n\n{instruction}"
-        )
+        if resumed:
+            text = instruction  # the session knows its role and task already
+        else:
+            lost = f"{LOST_SESSION_NOTE}\n\n" if previous is not None else ""
+            text = f"{role_preamble(self.context)}\n\n{lost}{instruction}"
         prompts = [text]
         stop_reason = "end_turn"
         while prompts:
@@ -247,6 +254,26 @@ class Session:
         return RunOutcome(False, "", error + (f"\nstderr:\n{tail}" if tail else ""))
 
 
+def role_preamble(context: AgentContext) -> str:
+    """What a new session is told of its role before its task: where it works, what it
+    may do. The role is enforced whatever the agent makes of this."""
+    description = f" ({context.role.description})" if context.role.description else ""
+    head = (
+        f"[Forkyard: you are agent #{context.agent_number}, in the role "
+        f"'{context.role_name}'{description}. "
+    )
+    if context.writable:
+        return head + (
+            f"You work in {context.cwd}, your own git worktree of the user's repository; "
+            "the user reviews your changes there as a diff and decides what to apply. "
+            "Commands run sandboxed, without network.]"
+        )
+    return head + (
+        f"You work in {context.cwd}, the user's own checkout, read-only: read and "
+        "search, never change anything, and report what you find.]"
+    )
+
+
 def _capabilities(toolbox: ToolBox) -> ClientCapabilities:
     """What we serve, and only that: files (writing only for roles that write) and
     terminals (only for roles that may run commands)."""
@@ -260,7 +287,7 @@ def _capabilities(toolbox: ToolBox) -> ClientCapabilities:
 
 async def _watched(conv: Conversation, request: Awaitable[T]) -> T:
     """`request`'s answer (or its error), or AgentGone as soon as the agent's process
-    has exited."""
+    has exited or its connection closed (whichever the SDK or we notice first)."""
     answers: list[T] = []
     errors: list[Exception] = []
     async with anyio.create_task_group() as group:
@@ -273,6 +300,8 @@ async def _watched(conv: Conversation, request: Awaitable[T]) -> T:
             group.start_soon(watch)
             try:
                 answers.append(await request)
+            except ConnectionError:
+                pass  # its pipes closed: the agent is gone, as below
             except Exception as error:
                 errors.append(error)
             finally:
