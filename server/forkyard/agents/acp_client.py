@@ -75,6 +75,7 @@ class ForkyardAcpClient:
         self.toolbox = toolbox
         self.terminals = terminals
         self.session_id: str | None = None
+        self._resolved_root: Path | None = None
         self._message: list[str] = []
         self._message_id: str | None = None
         self._thought: list[str] = []
@@ -213,8 +214,13 @@ class ForkyardAcpClient:
         root = self.toolbox.root
         candidate = PurePosixPath(path)
         if candidate.is_absolute():
+            # The agent may name its directory as given or as resolved (bwrap starts it
+            # in the resolved one): either is the same directory.
+            if self._resolved_root is None:
+                self._resolved_root = await anyio.to_thread.run_sync(root.resolve)
             try:
-                relative = str(candidate.relative_to(root))
+                base = root if candidate.is_relative_to(root) else self._resolved_root
+                relative = str(candidate.relative_to(base))
             except ValueError:
                 message = f"{path} is outside this agent's directory ({root}); refused"
                 await self.context.log("error", message)

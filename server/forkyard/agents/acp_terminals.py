@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import anyio
+import anyio.to_thread
 from acp import RequestError
 from acp.schema import TerminalExitStatus, TerminalOutputResponse, WaitForTerminalExitResponse
 from anyio.abc import TaskGroup
@@ -65,7 +66,9 @@ class Terminals:
         if len(self._terminals) >= MAX_TERMINALS:
             raise RequestError(INVALID_PARAMS, f"at most {MAX_TERMINALS} terminals at once")
         if cwd is not None and not PurePosixPath(cwd).is_relative_to(self.root):
-            raise RequestError(INVALID_PARAMS, f"{cwd} is outside this agent's directory")
+            resolved = await anyio.to_thread.run_sync(self.root.resolve)
+            if not PurePosixPath(cwd).is_relative_to(resolved):
+                raise RequestError(INVALID_PARAMS, f"{cwd} is outside this agent's directory")
         line = shlex.join([command, *args]) if args else command
         settings = self.context.settings
         prepared = await prepare_command(

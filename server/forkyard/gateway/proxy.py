@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from functools import partial
 
 import anyio
@@ -158,14 +159,14 @@ class GatewayProxy:
             message = scrub(f"cannot reach the model server: {type(error).__name__}: {error}")
             await _error(exchange, dialect, 502, message)
             return
-        recorder = _Recorder(grant, model)
+        answer = _Answer(exchange, response, api, dialect, scrub, streamed, _Recorder(grant, model))
         try:
-            await self._relay(exchange, response, api, dialect, scrub, streamed, recorder)
+            await answer.relay()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CONNECT_TIMEOUT_SECONDS):
                 await response.aclose()
             # Also when the program hung up first: every call it made is in the log.
-            usage = recorder.usage
+            usage = answer.recorder.usage
             logger.info(
                 "%s: %s %s -> %d in %.0f ms%s",
                 grant.label,
@@ -176,105 +177,88 @@ class GatewayProxy:
                 f", {usage.input_tokens} in / {usage.output_tokens} out" if usage else "",
             )
 
-    async def _relay(
-        self,
-        exchange: Exchange,
-        response: httpx2.Response,
-        api: Api,
-        dialect: Dialect,
-        scrub: _Scrubber,
-        streamed: bool,
-        recorder: _Recorder,
-    ) -> Usage | None:
-        """Send the upstream's answer on; return the usage it reported. A failure
-        after the answer began leaves the connection to be closed: the client's SDK
-        sees a stream cut short, an error of its own kind."""
+
+@dataclass
+class _Answer:
+    """The upstream's answer to one exchange, on its way to the agent."""
+
+    exchange: Exchange
+    response: httpx2.Response
+    api: Api
+    dialect: Dialect
+    scrub: _Scrubber
+    streamed: bool
+    recorder: _Recorder
+
+    async def relay(self) -> None:
+        """Send it on, its usage recorded. A failure after the answer began leaves the
+        connection to be closed: the client's SDK sees a stream cut short, an error of
+        its own kind."""
+        exchange, dialect = self.exchange, self.dialect
         try:
-            return await self._answer(exchange, response, api, dialect, scrub, streamed, recorder)
+            await self._send()
         except httpx2.TimeoutException:
             if exchange.connection.our_state is h11.SEND_RESPONSE:
                 await _error(exchange, dialect, 504, "the model server stopped answering")
-            return None
         except httpx2.HTTPError as error:
             if exchange.connection.our_state is h11.SEND_RESPONSE:
-                await _error(exchange, dialect, 502, scrub(f"the model server broke off: {error}"))
-            return None
+                message = self.scrub(f"the model server broke off: {error}")
+                await _error(exchange, dialect, 502, message)
 
-    async def _answer(
-        self,
-        exchange: Exchange,
-        response: httpx2.Response,
-        api: Api,
-        dialect: Dialect,
-        scrub: _Scrubber,
-        streamed: bool,
-        recorder: _Recorder,
-    ) -> Usage | None:
-        """The answer passed on, its usage recorded before the part of it that tells the
-        client the call is over: a program that exits on it finds its usage counted."""
+    async def _send(self) -> None:
+        """Its usage is recorded before the part of it that tells the client the call
+        is over: a program that exits on it finds its usage counted."""
+        response = self.response
         content_type = response.headers.get("content-type", "")
         chunks = response.aiter_raw()
-        if response.status_code >= 400 or not (streamed or "event-stream" in content_type):
-            whole = await _read_bounded(chunks)
-            return await self._whole(exchange, response, api, dialect, scrub, whole, recorder)
+        if response.status_code >= 400 or not (self.streamed or "event-stream" in content_type):
+            await self._whole(await _read_bounded(chunks))
+            return
         first = await anext(chunks, b"")
         if not looks_like_event_stream(first):
-            sample = scrub(first[:200].decode(errors="replace"))
+            sample = self.scrub(first[:200].decode(errors="replace"))
             message = f"the model server's stream is not server-sent events: {sample!r}"
-            await _error(exchange, dialect, 502, message)
-            return None
-        meter = StreamMeter(api)
-        await exchange.send(
+            await _error(self.exchange, self.dialect, 502, message)
+            return
+        meter = StreamMeter(self.api)
+        await self.exchange.send(
             h11.Response(status_code=response.status_code, headers=_passed(response))
         )
         try:
             async for chunk in _prepend(first, chunks):
                 meter.feed(chunk)
                 if meter.final and meter.usage is not None:
-                    recorder.record(meter.usage)
-                await exchange.send(h11.Data(data=chunk))
+                    self.recorder.record(meter.usage)
+                await self.exchange.send(h11.Data(data=chunk))
         finally:
             # A stream cut short still cost what it reported so far (Anthropic's input
             # tokens come first).
             if meter.usage is not None:
-                recorder.record(meter.usage)
-        await exchange.send(h11.EndOfMessage())
-        return meter.usage
+                self.recorder.record(meter.usage)
+        await self.exchange.send(h11.EndOfMessage())
 
-    async def _whole(
-        self,
-        exchange: Exchange,
-        response: httpx2.Response,
-        api: Api,
-        dialect: Dialect,
-        scrub: _Scrubber,
-        whole: bytes | None,
-        recorder: _Recorder,
-    ) -> Usage | None:
+    async def _whole(self, whole: bytes | None) -> None:
+        exchange, dialect = self.exchange, self.dialect
         if whole is None:
             await _error(exchange, dialect, 502, "the model server's answer is too large")
-            return None
-        status = response.status_code
-        usage = None
-        if status < 400 and api is not Api.OTHER:
+            return
+        status = self.response.status_code
+        if status < 400 and self.api is not Api.OTHER:
             try:
                 payload = json.loads(whole)
             except ValueError:
-                sample = scrub(whole[:200].decode(errors="replace"))
-                await _error(
-                    exchange, dialect, 502, f"the model server's answer is not JSON: {sample!r}"
-                )
-                return None
-            usage = usage_of(api, payload)
-            if usage is not None:
-                recorder.record(usage)
+                sample = self.scrub(whole[:200].decode(errors="replace"))
+                message = f"the model server's answer is not JSON: {sample!r}"
+                await _error(exchange, dialect, 502, message)
+                return
+            if (usage := usage_of(self.api, payload)) is not None:
+                self.recorder.record(usage)
         if status >= 400:
-            whole = scrub(whole.decode(errors="replace")).encode()
-        headers = [*_passed(response), ("content-length", str(len(whole)))]
+            whole = self.scrub(whole.decode(errors="replace")).encode()
+        headers = [*_passed(self.response), ("content-length", str(len(whole)))]
         await exchange.send(h11.Response(status_code=status, headers=headers))
         await exchange.send(h11.Data(data=whole))
         await exchange.send(h11.EndOfMessage())
-        return usage
 
 
 async def _error(

@@ -10,7 +10,6 @@ PID namespace, then its process group, are ended, SIGTERM first.
 from __future__ import annotations
 
 import codecs
-import os
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -21,8 +20,12 @@ import anyio
 import anyio.abc
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
-from forkyard.tools.process import DEFAULT_KILL_GRACE_SECONDS, Stopper, is_bwrap, wait_for_exit
-from forkyard.tools.sandbox_stop import SandboxInfo
+from forkyard.tools.process import (
+    DEFAULT_KILL_GRACE_SECONDS,
+    Stopper,
+    start_process,
+    wait_for_exit,
+)
 
 LineCallback = Callable[[str], Awaitable[None]]
 
@@ -56,35 +59,7 @@ async def open_conversation(
     kill_grace_seconds: float = DEFAULT_KILL_GRACE_SECONDS,
 ) -> AsyncIterator[Conversation]:
     """Start `argv` in its own session and yield its conversation; end it on exit."""
-    argv = list(argv)
-    info: SandboxInfo | None = None
-    pass_fds: tuple[int, ...] = ()
-    if is_bwrap(argv):
-        read_end, write_end = os.pipe()
-        info = SandboxInfo(read_end)
-        argv[1:1] = ["--info-fd", str(write_end)]
-        pass_fds = (write_end,)
-    try:
-        # Shielded for the reason `run_streaming` gives: a process must never start
-        # without a handle that stops it.
-        with anyio.CancelScope(shield=True):
-            process = await anyio.open_process(
-                argv,
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                pass_fds=pass_fds,
-            )
-    except BaseException:
-        if info is not None:
-            info.close()
-        raise
-    finally:
-        for fd in pass_fds:
-            os.close(fd)
+    process, info = await start_process(argv, cwd=cwd, env=env, stdin=subprocess.PIPE)
     assert process.stdin is not None and process.stdout is not None
     assert process.stderr is not None
     conversation = Conversation(process, process.stdin, process.stdout)

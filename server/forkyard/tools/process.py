@@ -83,37 +83,8 @@ async def run_streaming(
     """
     started = anyio.current_time()
     output = _OutputCollector(on_output, max_output_bytes)
-    argv = list(argv)
-    info: SandboxInfo | None = None
-    pass_fds: tuple[int, ...] = ()
-    if is_bwrap(argv):
-        # bwrap says on this pipe which host process is its namespace's init.
-        read_end, write_end = os.pipe()
-        info = SandboxInfo(read_end)
-        argv[1:1] = ["--info-fd", str(write_end)]
-        pass_fds = (write_end,)
-    try:
-        # Shielded: a cancel landing while the process is being created would leave it
-        # running without a handle (asyncio kills only bwrap itself, not its sandbox).
-        # The cancel takes effect right after, with the process under supervision.
-        with anyio.CancelScope(shield=True):
-            process = await anyio.open_process(
-                argv,
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                pass_fds=pass_fds,
-            )
-    except BaseException:
-        if info is not None:
-            info.close()
-        raise
-    finally:
-        for fd in pass_fds:
-            os.close(fd)
+    stdin_mode = subprocess.PIPE if stdin is not None else subprocess.DEVNULL
+    process, info = await start_process(argv, cwd=cwd, env=env, stdin=stdin_mode)
     stop = Stopper(process, info, kill_grace_seconds)
     try:
         with anyio.move_on_after(timeout) as deadline:
@@ -131,6 +102,45 @@ async def run_streaming(
         truncated=output.truncated,
         duration_seconds=anyio.current_time() - started,
     )
+
+
+async def start_process(
+    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdin: int
+) -> tuple[Process, SandboxInfo | None]:
+    """`argv` started in its own session, stdout and stderr piped; for a sandboxed
+    command, with bwrap's `--info-fd`, which says which host process is its PID
+    namespace's init (so that the whole sandbox can be ended)."""
+    argv = list(argv)
+    info: SandboxInfo | None = None
+    pass_fds: tuple[int, ...] = ()
+    if is_bwrap(argv):
+        read_end, write_end = os.pipe()
+        info = SandboxInfo(read_end)
+        argv[1:1] = ["--info-fd", str(write_end)]
+        pass_fds = (write_end,)
+    try:
+        # Shielded: a cancel landing while the process is being created would leave it
+        # running without a handle (asyncio kills only bwrap itself, not its sandbox).
+        # The cancel takes effect right after, with the process under supervision.
+        with anyio.CancelScope(shield=True):
+            process = await anyio.open_process(
+                argv,
+                cwd=cwd,
+                env=dict(env),
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
+    except BaseException:
+        if info is not None:
+            info.close()
+        raise
+    finally:
+        for fd in pass_fds:
+            os.close(fd)
+    return process, info
 
 
 def is_bwrap(argv: Sequence[str]) -> bool:
