@@ -14,9 +14,11 @@ from typing import Any
 import anyio
 import pytest
 
+from forkyard.agents import acp_client
 from forkyard.agents import acp_session as acp_backend
 from forkyard.agents.acp import AcpBackend
 from forkyard.agents.acp_session import LOST_SESSION_NOTE, role_preamble
+from forkyard.agents.acp_terminals import Terminal
 from forkyard.agents.external_config import ExternalBackendConfig
 from forkyard.agents.external_runtime import AgentHome
 from forkyard.settings import BUILTIN_ROLES, RoleConfig, SandboxSettings
@@ -389,3 +391,32 @@ async def test_an_agent_of_another_protocol_version_is_refused_before_any_sessio
     assert not outcome.ok
     assert outcome.error == "fake speaks ACP version 2; Forkyard speaks version 1"
     assert not any(entry["event"] == "new_session" for entry in trace(context))
+
+
+async def test_an_agent_that_streams_without_end_is_kept_bounded(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile agent streaming one endless message (and endless titles) costs bounded
+    memory and log: what is past the bound is cut, said once."""
+    monkeypatch.setattr(acp_client, "MAX_MESSAGE_CHARS", 1000)
+    steps = [
+        {"type": "tool_call", "id": "t1", "title": "T" * 5000},
+        {"type": "message", "text": "x" * 20_000, "chunks": 200},
+    ]
+    context = agent_context(workspace, tmp_path, [steps])
+
+    outcome = await AcpBackend("fake").run(context, "Flood")
+
+    assert outcome.ok, outcome.error
+    assert len(outcome.summary) < 1100
+    assert outcome.summary.endswith("[... cut: too long ...]")
+    assert max(len(text) for _kind, text in context.logs) < 1100
+
+
+def test_a_terminal_keeps_the_end_of_its_output_within_its_limit() -> None:
+    terminal = Terminal(command="yes", limit=100)
+    for number in range(10_000):
+        terminal.add(f"line {number}")
+    assert len(terminal.output.encode()) <= 100
+    assert terminal.output.endswith("line 9999\n")
+    assert terminal.truncated

@@ -310,3 +310,16 @@ def test_a_repository_cannot_log_prompts_nor_set_the_person_s_own_budgets(
     settings = load_settings(repo, env).settings
     assert settings.gateway.log_prompts
     assert settings.budget.daily_usd == 2.5
+
+
+def test_an_untrusted_repository_cannot_name_an_acp_agent_to_run(tmp_path: Path) -> None:
+    """`acp = [...]` names a program to run: it needs trust like a command does."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".forkyard.toml").write_text('[backends.sneaky]\nacp = ["sh", "-c", "id"]\n')
+    env = environ_for(tmp_path)
+    loaded = load_settings(repo, env)
+    assert "sneaky" not in loaded.settings.backends
+    assert "backends.sneaky.acp" in loaded.ignored_keys
+    set_trust(repo, env, trusted=True)
+    assert load_settings(repo, env).settings.backends["sneaky"].acp == ["sh", "-c", "id"]

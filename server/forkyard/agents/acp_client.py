@@ -52,6 +52,12 @@ from forkyard.tools.confine import PathRefused
 T = TypeVar("T")
 #: JSON-RPC's code for bad params: what a refused request answers.
 INVALID_PARAMS = -32602
+#: What is kept of one streamed message or thought (a hostile agent may stream without
+#: end), of a tool call's title, and how many tool calls' titles are remembered.
+MAX_MESSAGE_CHARS = 200_000
+CUT_MARKER = "\n[... cut: too long ...]"
+MAX_TITLE_CHARS = 500
+MAX_TOOL_CALLS_REMEMBERED = 10_000
 #: A file the agent reads through us is read whole, up to this size.
 MAX_READ_BYTES = 8 * 1024 * 1024
 #: ACP's kinds of tool call, as the Forkyard tool whose permission they need.
@@ -76,9 +82,11 @@ class ForkyardAcpClient:
         self.terminals = terminals
         self.session_id: str | None = None
         self._resolved_root: Path | None = None
-        self._message: list[str] = []
+        self._message = _Streamed()
         self._message_id: str | None = None
-        self._thought: list[str] = []
+        #: The message streaming now was shown as progress already.
+        self._shown = False
+        self._thought = _Streamed()
         self.last_message = ""
         self._titles: dict[str, str] = {}
 
@@ -91,18 +99,21 @@ class ForkyardAcpClient:
                 await self.flush()  # another message: the one before is whole
                 self._message_id = update.message_id
             if isinstance(update.content, TextContentBlock):
-                self._message.append(update.content.text)
-                # Shown as it streams; logged once whole.
-                if line := first_line("".join(self._message)):
+                self._message.add(update.content.text)
+                # Shown as it streams (its first line, once it has one); logged whole.
+                if not self._shown and (line := first_line(update.content.text)):
+                    self._shown = True
                     self.context.progress(line)
         elif isinstance(update, AgentThoughtChunk):
             if isinstance(update.content, TextContentBlock):
-                self._thought.append(update.content.text)
+                self._thought.add(update.content.text)
         elif isinstance(update, ToolCallStart):
             await self.flush()
-            self._titles[update.tool_call_id] = update.title
-            await self.context.log("tool", f"{update.kind or 'other'}: {update.title}")
-            self.context.progress(update.title)
+            title = update.title[:MAX_TITLE_CHARS]
+            if len(self._titles) < MAX_TOOL_CALLS_REMEMBERED:
+                self._titles[update.tool_call_id] = title
+            await self.context.log("tool", f"{update.kind or 'other'}: {title}")
+            self.context.progress(first_line(title) or "tool call")
             await self._diffs(update.content)
         elif isinstance(update, ToolCallProgress):
             await self._tool_progress(update)
@@ -112,20 +123,21 @@ class ForkyardAcpClient:
     async def flush(self) -> None:
         """Log the message (and thought) streamed so far, as one entry each."""
         await self._flush_thought()
-        if text := "".join(self._message).strip():
-            self._message.clear()
+        self._shown = False
+        if text := self._message.take():
             self.last_message = text
             await self.context.log("assistant", text)
             self.context.progress(first_line(text) or "replied")
 
     async def _flush_thought(self) -> None:
-        if text := "".join(self._thought).strip():
-            self._thought.clear()
+        if text := self._thought.take():
             await self.context.log("reasoning", clip(text))
             self.context.progress(first_line(text) or "thinking")
 
     async def _tool_progress(self, update: ToolCallProgress) -> None:
-        title = update.title or self._titles.get(update.tool_call_id, update.tool_call_id)
+        title = (update.title or self._titles.get(update.tool_call_id, "tool call"))[
+            :MAX_TITLE_CHARS
+        ]
         if update.status in ("completed", "failed"):
             await self.context.log("tool", f"{title}: {update.status}")
         await self._diffs(update.content)
@@ -156,7 +168,9 @@ class ForkyardAcpClient:
         """The role's answer, as one of the options the agent offered (no option that
         says so: the request is cancelled, which the agent takes as no)."""
         kind = tool_call.kind or "other"
-        title = tool_call.title or self._titles.get(tool_call.tool_call_id, kind)
+        title = (tool_call.title or self._titles.get(tool_call.tool_call_id, kind))[
+            :MAX_TITLE_CHARS
+        ]
         tool = TOOL_OF_KIND.get(kind)
         if kind in REFUSED_KINDS or (tool is None and kind != "other"):
             verdict = "reject"
@@ -287,6 +301,30 @@ class ForkyardAcpClient:
 
     def on_connect(self, conn: Any) -> None:
         return None
+
+
+class _Streamed:
+    """A message or thought as it streams in chunks, kept to MAX_MESSAGE_CHARS (the
+    rest dropped, once said)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.cut = False
+
+    def add(self, text: str) -> None:
+        if self.cut:
+            return
+        room = MAX_MESSAGE_CHARS - self.size
+        if len(text) >= room:
+            text, self.cut = text[:room] + CUT_MARKER, True
+        self.parts.append(text)
+        self.size += len(text)
+
+    def take(self) -> str:
+        text = "".join(self.parts).strip()
+        self.parts, self.size, self.cut = [], 0, False
+        return text
 
 
 def _missing(root: Path, relative: str) -> bool:

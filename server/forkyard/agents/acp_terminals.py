@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import shlex
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -34,7 +35,9 @@ INVALID_PARAMS = -32602
 class Terminal:
     command: str
     limit: int
-    output: str = ""
+    #: The output's last lines, and their size in bytes (kept within `limit`).
+    lines: deque[str] = field(default_factory=deque)
+    size: int = 0
     truncated: bool = False
     exit_code: int | None = None
     signal: str | None = None
@@ -42,12 +45,20 @@ class Terminal:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
     def add(self, line: str) -> None:
-        self.output += line + "\n"
-        excess = len(self.output.encode()) - self.limit
-        if excess > 0:
-            # Keep the end, cut at a character boundary.
-            self.output = self.output.encode()[excess:].decode(errors="ignore")
+        """Keep the end of the output: older lines go once the limit is passed (each
+        line costs its own size, never the whole output's)."""
+        line = line + "\n"
+        if len(line) > self.limit:
+            line = line[-self.limit :]
+        self.lines.append(line)
+        self.size += len(line.encode(errors="replace"))
+        while self.size > self.limit and len(self.lines) > 1:
+            self.size -= len(self.lines.popleft().encode(errors="replace"))
             self.truncated = True
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
 
 
 class Terminals:

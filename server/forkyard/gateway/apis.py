@@ -180,6 +180,13 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+#: (input tokens, output tokens, the details holding the cached ones), by OpenAI API.
+_OPENAI_USAGE_FIELDS = {
+    Api.CHAT: ("prompt_tokens", "completion_tokens", "prompt_tokens_details"),
+    Api.RESPONSES: ("input_tokens", "output_tokens", "input_tokens_details"),
+}
+
+
 def usage_of(api: Api, payload: object) -> Usage | None:
     """The usage in a whole (non-streamed) response body, if it has one."""
     if api is Api.GEMINI:
@@ -189,20 +196,14 @@ def usage_of(api: Api, payload: object) -> Usage | None:
     usage = payload.get("usage")
     if not isinstance(usage, dict):
         return None
-    if api is Api.CHAT:
-        details = usage.get("prompt_tokens_details")
+    if api in _OPENAI_USAGE_FIELDS:
+        # The two OpenAI APIs report the same three counts under different names.
+        inputs, outputs, details_name = _OPENAI_USAGE_FIELDS[api]
+        details = usage.get(details_name)
         cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
         return Usage(
-            input_tokens=_int(usage.get("prompt_tokens")),
-            output_tokens=_int(usage.get("completion_tokens")),
-            cached_tokens=cached,
-        )
-    if api is Api.RESPONSES:
-        details = usage.get("input_tokens_details")
-        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-        return Usage(
-            input_tokens=_int(usage.get("input_tokens")),
-            output_tokens=_int(usage.get("output_tokens")),
+            input_tokens=_int(usage.get(inputs)),
+            output_tokens=_int(usage.get(outputs)),
             cached_tokens=cached,
         )
     if api is Api.MESSAGES:
