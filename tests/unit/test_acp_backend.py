@@ -413,7 +413,7 @@ async def test_an_agent_that_streams_without_end_is_kept_bounded(
     assert max(len(text) for _kind, text in context.logs) < 1100
 
 
-def test_a_terminal_keeps_the_end_of_its_output_within_its_limit() -> None:
+async def test_a_terminal_keeps_the_end_of_its_output_within_its_limit() -> None:
     terminal = Terminal(command="yes", limit=100)
     for number in range(10_000):
         terminal.add(f"line {number}")
