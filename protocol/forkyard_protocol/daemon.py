@@ -24,7 +24,9 @@ DAEMON_PROTOCOL_VERSION = 1
 
 #: Editor requests a front answers itself: they need the editor's open documents or its
 #: `workspace/applyEdit`.
-FRONT_ONLY = frozenset({"forkyard/agent/apply", "forkyard/chat", "forkyard/server/stats"})
+FRONT_ONLY = frozenset(
+    {"forkyard/agent/apply", "forkyard/agent/applyAll", "forkyard/chat", "forkyard/server/stats"}
+)
 
 ApprovalAnswer = Literal["allow_once", "allow_for_agent", "deny"]
 NoticeLevel = Literal["info", "warning", "error"]
@@ -96,6 +98,9 @@ class ApplyRequested(WireModel):
     agent_id: str
     thread_id: str
     front_id: str
+    #: `/apply 3 5 7`: all of them in this order (`forkyard/agent/applyAll`), `agentId`
+    #: the first; empty for one agent.
+    agent_ids: list[str] = Field(default_factory=list)
 
 
 class SettingsChanged(WireModel):

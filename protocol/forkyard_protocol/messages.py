@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from .models import (
     Agent,
     AgentState,
+    CheckResult,
     Conflict,
     FileChange,
     LogEntry,
@@ -102,12 +103,20 @@ class AgentDispatchParams(WireModel):
     #: role's `budget_usd` / `max_tokens`. None: the role's (or no limit).
     budget_usd: float | None = Field(default=None, ge=0)
     max_tokens: int | None = Field(default=None, ge=1)
+    #: "Review across agents": start this many agents on the task, grouped (best of N).
+    count: int | None = Field(default=None, ge=1, le=10)
 
     _task_not_blank = field_validator("task")(_non_blank)
 
 
 class AgentResult(WireModel):
     agent: Agent
+
+
+class AgentDispatchResult(AgentResult):
+    """`agent` is the first of the group; `agents` all of it (one without `count`)."""
+
+    agents: list[Agent] = Field(default_factory=list)
 
 
 class AgentListResult(WireModel):
@@ -168,6 +177,68 @@ class AgentApplyResult(WireModel):
     applied: bool
     paths: list[str]
     conflicts: list[Conflict]
+
+
+def _agent_ids(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError("must name at least one agent")
+    if any(not item.strip() for item in value):
+        raise ValueError("must not hold an empty id")
+    return value
+
+
+class AgentIdsParams(WireModel):
+    """Params of methods over several agents (`applyAll`, `compare`), in order: ids or
+    numbers as strings."""
+
+    agent_ids: list[str] = Field(max_length=100)
+
+    @field_validator("agent_ids", mode="before")
+    @classmethod
+    def _numbers_as_ids(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    _ids_not_blank = field_validator("agent_ids")(_agent_ids)
+
+
+class AgentApplyAllResult(WireModel):
+    """One result per agent tried, in order; `stoppedAt` the agent whose conflicts
+    stopped the run (nothing of it applied), None when every one applied."""
+
+    results: list[AgentApplyResult]
+    stopped_at: str | None = None
+
+
+class AgentRebaseParams(AgentRef):
+    onto: Literal["HEAD"] = "HEAD"
+
+
+class AgentRebaseResult(WireModel):
+    """`conflicts`: paths left with conflict markers in the agent's worktree."""
+
+    agent: Agent
+    conflicts: list[str] = Field(default_factory=list)
+
+
+class CompareEntry(WireModel):
+    agent_id: str
+    files: int
+    additions: int
+    deletions: int
+    check: CheckResult | None = None
+
+
+class PairOverlap(WireModel):
+    a: str
+    b: str
+    paths: list[str]
+
+
+class AgentCompareResult(WireModel):
+    agents: list[CompareEntry]
+    overlaps: list[PairOverlap]
 
 
 # --- server -----------------------------------------------------------------------------
@@ -303,7 +374,7 @@ REQUESTS: dict[str, tuple[type[WireModel], type[WireModel]]] = {
     "forkyard/chat/interrupt": (ChatInterruptParams, Empty),
     "forkyard/thread/list": (Empty, ThreadListResult),
     "forkyard/thread/read": (ThreadReadParams, ThreadReadResult),
-    "forkyard/agent/dispatch": (AgentDispatchParams, AgentResult),
+    "forkyard/agent/dispatch": (AgentDispatchParams, AgentDispatchResult),
     "forkyard/agent/list": (Empty, AgentListResult),
     "forkyard/agent/read": (AgentRef, AgentReadResult),
     "forkyard/agent/message": (AgentMessageParams, AgentResult),
@@ -311,6 +382,9 @@ REQUESTS: dict[str, tuple[type[WireModel], type[WireModel]]] = {
     "forkyard/agent/diff": (AgentRef, AgentDiffResult),
     "forkyard/agent/file": (AgentFileParams, AgentFileResult),
     "forkyard/agent/apply": (AgentApplyParams, AgentApplyResult),
+    "forkyard/agent/applyAll": (AgentIdsParams, AgentApplyAllResult),
+    "forkyard/agent/rebase": (AgentRebaseParams, AgentRebaseResult),
+    "forkyard/agent/compare": (AgentIdsParams, AgentCompareResult),
     "forkyard/agent/discard": (AgentRef, AgentResult),
     "forkyard/server/stats": (ServerStatsParams, ServerStatsResult),
     "forkyard/status": (StatusParams, StatusResult),

@@ -76,6 +76,22 @@ class Usage(WireModel):
     cost_usd: float | None = None
 
 
+class Overlap(WireModel):
+    """Another done agent whose changes touch the same lines as this one's, or lines next
+    to them ("Review across agents"): applying both needs a look."""
+
+    agent_id: str
+    paths: list[str] = Field(default_factory=list)
+
+
+class CheckResult(WireModel):
+    """The role's `check` command, run in the agent's worktree when it finished (and
+    after a rebase): whether it passed, and the tail of its output."""
+
+    passed: bool
+    summary: str = ""
+
+
 class Agent(WireModel):
     id: str
     number: int
@@ -101,6 +117,13 @@ class Agent(WireModel):
     #: a follow-up; None: no limit. An agent past one is `failed`, `budget reached (…)`.
     budget_usd: float | None = None
     max_tokens: int | None = None
+    #: "Review across agents": for a done agent, the other done agents that change the
+    #: same lines of the same files (or lines next to them); empty otherwise.
+    overlaps: list[Overlap] = Field(default_factory=list)
+    #: Agents started together by one dispatch with `count` share a group id.
+    group: str | None = None
+    #: The role's `check` on its latest work; None when the role has none (or not yet).
+    check: CheckResult | None = None
 
 
 class Thread(WireModel):
