@@ -33,7 +33,7 @@ if ! command -v uv >/dev/null; then
   export PATH="$HOME/.local/bin:$PATH"
 fi
 
-uv sync --locked
+uv sync --locked --extra cluster
 
 # The external agent programs (Codex CLI, Claude Code, aider) that their tests drive for
 # real, into .agents/ (ignored by git); a program that cannot be installed is recorded and

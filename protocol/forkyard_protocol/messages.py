@@ -105,6 +105,8 @@ class AgentDispatchParams(WireModel):
     max_tokens: int | None = Field(default=None, ge=1)
     #: "Review across agents": start this many agents on the task, grouped (best of N).
     count: int | None = Field(default=None, ge=1, le=10)
+    #: "Cluster": run on the configured Ray cluster or here, over the role's `placement`.
+    placement: Literal["local", "cluster"] | None = None
 
     _task_not_blank = field_validator("task")(_non_blank)
 
@@ -386,6 +388,9 @@ REQUESTS: dict[str, tuple[type[WireModel], type[WireModel]]] = {
     "forkyard/agent/rebase": (AgentRebaseParams, AgentRebaseResult),
     "forkyard/agent/compare": (AgentIdsParams, AgentCompareResult),
     "forkyard/agent/discard": (AgentRef, AgentResult),
+    #: An addition: a failed, interrupted or cancelled agent's task run again as a new
+    #: agent, on the same base commit (the old one stays as it is, for its log).
+    "forkyard/agent/retry": (AgentRef, AgentResult),
     "forkyard/server/stats": (ServerStatsParams, ServerStatsResult),
     "forkyard/status": (StatusParams, StatusResult),
 }

@@ -92,6 +92,14 @@ class CheckResult(WireModel):
     summary: str = ""
 
 
+class AgentPlacement(WireModel):
+    """"Cluster" in docs/protocol.md: where the agent runs; `node` is the Ray node's
+    address once it is placed there, None while it waits or when it runs locally."""
+
+    kind: Literal["local", "cluster"] = "local"
+    node: str | None = None
+
+
 class Agent(WireModel):
     id: str
     number: int
@@ -124,6 +132,7 @@ class Agent(WireModel):
     group: str | None = None
     #: The role's `check` on its latest work; None when the role has none (or not yet).
     check: CheckResult | None = None
+    placement: AgentPlacement = Field(default_factory=AgentPlacement)
 
 
 class Thread(WireModel):

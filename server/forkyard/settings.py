@@ -26,6 +26,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forkyard.agents.external_config import ExternalBackendConfig
+from forkyard.cluster.config import ClusterSettings, Placement
 from forkyard.models.config import ModelConfig
 from forkyard.trust import ignored_summary, read_trust, split_repository_values
 
@@ -57,6 +58,11 @@ class RoleConfig(BaseModel):
     #: or its input+output tokens reach them. None: no limit. A dispatch may override.
     budget_usd: float | None = Field(default=None, ge=0)
     max_tokens: int | None = Field(default=None, ge=1)
+    #: Where this role's agents run ("Cluster" in docs/protocol.md); a dispatch may
+    #: override. A cluster agent gets `num_cpus` and `memory_mb` reserved on its node.
+    placement: Placement = "local"
+    num_cpus: float = Field(default=1.0, gt=0, le=1024)
+    memory_mb: int | None = Field(default=None, ge=64)
 
 
 BUILTIN_ROLES: dict[str, RoleConfig] = {
@@ -203,6 +209,7 @@ class Settings(BaseModel):
     approval_timeout_seconds: float = Field(default=600.0, gt=0)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     def role(self, name: str) -> RoleConfig | None:
         """A configured role, else a built-in one, else None. A configured role named like
