@@ -13,6 +13,7 @@ from functools import partial
 from forkyard.errors import InvalidRequest, WrongState
 from forkyard.models.pricing import usage_text
 from forkyard.orchestrator.orchestrator import Orchestrator
+from forkyard.orchestrator.retry import retry
 from forkyard.store.sqlite import UsageTotal
 from forkyard_protocol import Usage
 from forkyard_protocol.daemon import ApplyRequested
@@ -32,30 +33,18 @@ Commands (no model needed):
 | `/apply <n>` | apply an agent's changes to your checkout |
 | `/discard <n>` | discard an agent (its work stays in a ref) |
 | `/cancel <n>` | stop an agent (its worktree is kept) |
+| `/retry <n>` | run a failed, interrupted or cancelled agent's task again, as a new agent |
 | `/budget <n> <usd>` | set an agent's budget in USD (a follow-up then continues it) |
 | `/help` | this list |
 """
 
+#: One short paragraph: a person who typed a question wants to know how to get an answer,
+#: not the whole command table (`/help` has it).
 NO_MODEL = """\
-No chat model is configured, so I can only run commands. To chat, add a model to \
-`.forkyard.toml` in your repository (or `~/.config/forkyard/config.toml`), for example \
-a local Ollama:
-
-```toml
-[models.default]
-provider = "openai"
-base_url = "http://127.0.0.1:11434/v1"
-model = "qwen2.5-coder:14b"
-```
-
-or OpenAI, with the key in the environment variable you name:
-
-```toml
-[models.default]
-provider = "openai"
-model = "gpt-4.1"
-api_key_env = "OPENAI_API_KEY"
-```
+No chat model is configured, so I can only run commands (`/help` lists them). To chat, \
+set one: in VS Code the `forkyard.models` setting, elsewhere `[models.default]` with \
+`provider`, `base_url` and `model` in `.forkyard.toml` or `~/.config/forkyard/config.toml` \
+(a key's environment variable in `api_key_env`, never the key).
 
 """
 
@@ -105,6 +94,7 @@ class ChatCommands:
             "diff": self._diff,
             "discard": self._discard,
             "cancel": self._cancel,
+            "retry": self._retry,
             "budget": self._budget,
             "help": self._help,
         }
@@ -218,6 +208,12 @@ class ChatCommands:
     async def _cancel(self, rest: str, _thread: str | None) -> str:
         agent = await self.orchestrator.cancel(self._ref(rest, "cancel"))
         return f"Agent #{agent.number} is {agent.state}; its worktree is kept."
+
+    async def _retry(self, rest: str, _thread: str | None) -> str:
+        """`/retry N`: the task again as a new agent on the same base commit."""
+        old = self.orchestrator.resolve(self._ref(rest, "retry")).agent
+        agent = await retry(self.orchestrator, old.id)
+        return f"Retrying agent #{old.number} as agent #{agent.number}: {agent.title}."
 
     async def _budget(self, rest: str, _thread: str | None) -> str:
         """`/budget N USD`: the agent's budget from its next model call on; an agent

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import forkyard
 from forkyard.daemon.hub import Front, Hub, Session, problem_info
 from forkyard.errors import InvalidRequest, NotReady, validated
+from forkyard.orchestrator.retry import retry as retry_agent
 from forkyard.review.service import load_review_files
 from forkyard_protocol import REQUESTS, WireModel
 from forkyard_protocol.daemon import (
@@ -137,6 +138,11 @@ async def cancel(session: Session, _front: Front, params: AgentRef) -> AgentResu
 @handles("forkyard/agent/discard")
 async def discard(session: Session, _front: Front, params: AgentRef) -> AgentResult:
     return AgentResult(agent=await session.app.orchestrator.discard(params.agent_id))
+
+
+@handles("forkyard/agent/retry")
+async def retry(session: Session, _front: Front, params: AgentRef) -> AgentResult:
+    return AgentResult(agent=await retry_agent(session.app.orchestrator, params.agent_id))
 
 
 @handles("forkyard/agent/diff")

@@ -53,6 +53,7 @@ PASSED_ON = (
     "forkyard/agent/message",
     "forkyard/agent/cancel",
     "forkyard/agent/discard",
+    "forkyard/agent/retry",
     "forkyard/agent/diff",
     "forkyard/agent/file",
     "forkyard/chat/interrupt",
