@@ -63,6 +63,10 @@ class RoleConfig(BaseModel):
     placement: Placement = "local"
     num_cpus: float = Field(default=1.0, gt=0, le=1024)
     memory_mb: int | None = Field(default=None, ge=64)
+    #: A command run sandboxed in the agent's worktree when it finishes and after a
+    #: rebase (`check = "pytest -q"`): `Agent.check` says whether it passed. It runs a
+    #: command, so an untrusted `.forkyard.toml` cannot set it.
+    check: str | None = None
 
 
 BUILTIN_ROLES: dict[str, RoleConfig] = {
