@@ -12,7 +12,7 @@ from typing import BinaryIO
 import anyio
 from pygls.io_ import StdoutWriter
 
-from forkyard.lsp import agents, chat, config, lifecycle, review
+from forkyard.lsp import agents, apply_all, chat, config, lenses, lifecycle, review
 from forkyard.lsp.server import ForkyardServer, serve_connection
 from forkyard.lsp.wire import StdinSource, StreamSource
 
@@ -25,11 +25,16 @@ def create_server() -> ForkyardServer:
     chat_feature = chat.ChatFeature(server)
     config_feature = config.ConfigFeature(server)
     review_feature = review.Review(server)
-    lifecycle.register(server, [agent_feature, chat_feature, config_feature, review_feature])
+    lens_feature = lenses.Lenses(server, review_feature)
+    lifecycle.register(
+        server, [agent_feature, chat_feature, config_feature, review_feature, lens_feature]
+    )
     config.register(server)
     agents.register(server, agent_feature)
     chat.register(server, chat_feature)
     review.register(server, review_feature)
+    apply_all.register(server, review_feature)
+    lenses.register(server, lens_feature)
     return server
 
 
