@@ -12,7 +12,9 @@ from functools import partial
 
 from forkyard.errors import InvalidRequest, WrongState
 from forkyard.models.pricing import usage_text
+from forkyard.orchestrator.groups import dispatch_group
 from forkyard.orchestrator.orchestrator import Orchestrator
+from forkyard.orchestrator.rebase import rebase
 from forkyard.orchestrator.retry import retry
 from forkyard.store.sqlite import UsageTotal
 from forkyard_protocol import Usage
@@ -25,12 +27,13 @@ Commands (no model needed):
 
 | command | what it does |
 | --- | --- |
-| `/dispatch [--role R] <task>` | start an agent on a task (the llm backend; needs a model) |
+| `/dispatch [--role R] [--n K] <task>` | start an agent (K: best of K) on a task (needs a model) |
 | `/run <shell command>` | run a command as a background agent in its own worktree |
 | `/agents` | list agents |
 | `/status <n>` | an agent's state, summary and latest log |
 | `/diff <n>` | an agent's diff |
-| `/apply <n>` | apply an agent's changes to your checkout |
+| `/apply <n> [m ...]` | apply agents' changes to your checkout, in that order |
+| `/rebase <n>` | move an agent's work onto your current checkout |
 | `/discard <n>` | discard an agent (its work stays in a ref) |
 | `/cancel <n>` | stop an agent (its worktree is kept) |
 | `/retry <n>` | run a failed, interrupted or cancelled agent's task again, as a new agent |
@@ -52,13 +55,33 @@ MAX_DIFF_CHARS = 20_000
 STATUS_LOG_LINES = 15
 
 
-def agent_line(agent: Agent) -> str:
+def agent_line(agent: Agent, numbers: dict[str, int] | None = None) -> str:
     changes = agent.changes
     counts = f"{changes.files} files +{changes.additions} -{changes.deletions}"
     if used := usage_text(agent.usage):
         counts += f", {used}"
+    if agent.check is not None:
+        counts += ", check " + ("passed" if agent.check.passed else "failed")
     progress = f" — {agent.progress.message}" if agent.progress else ""
-    return f"#{agent.number} **{agent.title}** `{agent.state}` ({agent.role}, {counts}){progress}"
+    line = f"#{agent.number} **{agent.title}** `{agent.state}` ({agent.role}, {counts}){progress}"
+    return line + overlaps_text(agent, numbers)
+
+
+def overlaps_text(agent: Agent, numbers: dict[str, int] | None = None) -> str:
+    """` — overlaps #5 (app.py), #7 (a.py, b.py)`: other done agents that change the
+    same lines; `numbers` turns their ids into numbers (else the ids are shown)."""
+    if not agent.overlaps:
+        return ""
+    parts = []
+    for overlap in agent.overlaps:
+        name = (
+            f"#{numbers[overlap.agent_id]}"
+            if numbers and overlap.agent_id in numbers
+            else overlap.agent_id
+        )
+        shown = ", ".join(overlap.paths[:3]) + (", …" if len(overlap.paths) > 3 else "")
+        parts.append(f"{name} ({shown})")
+    return " — overlaps " + ", ".join(parts)
 
 
 def total_text(total: UsageTotal) -> str:
@@ -95,6 +118,7 @@ class ChatCommands:
             "discard": self._discard,
             "cancel": self._cancel,
             "retry": self._retry,
+            "rebase": self._rebase,
             "budget": self._budget,
             "help": self._help,
         }
@@ -121,14 +145,26 @@ class ChatCommands:
         task = rest.strip()
         # `--role R` is the first two words; the task is the rest exactly as typed (its
         # quotes and spacing kept), never cut at the first place R's letters occur.
-        if match := re.match(r"--role\s+(\S+)\s*", task):
-            role, task = match.group(1), task[match.end() :]
+        count: int | None = None
+        while match := re.match(r"--(role|n)\s+(\S+)\s*", task):
+            if match.group(1) == "role":
+                role = match.group(2)
+            elif match.group(2).isdigit() and 1 <= int(match.group(2)) <= 10:
+                count = int(match.group(2))
+            else:
+                return "`/dispatch --n K`: K is a number from 1 to 10"
+            task = task[match.end() :]
         if not task:
-            return "Usage: `/dispatch [--role R] <task>`"
-        agent = await self.orchestrator.dispatch(
-            AgentDispatchParams(task=task, role=role, thread_id=thread_id)
+            return "Usage: `/dispatch [--role R] [--n K] <task>`"
+        agents = await dispatch_group(
+            self.orchestrator,
+            AgentDispatchParams(task=task, role=role, thread_id=thread_id, count=count),
         )
-        return f"Dispatched agent #{agent.number}: {agent.title} ({agent.role})."
+        if len(agents) == 1:
+            agent = agents[0]
+            return f"Dispatched agent #{agent.number}: {agent.title} ({agent.role})."
+        names = ", ".join(f"#{a.number}" for a in agents)
+        return f"Dispatched agents {names} on one task ({agents[0].role}); compare them when done."
 
     async def _run(self, rest: str, thread_id: str | None) -> str:
         if not rest:
@@ -142,7 +178,8 @@ class ChatCommands:
         agents = self.orchestrator.agents()
         if not agents:
             return "No agents yet. Start one with `/run <command>` or `/dispatch <task>`."
-        lines = [f"- {agent_line(agent)}" for agent in agents]
+        numbers = {agent.id: agent.number for agent in agents}
+        lines = [f"- {agent_line(agent, numbers)}" for agent in agents]
         return "\n".join([*lines, *self._totals(thread)])
 
     def _totals(self, thread: str | None) -> list[str]:
@@ -188,15 +225,40 @@ class ChatCommands:
     async def _apply(self, rest: str, thread_id: str | None, *, origin: str | None) -> str:
         """Applying is the front's: the edit goes through the person's editor (or, from a
         terminal, onto the files on disk). The front tells the thread how it went."""
-        agent = self.orchestrator.resolve(self._ref(rest, "apply")).agent
-        if agent.state != "done":
-            raise WrongState(f"agent #{agent.number} is {agent.state}; only a done agent applies")
+        refs = [ref.removeprefix("#") for ref in rest.split()] or [self._ref(rest, "apply")]
+        agents = [self.orchestrator.resolve(ref).agent for ref in refs]
+        for agent in agents:
+            if agent.state != "done":
+                raise WrongState(
+                    f"agent #{agent.number} is {agent.state}; only a done agent applies"
+                )
         if origin is None or thread_id is None:
             return "Applying needs an editor connection; use the `forkyard.apply` command."
+        ids = [agent.id for agent in agents] if len(agents) > 1 else []
         self.orchestrator.bus.publish(
-            ApplyRequested(agent_id=agent.id, thread_id=thread_id, front_id=origin)
+            ApplyRequested(
+                agent_id=agents[0].id, thread_id=thread_id, front_id=origin, agent_ids=ids
+            )
         )
-        return f"Applying agent #{agent.number} in your editor…"
+        if ids:
+            names = ", ".join(f"#{a.number}" for a in agents)
+            return f"Applying agents {names} in your editor, in that order…"
+        return f"Applying agent #{agents[0].number} in your editor…"
+
+    async def _rebase(self, rest: str, _thread: str | None) -> str:
+        """`/rebase N`: the agent's work onto the checkout as it is now."""
+        agent, conflicts = await rebase(self.orchestrator, self._ref(rest, "rebase"))
+        c = agent.changes
+        if conflicts:
+            return (
+                f"Rebased agent #{agent.number} with conflicts in "
+                + ", ".join(f"`{p}`" for p in conflicts)
+                + "; the markers are in its worktree: send it a message to resolve them."
+            )
+        return (
+            f"Rebased agent #{agent.number} onto your checkout: {c.files} file(s), "
+            f"+{c.additions} -{c.deletions}."
+        )
 
     async def _discard(self, rest: str, _thread: str | None) -> str:
         agent = await self.orchestrator.discard(self._ref(rest, "discard"))

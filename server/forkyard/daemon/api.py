@@ -15,6 +15,9 @@ from typing import Any, Protocol
 import forkyard
 from forkyard.daemon.hub import Front, Hub, Session, problem_info
 from forkyard.errors import InvalidRequest, NotReady, validated
+from forkyard.orchestrator.groups import compare as compare_agents
+from forkyard.orchestrator.groups import dispatch_group
+from forkyard.orchestrator.rebase import rebase as rebase_agent
 from forkyard.orchestrator.retry import retry as retry_agent
 from forkyard.review.service import load_review_files
 from forkyard_protocol import REQUESTS, WireModel
@@ -38,13 +41,18 @@ from forkyard_protocol.daemon import (
     TrustParams,
 )
 from forkyard_protocol.messages import (
+    AgentCompareResult,
     AgentDiffResult,
     AgentDispatchParams,
+    AgentDispatchResult,
     AgentFileParams,
     AgentFileResult,
+    AgentIdsParams,
     AgentListResult,
     AgentMessageParams,
     AgentReadResult,
+    AgentRebaseParams,
+    AgentRebaseResult,
     AgentRef,
     AgentResult,
     ChatInterruptParams,
@@ -106,8 +114,22 @@ class DaemonApi:
 
 
 @handles("forkyard/agent/dispatch")
-async def dispatch(session: Session, _front: Front, params: AgentDispatchParams) -> AgentResult:
-    return AgentResult(agent=await session.app.orchestrator.dispatch(params))
+async def dispatch(
+    session: Session, _front: Front, params: AgentDispatchParams
+) -> AgentDispatchResult:
+    agents = await dispatch_group(session.app.orchestrator, params)
+    return AgentDispatchResult(agent=agents[0], agents=agents)
+
+
+@handles("forkyard/agent/rebase")
+async def rebase(session: Session, _front: Front, params: AgentRebaseParams) -> AgentRebaseResult:
+    agent, conflicts = await rebase_agent(session.app.orchestrator, params.agent_id, params.onto)
+    return AgentRebaseResult(agent=agent, conflicts=conflicts)
+
+
+@handles("forkyard/agent/compare")
+async def compare(session: Session, _front: Front, params: AgentIdsParams) -> AgentCompareResult:
+    return await compare_agents(session.app.orchestrator, params.agent_ids)
 
 
 @handles("forkyard/agent/list")

@@ -25,6 +25,7 @@ from forkyard.orchestrator.events import Reporter
 from forkyard.orchestrator.failures import keep_running
 from forkyard.orchestrator.ledger import UsageLedger
 from forkyard.orchestrator.numbering import base_commit, free_agent_number
+from forkyard.orchestrator.overlaps import OverlapTracker
 from forkyard.orchestrator.runner import FINISH_TIMEOUT_SECONDS, AgentRunner
 from forkyard.orchestrator.runtime import AgentRuntime, is_dir
 from forkyard.orchestrator.states import check_move
@@ -97,6 +98,7 @@ class Orchestrator:
         )
         self.runner = AgentRunner(self)
         self.worktrees = Worktrees(self)
+        self.overlaps = OverlapTracker(self)
 
     @property
     def settings(self) -> Settings:
@@ -186,7 +188,7 @@ class Orchestrator:
 
     # --- commands --------------------------------------------------------------------
 
-    async def dispatch(self, params: AgentDispatchParams) -> Agent:
+    async def dispatch(self, params: AgentDispatchParams, group: str | None = None) -> Agent:
         settings = self.settings
         role = settings.role(params.role)
         if role is None:
@@ -233,6 +235,7 @@ class Orchestrator:
             updated_at=stamp,
             budget_usd=role.budget_usd if params.budget_usd is None else params.budget_usd,
             max_tokens=role.max_tokens if params.max_tokens is None else params.max_tokens,
+            group=group,
         )
         runtime = AgentRuntime(agent, sparse_paths=sparse_paths or None)
         self._agents[agent.id] = runtime
@@ -369,6 +372,9 @@ class Orchestrator:
         # By field name: `changes` are field names, and a camelCase key would win.
         data = runtime.agent.model_dump(by_alias=False)
         data.update(changes)
+        left_done = previous == "done" and data["state"] != "done"
+        if left_done:
+            data["overlaps"] = []  # only done agents overlap
         data["updated_at"] = now_iso()
         before, runtime.agent = runtime.agent, Agent.model_validate(data)
         try:
@@ -378,6 +384,8 @@ class Orchestrator:
             if runtime.agent.state == data["state"]:
                 runtime.agent = before
             raise
+        if left_done:
+            await self.overlaps.agent_left(runtime.agent.id)
 
     async def _save_and_announce(self, runtime: AgentRuntime, previous: str | None) -> None:
         await self.store.save_agent(self.repo_key, runtime.agent)

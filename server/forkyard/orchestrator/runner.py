@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from forkyard.agents.base import RunOutcome
+from forkyard.orchestrator.checks import role_check, run_check
 from forkyard.orchestrator.context import RunContext
 from forkyard.orchestrator.events import NoticeLevel
 from forkyard.orchestrator.failures import cause_of, leaf
@@ -21,7 +22,7 @@ from forkyard.settings import RoleConfig
 from forkyard.workspace.diff import diff_worktree
 from forkyard.workspace.git import GitError
 from forkyard.workspace.setup import PortRange, SetupError, set_up_worktree
-from forkyard_protocol.models import FINAL_STATES, ChangeCounts, Progress
+from forkyard_protocol.models import FINAL_STATES, ChangeCounts, FileChange, Progress
 
 if TYPE_CHECKING:
     from forkyard.orchestrator.orchestrator import Orchestrator
@@ -146,6 +147,13 @@ class AgentRunner:
         await self._set_up(runtime, path, ports)
         return path
 
+    async def record_overlaps(self, runtime: AgentRuntime, files: list[FileChange]) -> None:
+        """Never fails the agent: overlaps are advice."""
+        try:
+            await self.o.overlaps.agent_done(runtime, files)
+        except Exception:
+            logger.exception("agent #%s: could not compute its overlaps", runtime.agent.number)
+
     async def _set_up(self, runtime: AgentRuntime, path: Path, ports: PortRange) -> None:
         async def log(kind: str, text: str) -> None:
             await self.o._log(runtime, kind, text)
@@ -168,6 +176,7 @@ class AgentRunner:
         in a ref whatever happens next), the change counts, and the final state."""
         agent = runtime.agent
         changes = agent.changes
+        files: list[FileChange] = []
         record_error: str | None = None
         if agent.worktree and await is_dir(agent.worktree):
             try:
@@ -178,6 +187,7 @@ class AgentRunner:
                         self.o.repository.root,
                         repository=self.o.repository,
                     )
+                    files = diff.files
                     changes = ChangeCounts(
                         files=len(diff.files),
                         additions=sum(f.additions for f in diff.files),
@@ -213,9 +223,20 @@ class AgentRunner:
             error = f"{error}; {record_error}" if error else record_error
             if state in ("done", "cancelled"):
                 state = "failed"
+        check = agent.check
+        if state == "done" and (command := role_check(self.o, agent.role)):
+            check = await run_check(self.o, runtime, command)
         await self.o._update(
-            runtime, state=state, progress=None, summary=summary, error=error, changes=changes
+            runtime,
+            state=state,
+            progress=None,
+            summary=summary,
+            error=error,
+            changes=changes,
+            check=check,
         )
+        if state == "done":
+            await self.record_overlaps(runtime, files)
         try:
             await self.o._flush_logs()
         except Exception:
