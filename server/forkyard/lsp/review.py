@@ -16,6 +16,7 @@ from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
 from forkyard.errors import ForkyardError, InvalidRequest
+from forkyard.lsp.apply_all import ApplyAll
 from forkyard.lsp.arguments import agent_arg, raise_invalid
 from forkyard.lsp.edits import build_workspace_edit
 from forkyard.lsp.review_data import (
@@ -30,7 +31,7 @@ from forkyard.lsp.server import ForkyardServer
 from forkyard.lsp.session import FrontSession
 from forkyard.notices import notice_route
 from forkyard.review.outcome import ApplyOutcome, apply_outcome_text
-from forkyard.review.service import AgentReview, FileReview, ReviewService
+from forkyard.review.service import AgentReview, ApplyPlan, FileReview, ReviewService
 from forkyard.workspace import confined
 from forkyard.workspace.hunks import marked_lines, split_lines
 from forkyard_protocol.daemon import AgentChanged, ApplyRequested, Event
@@ -55,6 +56,7 @@ class Review:
         self.server = server
         self._pending_refresh: set[str] = set()
         self._published: set[str] = set()
+        self.apply_all = ApplyAll(self)
 
     @property
     def front(self) -> FrontSession:
@@ -185,10 +187,31 @@ class Review:
         elif agent.state != "done" and (dropped := self.service.drop(agent.id)):
             for path in dropped.files:
                 self.refresh_soon(path)
+        elif agent.state == "done" and reviewed is not None:
+            self._done_agent_changed(reviewed, agent)
+
+    def _done_agent_changed(self, reviewed: AgentReview, agent: Agent) -> None:
+        """A done agent changed: rebased (its files again), or its overlaps (the
+        diagnostics of its files, and of the agents it overlaps, say so)."""
+        before = reviewed.agent
+        if before.base_ref != agent.base_ref or before.changes != agent.changes:
+            self.server.spawn(partial(self._reload, agent), f"review of agent {agent.id}")
+        elif before.overlaps != agent.overlaps:
+            reviewed.agent = agent
+            for path in reviewed.files:
+                self.refresh_soon(path)
+
+    async def _reload(self, agent: Agent) -> None:
+        old = self.service.cached(agent.id)
+        review = await self.service.load(agent)
+        await self.publish_paths(sorted(set(review.files) | set(old.files if old else [])))
 
     async def _apply_for_chat(self, event: ApplyRequested) -> None:
         """`/apply N` typed in this editor's chat: applied here, told in the thread."""
         number = self.front.resolve_agent(event.agent_id).number
+        if len(event.agent_ids) > 1:
+            await self.apply_all.for_chat(event)
+            return
         try:
             result = await self.apply(event.agent_id)
             outcome = ApplyOutcome(
@@ -247,11 +270,18 @@ class Review:
     # --- applying -----------------------------------------------------------------------
 
     async def apply(
-        self, agent_ref: str, paths: list[str] | None = None, hunk_ids: list[str] | None = None
+        self,
+        agent_ref: str,
+        paths: list[str] | None = None,
+        hunk_ids: list[str] | None = None,
+        *,
+        plan: ApplyPlan | None = None,
     ) -> AgentApplyResult:
-        plan = await self.service.confined_plan(
-            self.root, agent_ref, self.current_text, paths, hunk_ids
-        )
+        """`plan`: one already made against the current text (apply in order)."""
+        if plan is None:
+            plan = await self.service.confined_plan(
+                self.root, agent_ref, self.current_text, paths, hunk_ids
+            )
         agent = plan.agent
         texts = {p.path: await self.current_text(p.path) for p in plan.plans}
         versions: dict[str, int | None] = {}
@@ -317,6 +347,10 @@ class Review:
         conflicts = plan.conflicts + [Conflict(path=p, reason=r) for p, r in failed.items()]
         if applied and plan.complete and not failed:
             await self.front.call("daemon/markApplied", {"agentId": agent.id})
+            if agent.group:
+                self.server.spawn(
+                    partial(self.apply_all.offer_discard_others, agent), "discard offer"
+                )
         elif applied:
             for path in build.touched:
                 self.refresh_soon(path)
@@ -426,6 +460,8 @@ def register(server: ForkyardServer, review: Review) -> None:
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: ForkyardServer, params: types.DidChangeTextDocumentParams) -> None:
         path = review.path_of(params.text_document.uri) if ls.front is not None else None
+        if path is not None:
+            review.apply_all.document_changed(path)
         if ls.front is not None and path and ls.front.review.for_path(path):
             review.refresh_soon(path)
 

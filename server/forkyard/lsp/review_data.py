@@ -13,7 +13,8 @@ from forkyard.errors import InvalidRequest
 from forkyard.lsp.positions import diagnostic_range
 from forkyard.review.service import AgentReview, FileReview
 from forkyard.workspace.hunks import split_lines
-from forkyard_protocol.models import Agent
+from forkyard.workspace.overlaps import hunk_spans, spans_touch
+from forkyard_protocol.models import Agent, Hunk
 
 SOURCE = "forkyard"
 SOURCE_KIND = "source.forkyard"
@@ -40,6 +41,9 @@ def hunk_diagnostics(
             hunk_lines = hunks[hunk.hunk_id].text.splitlines()
             added = sum(1 for line in hunk_lines if line.startswith("+"))
             removed = sum(1 for line in hunk_lines if line.startswith("-"))
+            message = f"agent #{agent.number}: {agent.title} (+{added} -{removed})"
+            if also := also_changed_by(review, file, hunks[hunk.hunk_id], pairs):
+                message += "; also changed by " + _agents_phrase(also)
             found.append(
                 types.Diagnostic(
                     range=types.Range(
@@ -48,11 +52,41 @@ def hunk_diagnostics(
                     ),
                     severity=types.DiagnosticSeverity.Hint,
                     source=SOURCE,
-                    message=f"agent #{agent.number}: {agent.title} (+{added} -{removed})",
+                    message=message,
                     data={"agentId": agent.id, "hunkId": hunk.hunk_id},
                 )
             )
     return found
+
+
+def also_changed_by(
+    review: AgentReview,
+    file: FileReview,
+    hunk: Hunk,
+    pairs: list[tuple[AgentReview, FileReview]],
+) -> list[int]:
+    """Numbers of the agents that overlap this one here (`Agent.overlaps`) and whose
+    hunks in this file touch this hunk; with another base, every overlapping one."""
+    path = file.change.path
+    overlapping = {o.agent_id for o in review.agent.overlaps if path in o.paths}
+    if not overlapping:
+        return []
+    mine = hunk_spans([hunk])
+    found = []
+    for other, other_file in pairs:
+        if other.agent.id not in overlapping:
+            continue
+        same_base = other_file.base_text == file.base_text and not other_file.change.binary
+        if same_base and not spans_touch(mine, hunk_spans(other_file.change.hunks)):
+            continue
+        found.append(other.agent.number)
+    return sorted(found)
+
+
+def _agents_phrase(numbers: list[int]) -> str:
+    if len(numbers) == 1:
+        return f"agent #{numbers[0]}"
+    return "agents " + ", ".join(f"#{n}" for n in numbers)
 
 
 def kind_wanted(kind: str, only: Sequence[str] | None) -> bool:
