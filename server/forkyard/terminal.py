@@ -181,8 +181,9 @@ async def _agents(front: TerminalFront, *, as_json: bool) -> int:
         return 0
     if not agents:
         print("no agents yet: `forkyard dispatch TASK`")
+    numbers = {agent.id: agent.number for agent in agents}
     for agent in agents:
-        print(agent_line(agent).replace("**", "").replace("`", ""))
+        print(agent_line(agent, numbers).replace("**", "").replace("`", ""))
     return 0
 
 
