@@ -109,6 +109,15 @@ class ApplyAll:
         if not others:
             return
         names = ", ".join(f"#{a.number}" for a in sorted(others, key=lambda a: a.number))
+        if not self.review.supports_message_actions():
+            # A client that did not opt into questions (stock Neovim would block on one).
+            self.review.server.window_show_message(
+                types.ShowMessageParams(
+                    type=types.MessageType.Info,
+                    message=f"Forkyard: #{applied.number} applied; {names} of its group remain",
+                )
+            )
+            return
         params = types.ShowMessageRequestParams(
             type=types.MessageType.Info,
             message=f"Agent #{applied.number} applied; discard {names} of its group?",
