@@ -76,8 +76,25 @@ function M.usage_text(usage)
   return cost and (text .. ' · ' .. dollars(cost)) or text
 end
 
+--- `overlaps #2 #5`: other done agents changing the same lines (`agent.overlaps`), by
+--- number when `numbers` (agent id -> number) knows them; nil when there are none.
+---@param agent table
+---@param numbers table<string, integer>?
+function M.overlaps_text(agent, numbers)
+  if type(agent.overlaps) ~= 'table' or #agent.overlaps == 0 then
+    return nil
+  end
+  local names = {}
+  for _, overlap in ipairs(agent.overlaps) do
+    local number = numbers and numbers[overlap.agentId]
+    table.insert(names, number and ('#' .. number) or tostring(overlap.agentId))
+  end
+  return 'overlaps ' .. table.concat(names, ' ')
+end
+
 --- One agent as one line of the list; its number comes first so keys can find it.
-function M.format(agent)
+---@param numbers table<string, integer>? agent id -> number, to name overlapping agents
+function M.format(agent, numbers)
   local changes = agent.changes or { files = 0, additions = 0, deletions = 0 }
   local progress = ''
   if type(agent.progress) == 'table' and agent.progress.message then
@@ -91,6 +108,18 @@ function M.format(agent)
     progress = progress .. ' · ' .. usage
   end
   local title = (agent.title or agent.task or ''):gsub('\n', ' ')
+  -- Before the title, which may be long: what needs a look before applying.
+  local notes = {}
+  local overlaps = M.overlaps_text(agent, numbers)
+  if overlaps then
+    table.insert(notes, overlaps)
+  end
+  if type(agent.check) == 'table' then
+    table.insert(notes, agent.check.passed and 'check ok' or 'check FAILED')
+  end
+  if #notes > 0 then
+    title = '[' .. table.concat(notes, ', ') .. '] ' .. title
+  end
   return ('#%-3d %-11s %-8s %-8s %s +%d -%d  %s%s'):format(
     agent.number,
     agent.state,
@@ -135,8 +164,12 @@ local function render(session, buf)
     ('Forkyard agents — %s  (%s)'):format(vim.fs.basename(session.root), plural(#agents, 'agent')),
     help_line(),
   }
+  local numbers = {}
   for _, agent in ipairs(agents) do
-    table.insert(lines, M.format(agent))
+    numbers[agent.id] = agent.number
+  end
+  for _, agent in ipairs(agents) do
+    table.insert(lines, M.format(agent, numbers))
   end
   if #agents == 0 then
     table.insert(lines, 'No agents yet: :Forkyard run <command> or :Forkyard dispatch <task>')
@@ -281,6 +314,25 @@ function M.open(session)
   return buf
 end
 
+local function numbers_of(session)
+  local numbers = {}
+  for _, agent in ipairs(session:agent_list()) do
+    numbers[agent.id] = agent.number
+  end
+  return numbers
+end
+
+local function check_text(check)
+  if type(check) ~= 'table' then
+    return '—'
+  end
+  local text = check.passed and 'passed' or 'failed'
+  if type(check.summary) == 'string' and check.summary ~= '' then
+    text = text .. ': ' .. (check.summary:gsub('\n', ' '))
+  end
+  return text
+end
+
 local function value(v)
   return (v == nil or v == vim.NIL) and '—' or tostring(v)
 end
@@ -306,6 +358,8 @@ function M.details(session, ref)
         agent.changes.additions,
         agent.changes.deletions
       ),
+      ('- overlaps: %s'):format(M.overlaps_text(agent, numbers_of(session)) or 'none'),
+      ('- check: %s'):format(check_text(agent.check)),
       '',
       '## Task',
       '',
