@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 from lsprotocol import types
 
@@ -37,11 +38,11 @@ async def test_a_lens_applies_one_hunk_and_lenses_follow_the_agent(
         refresh_support=True
     )
     client = await start_server(repo, capabilities=capabilities)
-    refreshes: list[object] = []
+    refreshed = anyio.Event()
 
     @client.lsp.feature(types.WORKSPACE_CODE_LENS_REFRESH)
-    def refresh(params: object) -> None:
-        refreshes.append(params)
+    def refresh(_ls: object, _params: object) -> None:
+        refreshed.set()
 
     editor = Editor(client)
     uri = editor.open(repo / "app.py")
@@ -54,7 +55,8 @@ async def test_a_lens_applies_one_hunk_and_lenses_follow_the_agent(
     )
     done = await client.wait_for_agent(agent["id"])
     assert done["state"] == "done", done
-    await client.wait_until(lambda: bool(refreshes))
+    with anyio.fail_after(20):
+        await refreshed.wait()
 
     listed = await lenses(client, uri)
     lines = APP.splitlines()
