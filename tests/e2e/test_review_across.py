@@ -15,7 +15,9 @@ from lsprotocol import types
 from forkyard.client import ForkyardClient, default_capabilities
 from tests.e2e.conftest import StartServer
 from tests.e2e.editor import Editor
+from tests.e2e.test_chat_commands import say
 from tests.e2e.test_review import forkyard_diagnostics, run_agent
+from tests.e2e.test_terminal import forkyard
 from tests.helpers import git, make_repo
 
 pytestmark = pytest.mark.timeout(120)
@@ -193,3 +195,42 @@ async def test_best_of_three_with_a_check_that_fails_for_one(
     await client.wait_for_agent(ids[1], {"discarded"})
     kept = git(repo, "for-each-ref", "--format=%(refname)", "refs/forkyard/discarded/")
     assert kept.split() == ["refs/forkyard/discarded/1", "refs/forkyard/discarded/2"]
+
+
+async def test_the_chat_and_the_terminal_show_overlaps_and_apply_in_order(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    client = await start_server(repo)
+    editor = Editor(client)
+    first = await run_agent(client, "sed -i 's/a = 1$/a = 10/' app.py", "a ten")
+    second = await run_agent(client, "sed -i 's/b = 2$/b = 20/' app.py", "b twenty")
+    await client.wait_until(lambda: client.agents[first["id"]]["overlaps"])
+
+    listed = await say(client, "/agents")
+    assert "#2 **b twenty** `done`" in listed["text"]
+    assert "— overlaps #1 (app.py)" in listed["text"]
+    assert "— overlaps #2 (app.py)" in listed["text"]
+    code, out, err = await forkyard(server_env, repo, "agents")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(
+        line.startswith("#1 a ten done") and "overlaps #2 (app.py)" in line for line in lines
+    )
+
+    uri = editor.open(repo / "app.py")
+    started = await say(client, "/apply 2 1", listed["threadId"])
+    assert "Applying agents #2, #1 in your editor, in that order" in started["text"]
+
+    def told() -> str | None:
+        for method, params in client.notifications:
+            text = params["message"]["text"] if method == "forkyard/chat/message" else ""
+            if "Applied agent #1" in text:
+                return str(text)
+        return None
+
+    note = await client.wait_until(told)
+    assert note.index("Applied agent #2") < note.index("Applied agent #1")
+    assert "    a = 10\n    b = 20\n" in editor.buffers[uri]
+    assert [e.label for e in editor.edits] == ["Forkyard: agent #2", "Forkyard: agent #1"]
+    await client.wait_for_agent(first["id"], {"applied"})
+    await client.wait_for_agent(second["id"], {"applied"})
