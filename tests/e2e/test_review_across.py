@@ -131,7 +131,8 @@ async def test_best_of_three_with_a_check_that_fails_for_one(
 ) -> None:
     # Each agent writes its own number into the line; the check refuses agent #2's.
     (repo / ".forkyard.toml").write_text(
-        "[roles.worker]\ncheck = \"! grep -q 'return 22$' app.py && echo all good\"\n"
+        '[roles.worker]\ncheck = "echo junk > check.log; mkdir -p .cache && touch .cache/c; '
+        "! grep -q 'return 22$' app.py && echo all good\"\n"
     )
     git(repo, "add", ".forkyard.toml")
     git(repo, "commit", "-qm", "check")
@@ -182,6 +183,7 @@ async def test_best_of_three_with_a_check_that_fails_for_one(
     # The check judged the work and left nothing of its own in the worktree.
     diff = await client.request("forkyard/agent/diff", {"agentId": ids[0]})
     assert [f["path"] for f in diff["files"]] == ["app.py"]
+    assert not Path(done[0]["worktree"], "check.log").exists()
 
     uri = editor.open(repo / "app.py")
     applied = await client.request("forkyard/agent/apply", {"agentId": ids[2]})
