@@ -72,6 +72,17 @@ async def test_three_agents_on_one_function_overlap_apply_in_order_and_rebase(
     assert "agent #2: b twenty (+1 -1); also changed by agents #1, #3" in messages
     assert "agent #4: five (+1 -1)" in messages
 
+    # The person's unsaved edit on the line after agent #2's is said on its hunk only.
+    editor.type_text(uri, APP.replace("    c = 3\n", "    c = 3  # mine\n"))
+    mentioned = await client.wait_until(
+        lambda: [
+            d.message for d in forkyard_diagnostics(client, uri) if "next to your edit" in d.message
+        ]
+    )
+    assert mentioned == [
+        "agent #2: b twenty (+1 -1); also changed by agents #1, #3; next to your edit"
+    ]
+
     result = await client.request(
         "forkyard/agent/applyAll", {"agentIds": [first["id"], second["id"], third["id"]]}
     )
@@ -80,7 +91,9 @@ async def test_three_agents_on_one_function_overlap_apply_in_order_and_rebase(
     [conflict] = result["results"][2]["conflicts"]
     assert conflict["path"] == "app.py"
     buffer = editor.buffers[uri]
-    assert "    a = 10\n    b = 20\n" in buffer, "the first two, one over the other"
+    assert "    a = 10\n    b = 20\n    c = 3  # mine\n" in buffer, (
+        "the first two, one over the other"
+    )
     assert "a = 100" not in buffer, "nothing of the conflicting third"
     assert [e.label for e in editor.edits] == ["Forkyard: agent #1", "Forkyard: agent #2"]
     await client.wait_for_agent(first["id"], {"applied"})

@@ -12,8 +12,8 @@ from lsprotocol import types
 from forkyard.errors import InvalidRequest
 from forkyard.lsp.positions import diagnostic_range
 from forkyard.review.service import AgentReview, FileReview
-from forkyard.workspace.hunks import split_lines
-from forkyard.workspace.overlaps import hunk_spans, spans_touch
+from forkyard.workspace.hunks import line_changes, split_lines
+from forkyard.workspace.overlaps import Span, hunk_spans, spans_touch
 from forkyard_protocol.models import Agent, Hunk
 
 SOURCE = "forkyard"
@@ -27,9 +27,15 @@ def hunk_diagnostics(
     Pure and blocking: runs in a worker thread."""
     lines = split_lines(text)
     found: list[types.Diagnostic] = []
+    #: The person's edits over each base text (agents of one base share them).
+    edited: dict[str, list[Span]] = {}
     for review, file in pairs:
         hunks = {h.id: h for h in file.change.hunks}
         agent = review.agent
+        base = file.base_text
+        if base is not None and base != text and base not in edited:
+            edited[base] = edit_spans(base, lines)
+        yours = edited.get(base, []) if base is not None else []
         for hunk in file.located(text):
             if not hunk.applies:
                 continue
@@ -44,6 +50,8 @@ def hunk_diagnostics(
             message = f"agent #{agent.number}: {agent.title} (+{added} -{removed})"
             if also := also_changed_by(review, file, hunks[hunk.hunk_id], pairs):
                 message += "; also changed by " + _agents_phrase(also)
+            if yours and spans_touch(hunk_spans([hunks[hunk.hunk_id]]), yours):
+                message += "; next to your edit"
             found.append(
                 types.Diagnostic(
                     range=types.Range(
@@ -57,6 +65,11 @@ def hunk_diagnostics(
                 )
             )
     return found
+
+
+def edit_spans(base_text: str, current_lines: list[str]) -> list[Span]:
+    """The base lines the person's text changes (unsaved edits included), as spans."""
+    return [(c.start, c.end) for c in line_changes(split_lines(base_text), current_lines)]
 
 
 def also_changed_by(
