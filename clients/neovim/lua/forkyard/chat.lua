@@ -7,12 +7,13 @@ local config = require('forkyard.config')
 local M = {}
 
 local COMMANDS = {
-  { word = '/dispatch', menu = '[--role R] <task>' },
+  { word = '/dispatch', menu = '[--role R] [--n K] <task>' },
   { word = '/run', menu = '<shell command>' },
   { word = '/agents', menu = 'list agents' },
   { word = '/status', menu = '<n>' },
   { word = '/diff', menu = '<n>' },
-  { word = '/apply', menu = '<n>' },
+  { word = '/apply', menu = '<n> [m ...] (in order)' },
+  { word = '/rebase', menu = '<n> (onto your checkout)' },
   { word = '/discard', menu = '<n>' },
   { word = '/cancel', menu = '<n>' },
   { word = '/help', menu = 'the commands' },
