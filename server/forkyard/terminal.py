@@ -37,9 +37,9 @@ from forkyard_protocol.daemon import (
 )
 from forkyard_protocol.messages import (
     AgentDiffResult,
+    AgentDispatchResult,
     AgentListResult,
     AgentReadResult,
-    AgentResult,
     ChatResult,
 )
 from forkyard_protocol.models import FINAL_STATES, Agent, FileChange
@@ -154,12 +154,17 @@ async def _run(args: argparse.Namespace) -> int:
         if name == "agents":
             return await _agents(front, as_json=args.json)
         if name == "dispatch":
-            params = {"task": args.task, "role": args.role}
+            params: dict[str, Any] = {"task": args.task, "role": args.role}
             if args.backend:
                 params["backend"] = args.backend
+            if args.n:
+                params["count"] = args.n
             raw = await front.link.call("forkyard/agent/dispatch", params)
-            agent = AgentResult.model_validate(raw).agent
-            print(f"#{agent.number} {agent.title} {agent.state} ({agent.role}, {agent.backend})")
+            result = AgentDispatchResult.model_validate(raw)
+            for agent in result.agents or [result.agent]:
+                print(
+                    f"#{agent.number} {agent.title} {agent.state} ({agent.role}, {agent.backend})"
+                )
             return 0
         if name == "chat":
             return await _chat(front, args.text, args.thread)

@@ -20,6 +20,10 @@ def add_commands(commands: Any) -> None:
     dispatch.add_argument("task")
     dispatch.add_argument("--role", default="worker")
     dispatch.add_argument("--backend", default=None, help="default: llm")
+    dispatch.add_argument(
+        "--n", type=int, choices=range(1, 11), default=None, metavar="K",
+        help="best of K: start K agents on the task, grouped (1-10)",
+    )  # fmt: skip
     chat = command("chat", "send a chat message and stream the reply")
     chat.add_argument("text")
     chat.add_argument("--thread", default=None, help="go on in this thread")

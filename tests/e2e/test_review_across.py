@@ -249,3 +249,12 @@ async def test_the_chat_and_the_terminal_show_overlaps_and_apply_in_order(
     assert [e.label for e in editor.edits] == ["Forkyard: agent #2", "Forkyard: agent #1"]
     await client.wait_for_agent(first["id"], {"applied"})
     await client.wait_for_agent(second["id"], {"applied"})
+
+    code, out, err = await forkyard(
+        server_env, repo, "dispatch", "true", "--backend", "command", "--n", "2"
+    )
+    assert code == 0, err
+    assert [line.split(" queued ")[0] for line in out.splitlines()] == [
+        "#3 true (1/2)",
+        "#4 true (2/2)",
+    ], out
