@@ -70,7 +70,12 @@ async def test_a_lens_applies_one_hunk_and_lenses_follow_the_agent(
         for lens in listed
     ]
     titles = [lens.command.title for lens in resolved if lens.command]
-    assert titles == ["Apply hunk from agent #1", "Show diff", "Discard agent #1"] * 2
+    assert titles == [
+        "Apply hunk from agent #1",
+        "Show diff",
+        "Discard agent #1",
+        "Apply hunk from agent #1",
+    ], "the agent's own lenses once per file"
 
     first_apply = resolved[0]
     assert first_apply.command is not None

@@ -3,7 +3,8 @@ above each hunk of a done agent that still applies to the user's text.
 
 A lens is drawn where the change is, without the cursor having to be there first (a
 quick fix needs a lightbulb the person must find), and VS Code and Neovim show lenses
-out of the box. Listing is cheap, like code actions: lenses carry `data` and get their
+out of the box. `Show diff` and `Discard` come once per agent and file, over its first
+hunk. Listing is cheap, like code actions: lenses carry `data` and get their
 command in `codeLens/resolve`. When agents reach `done` or leave it, clients that support
 it are asked to refresh (`workspace/codeLens/refresh`).
 """
@@ -62,6 +63,9 @@ class Lenses:
     def __init__(self, server: ForkyardServer, review: Review) -> None:
         self.server = server
         self.review = review
+        #: path -> (the agents' versions, the text, its lenses): a client asks again on
+        #: every scroll and focus; the answer changes only with the text or the agents.
+        self._cache: dict[str, tuple[tuple[tuple[str, str], ...], str, list[types.CodeLens]]] = {}
 
     async def lenses(self, uri: str) -> list[types.CodeLens]:
         path = self.review.path_of(uri)
@@ -73,10 +77,15 @@ class Lenses:
         text = await self.review.current_text(path)
         if text is None:
             return []
+        key = tuple((review.agent.id, review.agent.updated_at) for review, _ in pairs)
+        cached = self._cache.get(path)
+        if cached is not None and cached[0] == key and cached[1] == text:
+            return cached[2]
         total = len(split_lines(text))
         found: list[types.CodeLens] = []
         for review, file in pairs:
             agent = review.agent
+            first = True
             for hunk in await file.located_async(text):
                 if not hunk.applies:
                     continue
@@ -86,7 +95,9 @@ class Lenses:
                     start=types.Position(line=line, character=0),
                     end=types.Position(line=line, character=0),
                 )
-                for kind in LENS_KINDS:
+                # The agent's own lenses once per file, over its first hunk: a lens
+                # row per hunk stays short, and the file does not fill with repeats.
+                for kind in LENS_KINDS if first else ("apply",):
                     data = {
                         "agentId": agent.id,
                         "number": agent.number,
@@ -95,6 +106,8 @@ class Lenses:
                         "hunkId": hunk.hunk_id,
                     }
                     found.append(types.CodeLens(range=where, data=data))
+                first = False
+        self._cache[path] = (key, text, found)
         return found
 
     async def consume(self, events: MemoryObjectReceiveStream[Event]) -> None:

@@ -19,21 +19,14 @@ from forkyard.errors import ForkyardError, InvalidRequest
 from forkyard.lsp.apply_all import ApplyAll
 from forkyard.lsp.arguments import agent_arg, raise_invalid
 from forkyard.lsp.edits import build_workspace_edit
-from forkyard.lsp.review_data import (
-    SOURCE,
-    SOURCE_KIND,
-    hunk_diagnostics,
-    kind_wanted,
-    make_action,
-    resolve_action,
-)
+from forkyard.lsp.review_actions import ReviewActions
+from forkyard.lsp.review_data import SOURCE_KIND, hunk_diagnostics, resolve_action
 from forkyard.lsp.server import ForkyardServer
 from forkyard.lsp.session import FrontSession
 from forkyard.notices import notice_route
 from forkyard.review.outcome import ApplyOutcome, apply_outcome_text
 from forkyard.review.service import AgentReview, ApplyPlan, FileReview, ReviewService
 from forkyard.workspace import confined
-from forkyard.workspace.hunks import marked_lines, split_lines
 from forkyard_protocol.daemon import AgentChanged, ApplyRequested, Event
 from forkyard_protocol.messages import (
     DONE_ACTIONS,
@@ -56,6 +49,7 @@ class Review:
         self.server = server
         self._pending_refresh: set[str] = set()
         self._published: set[str] = set()
+        self.actions = ReviewActions(self)
         self.apply_all = ApplyAll(self)
 
     @property
@@ -382,66 +376,7 @@ class Review:
     # --- code actions ---------------------------------------------------------------------
 
     async def code_actions(self, params: types.CodeActionParams) -> list[types.CodeAction]:
-        path = self.path_of(params.text_document.uri)
-        if path is None:
-            return []
-        pairs = self.service.for_path(path)
-        if not pairs:
-            return []
-        text = await self.current_text(path)
-        only = params.context.only
-        lazy = self.client_resolves_actions()
-        total = len(split_lines(text)) if text is not None else 0
-        first, last = params.range.start.line, params.range.end.line
-        actions: list[types.CodeAction] = []
-        for review, file in pairs:
-            agent = review.agent
-            if text is not None and kind_wanted(types.CodeActionKind.QuickFix, only):
-                located = await file.located_async(text)
-                total = len(split_lines(text))
-                for hunk in located:
-                    lines = marked_lines(hunk, total)
-                    if (
-                        hunk.applies
-                        and lines.start <= last
-                        and first <= max(lines.stop - 1, lines.start)
-                    ):
-                        linked = [
-                            d
-                            for d in params.context.diagnostics
-                            if d.source == SOURCE
-                            and isinstance(d.data, dict)
-                            and d.data.get("hunkId") == hunk.hunk_id
-                        ]
-                        actions.append(
-                            make_action(
-                                f"Apply hunk from agent #{agent.number}",
-                                types.CodeActionKind.QuickFix,
-                                agent,
-                                [path],
-                                [hunk.hunk_id],
-                                linked,
-                                lazy,
-                            )
-                        )
-            if kind_wanted(SOURCE_KIND, only):
-                n = agent.number
-                actions += [
-                    make_action(
-                        f"Apply agent #{n} to this file", SOURCE_KIND, agent, [path], None, [], lazy
-                    ),
-                    make_action(
-                        f"Apply agent #{n} (all {len(review.files)} files)",
-                        SOURCE_KIND,
-                        agent,
-                        None,
-                        None,
-                        [],
-                        lazy,
-                    ),
-                    make_action(f"Discard agent #{n}", SOURCE_KIND, agent, None, None, [], lazy),
-                ]
-        return actions
+        return await self.actions.code_actions(params)
 
 
 def _read_disk_texts(root: Path, paths: list[str]) -> dict[str, str | None]:
