@@ -20,10 +20,29 @@ import type {
 } from "./protocol";
 import { type DoneHandler, showNotice } from "./notices";
 import { type ProgressPlacement, showServerProgress } from "./progress";
-import { resolveServerCommand } from "./serverCommand";
+import { INSTALL_COMMAND, pathFromEnviron, resolveServerCommand } from "./serverCommand";
 import { secretLikeModelKeys, serverSettings } from "./settings";
 
 type NotificationHandler<M extends keyof ForkyardNotifications> = (params: ForkyardNotifications[M]) => void;
+
+/** The PATHs of this process's parent and grandparent (Linux): in code-server and over
+ * Remote SSH the extension host runs under a server started from the user's shell,
+ * whose PATH is the one the user set up. Empty where /proc is not there. */
+function parentPaths(): string[] {
+  const found: string[] = [];
+  let pid = process.ppid;
+  for (let depth = 0; depth < 2 && pid > 1; depth++) {
+    try {
+      const value = pathFromEnviron(fs.readFileSync(`/proc/${pid}/environ`, "utf8"));
+      if (value) found.push(value);
+      const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+      pid = Number(/^PPid:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+    } catch {
+      break;
+    }
+  }
+  return found;
+}
 
 function isExecutable(file: string): boolean {
   try {
@@ -85,11 +104,15 @@ export class ForkyardConnection implements vscode.Disposable {
       throw new Error("Forkyard needs a folder of a git repository open in VS Code.");
     }
     const setting = vscode.workspace.getConfiguration("forkyard").get<unknown>("server.command");
-    const resolved = resolveServerCommand(setting, process.env, isExecutable);
+    const resolved = resolveServerCommand(setting, process.env, isExecutable, {
+      workspace: folder.uri.fsPath,
+      parentPaths: parentPaths(),
+    });
     if (!resolved.ok) {
-      void this.offerFix(resolved.message);
+      void this.offerFix(resolved.message, resolved.missing);
       throw new Error(resolved.message);
     }
+    if (resolved.foundIn) this.output.appendLine(`found forkyard in ${resolved.foundIn} (not on this window's PATH)`);
     const settings = currentServerSettings();
     this.warnAboutSecrets(settings);
     const serverOptions: ServerOptions = {
@@ -206,13 +229,20 @@ export class ForkyardConnection implements vscode.Disposable {
     }
   }
 
-  private async offerFix(message: string): Promise<void> {
-    const choice = await vscode.window.showErrorMessage(message, "Open Settings", "How to install");
+  /** The error, with fixes that work: the install command to copy, the packaged readme
+   * (vsce stores it as readme.md), and the setting opened on the tab where it lives. */
+  private async offerFix(message: string, missing: boolean): Promise<void> {
+    const actions = missing ? ["Copy install command", "How to install", "Open Settings"] : ["Open Settings"];
+    const choice = await vscode.window.showErrorMessage(message, ...actions);
     if (choice === "Open Settings") {
-      await vscode.commands.executeCommand("workbench.action.openSettings", "forkyard.server.command");
+      await openSetting("forkyard.server.command");
     } else if (choice === "How to install") {
-      const readme = vscode.Uri.joinPath(this.extensionUri, "README.md");
-      await vscode.commands.executeCommand("markdown.showPreview", readme);
+      await vscode.commands.executeCommand("markdown.showPreview", readmeUri(this.extensionUri));
+    } else if (choice === "Copy install command") {
+      await vscode.env.clipboard.writeText(INSTALL_COMMAND);
+      void vscode.window.showInformationMessage(
+        `Copied \`${INSTALL_COMMAND}\`: run it in a terminal, then reload the window.`,
+      );
     }
   }
 
@@ -231,6 +261,33 @@ export class ForkyardConnection implements vscode.Disposable {
     void this.stop();
     this.readyEmitter.dispose();
   }
+}
+
+/** The extension's readme as packaged: `readme.md` in a .vsix, `README.md` in a clone. */
+export function readmeUri(extensionUri: vscode.Uri): vscode.Uri {
+  for (const name of ["readme.md", "README.md"]) {
+    const uri = vscode.Uri.joinPath(extensionUri, name);
+    if (fs.existsSync(uri.fsPath)) return uri;
+  }
+  return vscode.Uri.joinPath(extensionUri, "README.md");
+}
+
+/** Opens the Settings editor on `key`, on the Remote tab when VS Code runs remotely
+ * (code-server, SSH: machine-scoped settings live there; the User tab says "No Settings
+ * Found"). */
+export async function openSetting(key: string): Promise<void> {
+  if (vscode.env.remoteName !== undefined) {
+    const commands = await vscode.commands.getCommands(true);
+    if (commands.includes("workbench.action.openRemoteSettings")) {
+      try {
+        await vscode.commands.executeCommand("workbench.action.openRemoteSettings", { query: key });
+        return;
+      } catch {
+        // an older VS Code without arguments: the User tab below
+      }
+    }
+  }
+  await vscode.commands.executeCommand("workbench.action.openSettings", key);
 }
 
 export function showError(error: unknown): void {

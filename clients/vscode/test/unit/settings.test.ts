@@ -71,14 +71,14 @@ test("the server command is found on PATH, then in ~/.local/bin", () => {
   });
   assert.deepEqual(
     resolveServerCommand(["forkyard", "serve"], { PATH: "/usr/bin", HOME: "/home/u" }, (f) => exists.has(f)),
-    { ok: true, command: "/home/u/.local/bin/forkyard", args: ["serve"] },
+    { ok: true, command: "/home/u/.local/bin/forkyard", args: ["serve"], foundIn: "/home/u/.local/bin" },
   );
 });
 
 test("a missing server gives a message that says how to fix it", () => {
   const result = resolveServerCommand(["forkyard", "serve"], { PATH: "/usr/bin" }, () => false);
   assert.equal(result.ok, false);
-  assert.match(!result.ok ? result.message : "", /`forkyard` was not found on PATH/);
+  assert.match(!result.ok ? result.message : "", /`forkyard` was not found \(looked on PATH/);
   assert.match(!result.ok ? result.message : "", /forkyard\.server\.command/);
   const absolute = resolveServerCommand(["/nope/forkyard", "serve"], {}, () => false);
   assert.match(!absolute.ok ? absolute.message : "", /\/nope\/forkyard does not exist/);
