@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from forkyard.workspace.diff import parse_zero_context_diff
-from forkyard.workspace.overlaps import AgentSpans, BaseMap, overlaps_with, spans_touch
+from forkyard.workspace.overlaps import (
+    AgentSpans,
+    BaseMap,
+    SortedSpans,
+    overlaps_with,
+    spans_touch,
+)
 from forkyard_protocol.models import FileChange
 from tests.helpers import git, make_repo
 
@@ -50,6 +56,18 @@ def test_same_line_and_next_line_overlap_a_line_between_does_not(repo: Path) -> 
 def test_spans_touch_walks_both_lists() -> None:
     assert spans_touch([(0, 1), (10, 12)], [(5, 6), (12, 12)])
     assert not spans_touch([(0, 1), (10, 12)], [(3, 4), (14, 15)])
+
+
+def test_one_span_against_many_agrees_with_the_walk() -> None:
+    disjoint = [(0, 1), (10, 12), (20, 20)]
+    sorted_spans = SortedSpans(disjoint)
+    for start in range(25):
+        for end in (start, start + 1, start + 3):
+            expected = spans_touch([(start, end)], disjoint)
+            assert sorted_spans.touches((start, end)) == expected, (start, end)
+    assert not SortedSpans([]).touches((0, 0))
+    whole = SortedSpans([*disjoint, (0, 1 << 40)])
+    assert all(whole.touches((n, n + 1)) for n in range(30)), "a long span reaches past others"
 
 
 def test_an_agent_on_another_base_is_compared_through_the_bases_changes(repo: Path) -> None:

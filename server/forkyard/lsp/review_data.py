@@ -13,7 +13,7 @@ from forkyard.errors import InvalidRequest
 from forkyard.lsp.positions import diagnostic_range
 from forkyard.review.service import AgentReview, FileReview
 from forkyard.workspace.hunks import line_changes, split_lines
-from forkyard.workspace.overlaps import Span, hunk_spans, spans_touch
+from forkyard.workspace.overlaps import SortedSpans, hunk_spans
 from forkyard_protocol.models import Agent, Hunk
 
 SOURCE = "forkyard"
@@ -28,14 +28,16 @@ def hunk_diagnostics(
     lines = split_lines(text)
     found: list[types.Diagnostic] = []
     #: The person's edits over each base text (agents of one base share them).
-    edited: dict[str, list[Span]] = {}
+    edited: dict[str, SortedSpans] = {}
+    #: Each file review's spans, for the overlap of every hunk against it.
+    spans: dict[int, SortedSpans] = {}
     for review, file in pairs:
         hunks = {h.id: h for h in file.change.hunks}
         agent = review.agent
         base = file.base_text
         if base is not None and base != text and base not in edited:
             edited[base] = edit_spans(base, lines)
-        yours = edited.get(base, []) if base is not None else []
+        yours = edited.get(base) if base is not None else None
         for hunk in file.located(text):
             if not hunk.applies:
                 continue
@@ -48,9 +50,9 @@ def hunk_diagnostics(
             added = sum(1 for line in hunk_lines if line.startswith("+"))
             removed = sum(1 for line in hunk_lines if line.startswith("-"))
             message = f"agent #{agent.number}: {agent.title} (+{added} -{removed})"
-            if also := also_changed_by(review, file, hunks[hunk.hunk_id], pairs):
+            if also := also_changed_by(review, file, hunks[hunk.hunk_id], pairs, spans):
                 message += "; also changed by " + _agents_phrase(also)
-            if yours and spans_touch(hunk_spans([hunks[hunk.hunk_id]]), yours):
+            if yours and yours.touches(hunk_spans([hunks[hunk.hunk_id]])[0]):
                 message += "; next to your edit"
             found.append(
                 types.Diagnostic(
@@ -67,9 +69,10 @@ def hunk_diagnostics(
     return found
 
 
-def edit_spans(base_text: str, current_lines: list[str]) -> list[Span]:
+def edit_spans(base_text: str, current_lines: list[str]) -> SortedSpans:
     """The base lines the person's text changes (unsaved edits included), as spans."""
-    return [(c.start, c.end) for c in line_changes(split_lines(base_text), current_lines)]
+    changes = line_changes(split_lines(base_text), current_lines)
+    return SortedSpans([(c.start, c.end) for c in changes])
 
 
 def also_changed_by(
@@ -77,6 +80,7 @@ def also_changed_by(
     file: FileReview,
     hunk: Hunk,
     pairs: list[tuple[AgentReview, FileReview]],
+    spans: dict[int, SortedSpans] | None = None,
 ) -> list[int]:
     """Numbers of the agents that overlap this one here (`Agent.overlaps`) and whose
     hunks in this file touch this hunk; with another base, every overlapping one."""
@@ -84,14 +88,19 @@ def also_changed_by(
     overlapping = {o.agent_id for o in review.agent.overlaps if path in o.paths}
     if not overlapping:
         return []
-    mine = hunk_spans([hunk])
+    [mine] = hunk_spans([hunk])
     found = []
+    cache = {} if spans is None else spans
     for other, other_file in pairs:
         if other.agent.id not in overlapping:
             continue
         same_base = other_file.base_text == file.base_text and not other_file.change.binary
-        if same_base and not spans_touch(mine, hunk_spans(other_file.change.hunks)):
-            continue
+        if same_base:
+            theirs = cache.get(id(other_file))
+            if theirs is None:
+                theirs = cache[id(other_file)] = SortedSpans(hunk_spans(other_file.change.hunks))
+            if not theirs.touches(mine):
+                continue
         found.append(other.agent.number)
     return sorted(found)
 

@@ -72,6 +72,29 @@ def spans_touch(ours: Sequence[Span], theirs: Sequence[Span]) -> bool:
     return False
 
 
+class SortedSpans:
+    """Spans sorted once, for many single-span questions (a diagnostic per hunk): a
+    binary search for the last span starting by the span's end, and the furthest any
+    span up to there reaches."""
+
+    def __init__(self, spans: Sequence[Span]) -> None:
+        self.spans = sorted(spans)
+        self.starts = [span[0] for span in self.spans]
+        self.reach: list[int] = []
+        furthest = -1
+        for span in self.spans:
+            furthest = max(furthest, span[1])
+            self.reach.append(furthest)
+
+    def __bool__(self) -> bool:
+        return bool(self.spans)
+
+    def touches(self, span: Span) -> bool:
+        """Whether a span shares a line with, or is next to, one of these."""
+        index = bisect_right(self.starts, span[1]) - 1
+        return index >= 0 and self.reach[index] >= span[0]
+
+
 class BaseMap:
     """Positions in one base text carried over to another: unchanged lines move by the
     changes before them, a position inside a changed region widens to all of it."""
