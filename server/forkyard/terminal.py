@@ -210,7 +210,7 @@ async def _stream_turn(
             sys.stdout.write(event.delta)
             sys.stdout.flush()
         elif isinstance(event, ApplyRequested) and event.front_id == front.link.front_id:
-            outcome = await _apply_quietly(front, event.agent_id)
+            outcome = await _apply_in_order(front, event.agent_ids or [event.agent_id])
             await front.link.call(
                 "daemon/thread/note",
                 {"threadId": event.thread_id, "text": outcome, "agentId": event.agent_id},
@@ -246,13 +246,28 @@ async def _log(front: TerminalFront, ref: str, *, follow: bool) -> int:
     return 0
 
 
-async def _apply(front: TerminalFront, ref: str) -> int:
-    text = await _apply_quietly(front, ref)
+async def _apply(front: TerminalFront, refs: list[str]) -> int:
+    text = await _apply_in_order(front, refs)
     print(text)
     return 0 if text.startswith("Applied") and "Conflicts" not in text else 1
 
 
-async def _apply_quietly(front: TerminalFront, ref: str) -> str:
+async def _apply_in_order(front: TerminalFront, refs: list[str]) -> str:
+    """One agent as `_apply_quietly`; several one after another, each merged over the
+    files the ones before it wrote, stopping (nothing of it written) at the first that
+    would conflict, as `forkyard/agent/applyAll` does in an editor."""
+    if len(refs) == 1:
+        return await _apply_quietly(front, refs[0])
+    told = []
+    for ref in refs:
+        text = await _apply_quietly(front, ref, stop_on_conflict=True)
+        told.append(text)
+        if not text.startswith("Applied") or "Conflicts" in text:
+            break
+    return "\n\n".join(told)
+
+
+async def _apply_quietly(front: TerminalFront, ref: str, *, stop_on_conflict: bool = False) -> str:
     """The same three-way merge as in an editor, against the files on disk."""
     root = front.root
     agent = front.resolve_agent(ref)
@@ -264,6 +279,10 @@ async def _apply_quietly(front: TerminalFront, ref: str) -> str:
         plan = await front.review.confined_plan(root, agent.id, current_text)
     except ForkyardError as exc:
         return f"Agent #{agent.number} was not applied: {exc}"
+    if stop_on_conflict and plan.conflicts:
+        return f"Stopped at agent #{agent.number}: nothing of it was applied. Conflicts:\n" + (
+            "\n".join(f"- `{c.path}`: {c.reason}" for c in plan.conflicts)
+        )
     failed = await anyio.to_thread.run_sync(_write_plans, root, plan.plans)
     conflicts = [(c.path, c.reason) for c in plan.conflicts] + list(failed.items())
     touched = [p.path for p in plan.plans if p.kind != "noop" and p.path not in failed]

@@ -31,4 +31,6 @@ def add_commands(commands: Any) -> None:
     log.add_argument("agent")
     log.add_argument("--follow", action="store_true", help="until the agent ends")
     command("diff", "an agent's diff").add_argument("agent")
-    command("apply", "apply a done agent to the files on disk (three-way)").add_argument("agent")
+    command("apply", "apply done agents to the files on disk (three-way), in order").add_argument(
+        "agent", nargs="+", help="one or more agents; several stop at the first conflict"
+    )

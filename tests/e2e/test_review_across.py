@@ -258,3 +258,20 @@ async def test_the_chat_and_the_terminal_show_overlaps_and_apply_in_order(
         "#3 true (1/2)",
         "#4 true (2/2)",
     ], out
+
+
+async def test_the_terminal_applies_several_agents_in_order_onto_disk(
+    start_server: StartServer, repo: Path, server_env: dict[str, str]
+) -> None:
+    client = await start_server(repo)
+    await run_agent(client, "sed -i 's/a = 1$/a = 10/' app.py", "a ten")
+    await run_agent(client, "sed -i 's/b = 2$/b = 20/' app.py", "b twenty")
+    third = await run_agent(client, "sed -i 's/a = 1$/a = 100/' app.py", "a hundred")
+    code, out, _ = await forkyard(server_env, repo, "apply", "1", "2", "3")
+    assert code == 1, "it stopped at a conflict"
+    assert out.index("Applied agent #1") < out.index("Applied agent #2")
+    assert "Stopped at agent #3: nothing of it was applied" in out
+    assert "    a = 10\n    b = 20\n" in (repo / "app.py").read_text()
+    listed = await client.request("forkyard/agent/list", {})
+    assert [a["state"] for a in listed["agents"]] == ["done", "applied", "applied"]
+    assert listed["agents"][0]["id"] == third["id"]
