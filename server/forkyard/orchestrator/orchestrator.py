@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 from forkyard.agents.base import ApprovalAnswer, Backend
 from forkyard.bus import EventBus
 from forkyard.clock import new_id, now_iso
+from forkyard.cluster.run import ClusterAgents
 from forkyard.errors import InvalidRequest, UnknownAgent, WrongState
 from forkyard.models.pricing import add_usage
 from forkyard.orchestrator.events import Reporter
@@ -43,7 +44,14 @@ from forkyard.workspace.pool import (
 )
 from forkyard.workspace.setup import PortRange, port_range
 from forkyard_protocol.messages import AgentDispatchParams
-from forkyard_protocol.models import ACTIVE_STATES, Agent, LogEntry, Progress, Usage
+from forkyard_protocol.models import (
+    ACTIVE_STATES,
+    Agent,
+    AgentPlacement,
+    LogEntry,
+    Progress,
+    Usage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +106,7 @@ class Orchestrator:
         )
         self.runner = AgentRunner(self)
         self.worktrees = Worktrees(self)
+        self.cluster = ClusterAgents(self)
         self.overlaps = OverlapTracker(self)
 
     @property
@@ -216,6 +225,9 @@ class Orchestrator:
             sparse_paths = sparse_folders(params.paths) if params.paths else role.paths
         except ValueError as exc:
             raise InvalidRequest(f"paths: {exc}") from exc
+        placement = params.placement or role.placement
+        if placement == "cluster":
+            await self.cluster.check_reachable()
         base = await base_commit(self.repository, params, role)
         number = await free_agent_number(self.store, self.repository, self.repo_key)
         title = (params.title or _title_from_task(params.task)).strip()
@@ -236,6 +248,7 @@ class Orchestrator:
             budget_usd=role.budget_usd if params.budget_usd is None else params.budget_usd,
             max_tokens=role.max_tokens if params.max_tokens is None else params.max_tokens,
             group=group,
+            placement=AgentPlacement(kind=placement),
         )
         runtime = AgentRuntime(agent, sparse_paths=sparse_paths or None)
         self._agents[agent.id] = runtime
@@ -329,9 +342,8 @@ class Orchestrator:
         opened: dispatch, an agent ending, a settings change."""
         if self._task_group is None:
             return
-        limit = self.settings.max_parallel_agents
-        while self._queue and len(self._active) < limit:
-            runtime = self._queue.pop(0)
+        for runtime in self.cluster.startable(self._queue, self._active, self._agents):
+            self._queue.remove(runtime)
             self._active.add(runtime.agent.id)
             self._task_group.start_soon(
                 self.runner.run, runtime, name=f"agent #{runtime.agent.number}"

@@ -76,6 +76,10 @@ class AgentRunner:
     async def _work(self, runtime: AgentRuntime) -> None:
         agent = runtime.agent
         role = self.o.settings.role(agent.role) or RoleConfig()
+        if agent.placement.kind == "cluster":
+            outcome, state = await self.o.cluster.work(runtime, role)
+            await self.finish(runtime, outcome, state=state)
+            return
         backend = self.o.backends[agent.backend]
         try:
             await self.o._update(runtime, state="starting", progress=Progress(message="starting"))

@@ -1,0 +1,216 @@
+"""Agents placed on a Ray cluster, end to end: the real front and daemon over stdio, a
+real single-node Ray started for these tests (`ray start --head` on 127.0.0.1), real git
+repositories and sandboxed commands on the node, a fake model server for the llm agent.
+
+What a person would notice: a cluster agent's diff is the one a local agent gives;
+cancel leaves nothing running; a lost worker leaves the agent `interrupted` with its
+work; ten agents on one base ship it once; a cluster that is not there fails at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pygls.exceptions import JsonRpcException
+
+from forkyard.client import ForkyardClient
+from tests.e2e.conftest import StartServer
+from tests.fakes.model_server import FakeModelServer, Reply
+from tests.helpers import wait_for_processes_with
+from tests.ray_head import RayHead, free_port, ray_head, ray_program
+
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(ray_program() is None, reason="Ray is not installed (./setup.sh)"),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayHead]:
+    with ray_head() as head:
+        yield head
+
+
+def cluster_options(head: RayHead, **extra: Any) -> dict[str, Any]:
+    return {"cluster": {"address": head.address, "maxAgents": 10}, **extra}
+
+
+async def log_of(client: ForkyardClient, agent_id: str) -> list[tuple[str, str]]:
+    read = await client.request("forkyard/agent/read", {"agentId": agent_id})
+    return [(entry["kind"], entry["text"]) for entry in read["log"]]
+
+
+async def diff_of(client: ForkyardClient, agent_id: str) -> list[tuple[str, str, str]]:
+    diff = await client.request("forkyard/agent/diff", {"agentId": agent_id})
+    return sorted((f["path"], f["status"], f.get("patch") or "") for f in diff["files"])
+
+
+async def wait_for_log(
+    client: ForkyardClient, agent_id: str, text: str, seconds: float = 60
+) -> list[tuple[str, str]]:
+    """The agent's log once a line holds `text` (checked on each of its updates)."""
+    found: list[tuple[str, str]] = []
+
+    async def has_it() -> bool:
+        nonlocal found
+        found = await log_of(client, agent_id)
+        return any(text in line for _, line in found)
+
+    with anyio.fail_after(seconds):
+        while not await has_it():
+            await _next_update(client)
+    return found
+
+
+async def _next_update(client: ForkyardClient) -> None:
+    """Returns at the next notification the client gets (or after 1 s at most)."""
+    count = len(client.agent_updates)
+    with contextlib.suppress(TimeoutError):
+        await client.wait_until(lambda: len(client.agent_updates) > count, 1)
+
+
+EDIT = "printf 'cluster\\n' > NEW.txt && sed -i 's/a + b/b + a/' src/app.py && rm README.md"
+
+
+async def test_a_command_agent_on_the_cluster_gives_the_diff_a_local_one_gives(
+    start_server: StartServer, repo: Path, cluster: RayHead
+) -> None:
+    client = await start_server(repo, initialization_options=cluster_options(cluster))
+    local = await client.dispatch(EDIT, backend="command", title="here")
+    remote = await client.dispatch(EDIT, backend="command", title="there", placement="cluster")
+    assert remote["placement"]["kind"] == "cluster"
+    local_done = await client.wait_for_agent(local["id"])
+    remote_done = await client.wait_for_agent(remote["id"], timeout=120)
+    assert local_done["state"] == "done", local_done
+    assert remote_done["state"] == "done", remote_done
+    assert remote_done["placement"]["kind"] == "cluster"
+    assert remote_done["placement"]["node"], "it says which node ran it"
+    assert local_done["placement"] == {"kind": "local", "node": None}
+    assert await diff_of(client, remote["id"]) == await diff_of(client, local["id"])
+    assert remote_done["changes"] == local_done["changes"]
+    # Its work is on its branch in the person's repository, and in a local worktree
+    # the review reads, outside the person's checkout.
+    worktree = Path(remote_done["worktree"])
+    assert (worktree / "NEW.txt").read_text() == "cluster\n"
+    assert not (repo / "NEW.txt").exists()
+
+
+async def test_an_llm_agent_on_the_cluster_gives_the_diff_a_local_one_gives(
+    start_server: StartServer, repo: Path, cluster: RayHead, fake_model_server: FakeModelServer
+) -> None:
+    config = fake_model_server.model_config("openai").model_dump(exclude_none=True)
+    options = cluster_options(cluster, models={"default": config})
+    client = await start_server(repo, initialization_options=options)
+    diffs = []
+    for placement in ("local", "cluster"):
+        fake_model_server.script(
+            Reply(tool_calls=[("write_file", {"path": "notes.md", "content": "from the model\n"})]),
+            Reply(
+                tool_calls=[
+                    (
+                        "edit_file",
+                        {
+                            "path": "src/app.py",
+                            "old_text": "a + b",
+                            "new_text": "a - -b",
+                        },
+                    )
+                ]
+            ),  # fmt: skip
+            Reply(tool_calls=[("finish", {"summary": "wrote notes"})]),
+        )
+        agent = await client.dispatch("write notes", placement=placement)
+        done = await client.wait_for_agent(agent["id"], timeout=120)
+        assert done["state"] == "done", done
+        assert done["summary"] == "wrote notes"
+        assert done["placement"]["kind"] == placement
+        diffs.append(await diff_of(client, agent["id"]))
+    assert diffs[0] == diffs[1]
+    assert [path for path, _, _ in diffs[1]] == ["notes.md", "src/app.py"]
+
+
+async def test_cancel_of_a_cluster_agent_leaves_no_process(
+    start_server: StartServer, repo: Path, cluster: RayHead
+) -> None:
+    client = await start_server(repo, initialization_options=cluster_options(cluster))
+    marker = f"fy-cluster-cancel-{os.getpid()}"
+    agent = await client.dispatch(
+        f"echo started > started.txt && echo READY && sleep 600 # {marker}",
+        backend="command",
+        placement="cluster",
+    )
+    await wait_for_log(client, agent["id"], "READY")
+    assert await wait_for_processes_with(marker, 1, seconds=10) != []
+    await client.request("forkyard/agent/cancel", {"agentId": agent["id"]})
+    cancelled = await client.wait_for_agent(agent["id"], timeout=60)
+    assert cancelled["state"] == "cancelled"
+    assert await wait_for_processes_with(marker, 0, seconds=30) == []
+    # Its work so far is kept, as for a local cancel.
+    assert [path for path, _, _ in await diff_of(client, agent["id"])] == ["started.txt"]
+
+
+async def test_killing_the_worker_leaves_the_agent_interrupted_with_its_work(
+    start_server: StartServer, repo: Path, cluster: RayHead
+) -> None:
+    client = await start_server(repo, initialization_options=cluster_options(cluster))
+    marker = f"fy-cluster-kill-{os.getpid()}"
+    agent = await client.dispatch(
+        f"echo half > half.txt && echo READY && sleep 600 # {marker}",
+        backend="command",
+        placement="cluster",
+    )
+    log = await wait_for_log(client, agent["id"], "READY")
+    pid = next(int(text.rsplit("pid ", 1)[1].rstrip(")")) for _, text in log if "pid " in text)
+    os.kill(pid, signal.SIGKILL)
+    ended = await client.wait_for_agent(agent["id"], timeout=90)
+    assert ended["state"] == "interrupted", ended
+    assert "lost" in (ended["error"] or "")
+    assert [path for path, _, _ in await diff_of(client, agent["id"])] == ["half.txt"], (
+        await log_of(client, agent["id"])
+    )
+    assert await wait_for_processes_with(marker, 0, seconds=30) == []
+
+
+async def test_ten_agents_on_one_base_ship_it_once(
+    start_server: StartServer, repo: Path, cluster: RayHead
+) -> None:
+    client = await start_server(repo, initialization_options=cluster_options(cluster))
+    agents = [
+        await client.dispatch(f"echo {n} > out{n}.txt", backend="command", placement="cluster")
+        for n in range(10)
+    ]
+    for agent in agents:
+        done = await client.wait_for_agent(agent["id"], timeout=150)
+        assert done["state"] == "done", done
+        assert [p for p, _, _ in await diff_of(client, agent["id"])] == [
+            f"out{agents.index(agent)}.txt"
+        ]
+    shipped = [
+        text
+        for agent in agents
+        for _, text in await log_of(client, agent["id"])
+        if "its base was" in text
+    ]
+    assert len(shipped) == 10
+    assert sum("was shipped" in text for text in shipped) == 1, shipped
+    assert sum("already there" in text for text in shipped) == 9, shipped
+
+
+async def test_an_unreachable_cluster_fails_the_dispatch_at_once(
+    start_server: StartServer, repo: Path
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    client = await start_server(repo, initialization_options={"cluster": {"address": address}})
+    with anyio.fail_after(15), pytest.raises(JsonRpcException) as raised:
+        await client.dispatch("true", backend="command", placement="cluster")
+    assert "cannot be reached" in str(raised.value)
+    assert address in str(raised.value)
+    listed = await client.request("forkyard/agent/list", {})
+    assert listed["agents"] == [], "no agent was made"
