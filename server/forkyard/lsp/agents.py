@@ -63,6 +63,15 @@ PASSED_ON = (
 )
 
 
+def progress_message(agent: Agent) -> str:
+    """What a progress report says: the agent's latest line, but not its own command
+    again (the title already names it: "agent #2: sed …: $ sed …" says it twice)."""
+    message = agent.progress.message if agent.progress else agent.state
+    if message.removeprefix("$ ").strip() == agent.task.strip()[: len(message) - 2].strip():
+        return agent.state
+    return message
+
+
 class AgentFeature:
     """Agents in the editor: notifications, progress (cancellable), notices, approvals."""
 
@@ -138,7 +147,7 @@ class AgentFeature:
                 if agent.state in FINAL_STATES or agent.state == "queued":
                     final = agent
                     break
-                message = agent.progress.message if agent.progress else agent.state
+                message = progress_message(agent)
                 if message != last_message:
                     last_message = message
                     percentage = agent.progress.percentage if agent.progress else None
