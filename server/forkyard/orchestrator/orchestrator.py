@@ -30,6 +30,7 @@ from forkyard.orchestrator.overlaps import OverlapTracker
 from forkyard.orchestrator.runner import FINISH_TIMEOUT_SECONDS, AgentRunner
 from forkyard.orchestrator.runtime import AgentRuntime, is_dir
 from forkyard.orchestrator.states import check_move
+from forkyard.orchestrator.titles import title_from_task
 from forkyard.orchestrator.worktrees import Worktrees
 from forkyard.settings import Settings
 from forkyard.store import Store
@@ -230,7 +231,7 @@ class Orchestrator:
             await self.cluster.check_reachable()
         base = await base_commit(self.repository, params, role)
         number = await free_agent_number(self.store, self.repository, self.repo_key)
-        title = (params.title or _title_from_task(params.task)).strip()
+        title = (params.title or title_from_task(params.task, backend_name)).strip()
         stamp = now_iso()
         agent = Agent(
             id=new_id("agent"),
@@ -497,7 +498,3 @@ def repository_key(root: Path) -> str:
 def worktrees_directory(state_dir: Path, repo_key: str) -> Path:
     return state_dir / "worktrees" / repo_key
 
-
-def _title_from_task(task: str) -> str:
-    first_line = task.strip().splitlines()[0] if task.strip() else "agent"
-    return first_line if len(first_line) <= 60 else first_line[:57] + "..."
