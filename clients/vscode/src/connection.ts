@@ -3,9 +3,11 @@
 import * as fs from "node:fs";
 import * as vscode from "vscode";
 import {
+  CodeLensRequest,
   DidChangeConfigurationNotification,
   LanguageClient,
   type LanguageClientOptions,
+  type Middleware,
   RevealOutputChannelOn,
   type ServerOptions,
   State,
@@ -18,7 +20,7 @@ import type {
   RequestMethod,
   ResultOf,
 } from "./protocol";
-import { type DoneHandler, showNotice } from "./notices";
+import { type NoticeCenter } from "./notices";
 import { type ProgressPlacement, showServerProgress } from "./progress";
 import { INSTALL_COMMAND, pathFromEnviron, resolveServerCommand } from "./serverCommand";
 import { secretLikeModelKeys, serverSettings } from "./settings";
@@ -67,8 +69,10 @@ export class ForkyardConnection implements vscode.Disposable {
   /** Fires each time a server (re)starts and is initialized. */
   readonly onReady = this.readyEmitter.event;
   capabilities: ForkyardCapabilities | undefined;
-  /** What the buttons of an agent's "done" notice do (set by the extension). */
-  onDoneNotice: DoneHandler = async () => undefined;
+  /** Where agents' notices go (set by the extension). */
+  notices: NoticeCenter | undefined;
+  /** The language client's middleware (set by the extension before the first start). */
+  middleware: Middleware = {};
   private clientDisposables: vscode.Disposable[] = [];
 
   constructor(
@@ -77,9 +81,7 @@ export class ForkyardConnection implements vscode.Disposable {
   ) {
     this.disposables.push(
       vscode.workspace.onDidChangeConfiguration((event) => this.configurationChanged(event)),
-      this.onNotification("forkyard/notice", (notice) =>
-        showNotice(notice, (agentId, action) => this.onDoneNotice(agentId, action)),
-      ),
+      this.onNotification("forkyard/notice", (notice) => this.notices?.show(notice)),
     );
   }
 
@@ -129,6 +131,7 @@ export class ForkyardConnection implements vscode.Disposable {
       initializationOptions: settings,
       outputChannel: this.output,
       revealOutputChannelOn: RevealOutputChannelOn.Never,
+      middleware: this.middleware,
       // The `connectionOptions.maxRestartCount` default (4 in 3 minutes) is fine.
     };
     const client = new LanguageClient("forkyard", "Forkyard", serverOptions, clientOptions);
@@ -179,6 +182,11 @@ export class ForkyardConnection implements vscode.Disposable {
       | { forkyard?: ForkyardCapabilities }
       | undefined;
     this.capabilities = experimental?.forkyard;
+  }
+
+  /** VS Code asks the server's lenses of `document` again (after a hunk was undone). */
+  refreshCodeLenses(document: vscode.TextDocument): void {
+    this.client?.getFeature(CodeLensRequest.method)?.getProvider(document)?.onDidChangeCodeLensEmitter.fire();
   }
 
   async restart(): Promise<void> {
@@ -273,10 +281,10 @@ export function readmeUri(extensionUri: vscode.Uri): vscode.Uri {
 }
 
 /** Opens the Settings editor on `key`, on the Remote tab when VS Code runs remotely
- * (code-server, SSH: machine-scoped settings live there; the User tab says "No Settings
- * Found"). */
-export async function openSetting(key: string): Promise<void> {
-  if (vscode.env.remoteName !== undefined) {
+ * (code-server, SSH) for a `machine` setting: those live there, the User tab says "No
+ * Settings Found". */
+export async function openSetting(key: string, machine = true): Promise<void> {
+  if (machine && vscode.env.remoteName !== undefined) {
     const commands = await vscode.commands.getCommands(true);
     if (commands.includes("workbench.action.openRemoteSettings")) {
       try {

@@ -8,7 +8,12 @@ import { AgentStore } from "./agents/store";
 import { type AgentNode, AgentsTreeProvider } from "./agents/view";
 import { ChatViewProvider } from "./chat/view";
 import { ForkyardConnection, showError } from "./connection";
+import { NoticeCenter } from "./notices";
 import type { Agent } from "./protocol";
+import { AgentSideLenses, HunkDecisions, registerHunkCommands } from "./review/controls";
+import { hunksToApply } from "./review/decisions";
+import { type HunkSeverity, LiveHunks } from "./review/middleware";
+import { applyAndSave } from "./agents/actions";
 import { RepositoryTrust, trustStatusText } from "./trust";
 
 const AGENTS_VIEW = "forkyard.agents";
@@ -38,7 +43,14 @@ export function activate(context: vscode.ExtensionContext): void {
   const connection = new ForkyardConnection(output, context.extensionUri);
   activeConnection = connection;
   const store = new AgentStore(connection);
-  const tree = new AgentsTreeProvider(store);
+  const decisions = new HunkDecisions(context.workspaceState);
+  const live = new LiveHunks(store, decisions);
+  connection.middleware = live.middleware(() =>
+    vscode.workspace.getConfiguration("forkyard").get<HunkSeverity>("hunkDiagnostics", "information"),
+  );
+  const tree = new AgentsTreeProvider(store, (agent, change) => live.remaining(agent, change), (listener) =>
+    vscode.Disposable.from(live.onDidChange(listener), decisions.onDidChange(listener)),
+  );
   const treeView = vscode.window.createTreeView<AgentNode>(AGENTS_VIEW, {
     treeDataProvider: tree,
     showCollapseAll: true,
@@ -48,11 +60,33 @@ export function activate(context: vscode.ExtensionContext): void {
     const current = store.get(agent.id) ?? agent;
     await treeView.reveal({ kind: "agent", agent: current }, { select: true, focus: false, expand: true });
   };
-  const actions = new AgentActions(connection, store, (agent) => reveal(agent).catch(() => undefined));
-  connection.onDoneNotice = async (agentId, action) => {
-    const run = { "Show diff": actions.showDiff, Apply: actions.apply, Discard: actions.discard }[action];
-    await run.call(actions, agentId).catch(showError);
+  const chosenHunks = async (agent: Agent, paths?: string[]) =>
+    hunksToApply(decisions.current, agent, (await store.diff(agent)).files, paths);
+  const actions = new AgentActions(connection, store, (agent) => reveal(agent).catch(() => undefined), chosenHunks);
+  const agentSide = new AgentSideLenses(store, decisions);
+  // "Apply agent #N to this file" where people look: the editor's title bar and menu,
+  // for a file that a done agent changes.
+  const updateFileContext = () => {
+    const uri = vscode.window.activeTextEditor?.document.uri.toString();
+    void vscode.commands.executeCommand("setContext", "forkyard.fileHasAgent", Boolean(uri && live.agentsIn(uri).length));
   };
+  const notices = new NoticeCenter({
+    onDone: async (agentId, action) => {
+      const run = { "Show diff": actions.showDiff, Apply: actions.apply, Discard: actions.discard }[action];
+      await run.call(actions, agentId).catch(showError);
+    },
+    onFailed: async (agentId, action) => {
+      await (action === "Retry" ? actions.retry(agentId) : actions.showLog(agentId)).catch(showError);
+    },
+    lastLines: async (agentId) => {
+      const { log } = await connection.request("forkyard/agent/read", { agentId });
+      return log.slice(-3).map((entry) => entry.text);
+    },
+    showAgents: async () => {
+      await vscode.commands.executeCommand(`${AGENTS_VIEW}.focus`);
+    },
+  });
+  connection.notices = notices;
   const chat = new ChatViewProvider(context.extensionUri, connection, context.workspaceState);
 
   const trust = new RepositoryTrust(connection);
@@ -86,7 +120,52 @@ export function activate(context: vscode.ExtensionContext): void {
     trust,
     store.onDidChange(updateStatus),
     trust.onDidChange(updateStatus),
-    vscode.workspace.registerTextDocumentContentProvider(AGENT_SCHEME, new AgentFileProvider(connection, store)),
+    vscode.workspace.registerTextDocumentContentProvider(
+      AGENT_SCHEME,
+      new AgentFileProvider(connection, store, (agent, change, text) => decisions.shown(agent, change, text), decisions.onDidChange),
+    ),
+    decisions,
+    live,
+    notices,
+    agentSide,
+    vscode.languages.registerCodeLensProvider({ scheme: AGENT_SCHEME }, agentSide),
+    ...registerHunkCommands(connection, store, decisions, async (agent, paths, hunkIds) => {
+      const result = await applyAndSave(connection, agent, paths, hunkIds);
+      if (!result.applied || result.conflicts.length > 0) {
+        void vscode.window.showWarningMessage(
+          `Forkyard: that hunk of agent #${agent.number} was not applied` +
+            (result.conflicts.length ? `: ${result.conflicts.map((c) => c.reason).join("; ")}` : "."),
+        );
+        return false;
+      }
+      return true;
+    }),
+    decisions.onDidChange(() => {
+      for (const editor of vscode.window.visibleTextEditors) connection.refreshCodeLenses(editor.document);
+    }),
+    live.onDidChange(updateFileContext),
+    vscode.window.onDidChangeActiveTextEditor(updateFileContext),
+    vscode.commands.registerCommand("forkyard.applyAgentToFile", async (uri?: vscode.Uri) => {
+      const target = (uri instanceof vscode.Uri ? uri : vscode.window.activeTextEditor?.document.uri)?.toString();
+      const agents = target ? live.agentsIn(target).map((id) => store.get(id)).filter((a): a is Agent => !!a) : [];
+      const root = vscode.workspace.workspaceFolders?.[0]?.uri;
+      if (!target || !root || agents.length === 0) {
+        void vscode.window.showInformationMessage("Forkyard: no done agent changes this file.");
+        return;
+      }
+      const agent =
+        agents.length === 1
+          ? agents[0]
+          : (
+              await vscode.window.showQuickPick(
+                agents.map((a) => ({ label: `#${a.number} ${a.title}`, agent: a })),
+                { placeHolder: "Agent to apply to this file" },
+              )
+            )?.agent;
+      if (!agent) return;
+      const path = vscode.workspace.asRelativePath(vscode.Uri.parse(target), false);
+      await actions.apply(agent, [path]).catch(showError);
+    }),
     vscode.workspace.registerTextDocumentContentProvider("forkyard-log", new AgentLogProvider(connection)),
     vscode.window.registerWebviewViewProvider(ChatViewProvider.viewId, chat, {
       webviewOptions: { retainContextWhenHidden: false },

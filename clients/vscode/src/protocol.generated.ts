@@ -7,16 +7,23 @@ export const PROTOCOL_VERSION = 1;
 
 export interface ForkyardProtocolObjects {
   Agent?: Agent;
+  AgentApplyAllResult?: AgentApplyAllResult;
   AgentApplyParams?: AgentApplyParams;
   AgentApplyResult?: AgentApplyResult;
   AgentChangedNotification?: AgentChangedNotification;
+  AgentCompareResult?: AgentCompareResult;
   AgentDiffResult?: AgentDiffResult;
   AgentDispatchParams?: AgentDispatchParams;
+  AgentDispatchResult?: AgentDispatchResult;
   AgentFileParams?: AgentFileParams;
   AgentFileResult?: AgentFileResult;
+  AgentIdsParams?: AgentIdsParams;
   AgentListResult?: AgentListResult;
   AgentMessageParams?: AgentMessageParams;
+  AgentPlacement?: AgentPlacement;
   AgentReadResult?: AgentReadResult;
+  AgentRebaseParams?: AgentRebaseParams;
+  AgentRebaseResult?: AgentRebaseResult;
   AgentRef?: AgentRef;
   AgentResult?: AgentResult;
   BackendInfo?: BackendInfo;
@@ -28,6 +35,8 @@ export interface ForkyardProtocolObjects {
   ChatParams?: ChatParams;
   ChatResult?: ChatResult;
   ChatTurnNotification?: ChatTurnNotification;
+  CheckResult?: CheckResult;
+  CompareEntry?: CompareEntry;
   Conflict?: Conflict;
   Empty?: Empty;
   FileChange?: FileChange;
@@ -37,6 +46,8 @@ export interface ForkyardProtocolObjects {
   Message?: Message;
   ModelSummary?: ModelSummary;
   NoticeNotification?: NoticeNotification;
+  Overlap?: Overlap;
+  PairOverlap?: PairOverlap;
   Position?: Position;
   Progress?: Progress;
   Range?: Range;
@@ -58,11 +69,15 @@ export interface Agent {
   branch?: string | null;
   budgetUsd?: number | null;
   changes?: ChangeCounts;
+  check?: CheckResult | null;
   createdAt: string;
   error?: string | null;
+  group?: string | null;
   id: string;
   maxTokens?: number | null;
   number: number;
+  overlaps?: Overlap[];
+  placement?: AgentPlacement;
   progress?: Progress | null;
   role: string;
   state:
@@ -88,6 +103,30 @@ export interface ChangeCounts {
   deletions?: number;
   files?: number;
 }
+/**
+ * The role's `check` command, run in the agent's worktree when it finished (and
+ * after a rebase): whether it passed, and the tail of its output.
+ */
+export interface CheckResult {
+  passed: boolean;
+  summary?: string;
+}
+/**
+ * Another done agent whose changes touch the same lines as this one's, or lines next
+ * to them ("Review across agents"): applying both needs a look.
+ */
+export interface Overlap {
+  agentId: string;
+  paths?: string[];
+}
+/**
+ * "Cluster" in docs/protocol.md: where the agent runs; `node` is the Ray node's
+ * address once it is placed there, None while it waits or when it runs locally.
+ */
+export interface AgentPlacement {
+  kind?: "local" | "cluster";
+  node?: string | null;
+}
 export interface Progress {
   message: string;
   percentage?: number | null;
@@ -103,10 +142,13 @@ export interface Usage {
   inputTokens?: number;
   outputTokens?: number;
 }
-export interface AgentApplyParams {
-  agentId: string;
-  hunkIds?: string[] | null;
-  paths?: string[] | null;
+/**
+ * One result per agent tried, in order; `stoppedAt` the agent whose conflicts
+ * stopped the run (nothing of it applied), None when every one applied.
+ */
+export interface AgentApplyAllResult {
+  results: AgentApplyResult[];
+  stoppedAt?: string | null;
 }
 export interface AgentApplyResult {
   applied: boolean;
@@ -117,8 +159,29 @@ export interface Conflict {
   path: string;
   reason: string;
 }
+export interface AgentApplyParams {
+  agentId: string;
+  hunkIds?: string[] | null;
+  paths?: string[] | null;
+}
 export interface AgentChangedNotification {
   agent: Agent;
+}
+export interface AgentCompareResult {
+  agents: CompareEntry[];
+  overlaps: PairOverlap[];
+}
+export interface CompareEntry {
+  additions: number;
+  agentId: string;
+  check?: CheckResult | null;
+  deletions: number;
+  files: number;
+}
+export interface PairOverlap {
+  a: string;
+  b: string;
+  paths: string[];
 }
 export interface AgentDiffResult {
   agentId: string;
@@ -149,13 +212,22 @@ export interface AgentDispatchParams {
   backend?: string | null;
   baseRef?: string;
   budgetUsd?: number | null;
+  count?: number | null;
   includeUncommitted?: boolean;
   maxTokens?: number | null;
   paths?: string[] | null;
+  placement?: ("local" | "cluster") | null;
   role?: string;
   task: string;
   threadId?: string | null;
   title?: string | null;
+}
+/**
+ * `agent` is the first of the group; `agents` all of it (one without `count`).
+ */
+export interface AgentDispatchResult {
+  agent: Agent;
+  agents?: Agent[];
 }
 export interface AgentFileParams {
   agentId: string;
@@ -163,6 +235,16 @@ export interface AgentFileParams {
 }
 export interface AgentFileResult {
   text: string | null;
+}
+/**
+ * Params of methods over several agents (`applyAll`, `compare`), in order: ids or
+ * numbers as strings.
+ */
+export interface AgentIdsParams {
+  /**
+   * @maxItems 100
+   */
+  agentIds: string[];
 }
 export interface AgentListResult {
   agents: Agent[];
@@ -181,6 +263,17 @@ export interface LogEntry {
   kind: string;
   text: string;
   time: string;
+}
+export interface AgentRebaseParams {
+  agentId: string;
+  onto?: "HEAD";
+}
+/**
+ * `conflicts`: paths left with conflict markers in the agent's worktree.
+ */
+export interface AgentRebaseResult {
+  agent: Agent;
+  conflicts?: string[];
 }
 /**
  * Params of every method that names one agent: its id, or its number as a string.
@@ -372,14 +465,18 @@ export interface TrustResult {
 /** Every request of the protocol: method -> params and result. */
 export interface ForkyardRequests {
   "forkyard/agent/apply": { params: AgentApplyParams; result: AgentApplyResult };
+  "forkyard/agent/applyAll": { params: AgentIdsParams; result: AgentApplyAllResult };
   "forkyard/agent/cancel": { params: AgentRef; result: AgentResult };
+  "forkyard/agent/compare": { params: AgentIdsParams; result: AgentCompareResult };
   "forkyard/agent/diff": { params: AgentRef; result: AgentDiffResult };
   "forkyard/agent/discard": { params: AgentRef; result: AgentResult };
-  "forkyard/agent/dispatch": { params: AgentDispatchParams; result: AgentResult };
+  "forkyard/agent/dispatch": { params: AgentDispatchParams; result: AgentDispatchResult };
   "forkyard/agent/file": { params: AgentFileParams; result: AgentFileResult };
   "forkyard/agent/list": { params: Empty; result: AgentListResult };
   "forkyard/agent/message": { params: AgentMessageParams; result: AgentResult };
   "forkyard/agent/read": { params: AgentRef; result: AgentReadResult };
+  "forkyard/agent/rebase": { params: AgentRebaseParams; result: AgentRebaseResult };
+  "forkyard/agent/retry": { params: AgentRef; result: AgentResult };
   "forkyard/chat": { params: ChatParams; result: ChatResult };
   "forkyard/chat/interrupt": { params: ChatInterruptParams; result: Empty };
   "forkyard/server/stats": { params: ServerStatsParams; result: ServerStatsResult };

@@ -16,6 +16,9 @@ export class AgentActions {
     private readonly connection: ForkyardConnection,
     private readonly store: AgentStore,
     private readonly reveal: (agent: Agent) => Promise<void>,
+    /** The hunks an apply of the agent (or of these files) sends: undefined for all. */
+    private readonly chosenHunks: (agent: Agent, paths?: string[]) => Promise<string[] | undefined> = async () =>
+      undefined,
   ) {}
 
   register(): vscode.Disposable[] {
@@ -41,6 +44,8 @@ export class AgentActions {
       command("forkyard.agent.cancel", (arg: AgentArgument) => this.cancel(arg)),
       command("forkyard.agent.followUp", (arg: AgentArgument) => this.followUp(arg)),
       command("forkyard.agent.log", (arg: AgentArgument) => this.showLog(arg)),
+      command("forkyard.retryAgent", (arg: AgentArgument) => this.retry(arg)),
+      command("forkyard.agent.retry", (arg: AgentArgument) => this.retry(arg)),
     ];
   }
 
@@ -152,7 +157,7 @@ export class AgentActions {
   async apply(arg: AgentArgument, paths?: string[]): Promise<void> {
     const agent = await this.pick(arg, "apply", "apply");
     if (!agent) return;
-    const result = await applyAndSave(this.connection, agent, paths);
+    const result = await applyAndSave(this.connection, agent, paths, await this.chosenHunks(agent, paths));
     reportApply(agent, result);
   }
 
@@ -216,6 +221,16 @@ export class AgentActions {
     }
   }
 
+  /** The task again, as a new agent on the same base: for a failed, interrupted or
+   * cancelled one. */
+  async retry(arg: AgentArgument): Promise<void> {
+    const agent = await this.pick(arg, "retry", "retry");
+    if (!agent) return;
+    const result = await this.connection.request("forkyard/agent/retry", { agentId: agent.id });
+    this.store.update(result.agent);
+    void this.reveal(result.agent);
+  }
+
   async followUp(arg: AgentArgument): Promise<void> {
     const agent = await this.pick(arg, "followUp", "send a follow-up to");
     if (!agent) return;
@@ -249,6 +264,7 @@ export class AgentActions {
     const labels: Partial<Record<AgentAction, string>> = {
       diff: "$(diff) Show diff",
       apply: "$(check) Apply",
+      retry: "$(debug-restart) Retry",
       followUp: "$(comment) Send follow-up…",
       cancel: "$(debug-stop) Cancel",
       discard: "$(trash) Discard",
@@ -266,6 +282,7 @@ export class AgentActions {
       diff: (a) => this.showDiff(a),
       apply: (a) => this.apply(a),
       followUp: (a) => this.followUp(a),
+      retry: (a) => this.retry(a),
       cancel: (a) => this.cancel(a),
       discard: (a) => this.discard(a),
       log: (a) => this.showLog(a),
@@ -281,11 +298,13 @@ export async function applyAndSave(
   connection: ForkyardConnection,
   agent: Agent,
   paths?: string[],
+  hunkIds?: string[],
 ): Promise<AgentApplyResult> {
   const dirtyBefore = new Set(vscode.workspace.textDocuments.filter((d) => d.isDirty).map((d) => d.uri.toString()));
   const result = await connection.request("forkyard/agent/apply", {
     agentId: agent.id,
     ...(paths ? { paths } : {}),
+    ...(hunkIds ? { hunkIds } : {}),
   });
   const save = vscode.workspace.getConfiguration("forkyard").get<boolean>("saveAfterApply", true);
   if (result.applied && save) {

@@ -29,7 +29,10 @@ export class AgentFileProvider implements vscode.TextDocumentContentProvider, vs
 
   constructor(
     private readonly connection: ForkyardConnection,
-    store: AgentStore,
+    private readonly store: AgentStore,
+    /** The agent's text as the diff shows it (undone hunks put back). */
+    private readonly shown: (agent: Agent, change: FileChange, text: string) => string = (_a, _c, text) => text,
+    decisionsChanged?: vscode.Event<string>,
   ) {
     // A follow-up changes the agent's files: refresh the documents shown of it.
     this.subscriptions = [
@@ -41,6 +44,15 @@ export class AgentFileProvider implements vscode.TextDocumentContentProvider, vs
       }),
       vscode.workspace.onDidCloseTextDocument((document) => this.open.delete(document.uri.toString())),
     ];
+    if (decisionsChanged) {
+      this.subscriptions.push(
+        decisionsChanged((agentId) => {
+          for (const uri of this.open.values()) {
+            if (new URLSearchParams(uri.query).get("agent") === agentId) this.changedEmitter.fire(uri);
+          }
+        }),
+      );
+    }
   }
 
   async provideTextDocumentContent(uri: vscode.Uri): Promise<string> {
@@ -48,11 +60,12 @@ export class AgentFileProvider implements vscode.TextDocumentContentProvider, vs
     const agentId = query.get("agent");
     if (!agentId) return "";
     this.open.set(uri.toString(), uri);
-    const { text } = await this.connection.request("forkyard/agent/file", {
-      agentId,
-      path: uri.path.replace(/^\//, ""),
-    });
-    return text ?? "";
+    const path = uri.path.replace(/^\//, "");
+    const { text } = await this.connection.request("forkyard/agent/file", { agentId, path });
+    const agent = this.store.get(agentId);
+    if (!agent || text == null) return text ?? "";
+    const change = (await this.store.diff(agent).catch(() => undefined))?.files.find((f) => f.path === path);
+    return change ? this.shown(agent, change, text) : text;
   }
 
   dispose(): void {

@@ -51,10 +51,26 @@ export function changesText(agent: Agent): string {
 
 /** The grey text after the label: progress while it works, the diff's size after; then
  * what its model calls used, when that is known. */
-export function agentDescription(agent: Agent): string {
+export function agentDescription(
+  agent: Agent,
+  numberOf: (agentId: string) => number | undefined = () => undefined,
+): string {
   const usage = usageText(agent.usage);
-  const state = stateDescription(agent);
+  const overlaps = overlapsText(agent, numberOf);
+  const state = stateDescription(agent) + (overlaps ? ` · ${overlaps}` : "");
   return usage ? `${state} · ${usage.short}` : state;
+}
+
+/** "overlaps #3, #5": other done agents changing the same lines (or lines next to
+ * them), from `Agent.overlaps` when the server sends it. Numbers come from `numberOf`
+ * (the store knows the agents); an unknown id is left out. */
+export function overlapsText(agent: Agent, numberOf: (agentId: string) => number | undefined = () => undefined): string {
+  const overlaps = agent.state === "done" ? (agent.overlaps ?? []) : [];
+  const numbers = overlaps
+    .map((o) => numberOf(o.agentId) ?? (/^\d+$/.test(o.agentId) ? Number(o.agentId) : undefined))
+    .filter((n): n is number => n !== undefined)
+    .sort((a, b) => a - b);
+  return numbers.length ? `overlaps ${numbers.map((n) => `#${n}`).join(", ")}` : "";
 }
 
 function stateDescription(agent: Agent): string {
@@ -71,6 +87,8 @@ function stateDescription(agent: Agent): string {
       return changesText(agent);
     case "failed":
       return agent.error ? `failed: ${firstLine(agent.error)}` : "failed";
+    case "interrupted":
+      return "interrupted: the server stopped while it ran";
     default:
       return agent.state;
   }
@@ -97,7 +115,7 @@ export function agentIcon(agent: Agent): IconSpec {
   return ICONS[agent.state];
 }
 
-export type AgentAction = "apply" | "discard" | "cancel" | "diff" | "followUp" | "log";
+export type AgentAction = "apply" | "discard" | "cancel" | "diff" | "followUp" | "log" | "retry";
 
 /** What may be done to an agent in its state; the tree's menus are keyed on these. */
 export function agentActions(agent: Agent): AgentAction[] {
@@ -117,7 +135,7 @@ export function agentActions(agent: Agent): AgentAction[] {
     case "failed":
     case "cancelled":
     case "interrupted":
-      actions.push("followUp", "discard");
+      actions.push("retry", "followUp", "discard");
       if (changed) actions.push("diff", "apply");
       break;
     case "applied":
@@ -193,6 +211,9 @@ export function agentTooltip(agent: Agent): string {
   if (agent.state === "done" || agent.state === "applied") lines.push(`Changes: ${changesText(agent)}`);
   const usage = usageText(agent.usage);
   if (usage) lines.push(usage.long);
+  for (const overlap of agent.state === "done" ? (agent.overlaps ?? []) : []) {
+    lines.push(`Overlaps agent ${escapeMarkdown(overlap.agentId)} in ${escapeMarkdown((overlap.paths ?? []).join(", "))}`);
+  }
   if (agent.summary) lines.push("", escapeMarkdown(agent.summary));
   if (agent.error) lines.push("", `Error: ${escapeMarkdown(agent.error)}`);
   return lines.join("  \n");

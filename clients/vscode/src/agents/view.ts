@@ -26,10 +26,17 @@ export class AgentsTreeProvider implements vscode.TreeDataProvider<AgentNode>, v
   private readonly subscription: vscode.Disposable;
   readonly onDidChangeTreeData = this.changedEmitter.event;
 
-  constructor(private readonly store: AgentStore) {
+  constructor(
+    private readonly store: AgentStore,
+    /** What is left of a file to review (after partial applies and undone hunks). */
+    private readonly remaining?: (agent: Agent, change: FileChange) => { additions: number; deletions: number },
+    reviewChanged?: vscode.Event<unknown>,
+  ) {
     // Group membership and counts move with any change, so the whole tree refreshes;
     // VS Code keeps expansion by the items' ids.
-    this.subscription = store.onDidChange(() => this.changedEmitter.fire(undefined));
+    const refresh = () => this.changedEmitter.fire(undefined);
+    const subscriptions = [store.onDidChange(refresh), ...(reviewChanged ? [reviewChanged(refresh)] : [])];
+    this.subscription = vscode.Disposable.from(...subscriptions);
   }
 
   getChildren(node?: AgentNode): AgentNode[] | Promise<AgentNode[]> {
@@ -52,7 +59,10 @@ export class AgentsTreeProvider implements vscode.TreeDataProvider<AgentNode>, v
         const summary = agent.summary?.trim().split("\n", 1)[0];
         return [{ kind: "note", agent, text: summary || "no changes", isSummary: Boolean(summary) }];
       }
-      return diff.files.map((change) => ({ kind: "file", agent, change }));
+      return diff.files.map((change) => {
+        const left = agent.state === "done" && this.remaining ? this.remaining(agent, change) : undefined;
+        return { kind: "file", agent, change: left ? { ...change, ...left } : change };
+      });
     } catch (error) {
       return [{ kind: "note", agent, text: `diff unavailable: ${error instanceof Error ? error.message : error}` }];
     }
@@ -91,7 +101,7 @@ export class AgentsTreeProvider implements vscode.TreeDataProvider<AgentNode>, v
         );
         // The state is part of the id so that an agent reaching `done` opens its files.
         item.id = `agent:${agent.id}:${groupOf(agent).id}`;
-        item.description = agentDescription(agent);
+        item.description = agentDescription(agent, (id) => this.store.get(id)?.number);
         item.tooltip = new vscode.MarkdownString(agentTooltip(agent));
         const icon = agentIcon(agent);
         item.iconPath = new vscode.ThemeIcon(icon.id, icon.color ? new vscode.ThemeColor(icon.color) : undefined);

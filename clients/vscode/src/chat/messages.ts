@@ -26,4 +26,6 @@ export type FromWebview =
   | { type: "openLink"; href: string }
   | { type: "attachSelection" }
   | { type: "clearAttachment" }
-  | { type: "copy"; text: string };
+  | { type: "copy"; text: string }
+  | { type: "retry"; agent: string }
+  | { type: "openSetting"; key: string };

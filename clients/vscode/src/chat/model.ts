@@ -1,6 +1,7 @@
 // One thread as the chat view shows it, folded from the server's notifications. Pure, so
 // streaming, queueing and de-duplication are unit-tested; the webview renders from it.
 import type {
+  Agent,
   ChatDeltaNotification,
   ChatTurnNotification,
   Message,
@@ -14,20 +15,48 @@ export interface ViewMessage extends Message {
   streaming?: boolean;
 }
 
+/** What the chat shows of an agent now, beside its latest line in the thread. */
+export interface AgentBrief {
+  id: string;
+  number: number;
+  state: Agent["state"];
+  progress: string | null;
+}
+
 export interface ChatState {
   thread: Thread | null;
   messages: ViewMessage[];
   turns: Record<string, { state: TurnState; error?: string | null }>;
+  /** Agents by id, kept current from `forkyard/agent/changed`: their lines stay true. */
+  agents?: Record<string, AgentBrief>;
 }
 
 export function emptyChat(): ChatState {
   return { thread: null, messages: [], turns: {} };
 }
 
+export function agentBrief(agent: Agent): AgentBrief {
+  return { id: agent.id, number: agent.number, state: agent.state, progress: agent.progress?.message ?? null };
+}
+
 /** A thread read from the server (`forkyard/thread/read`). */
 export function loadThread(thread: Thread, messages: Message[]): ChatState {
   return { thread, messages: messages.map((m) => ({ ...m })), turns: {} };
 }
+
+export function applyAgent(state: ChatState, agent: AgentBrief): ChatState {
+  return { ...state, agents: { ...(state.agents ?? {}), [agent.id]: agent } };
+}
+
+/** The id of the newest event message of each agent: the one that shows its live state. */
+export function latestAgentLines(state: ChatState): Set<string> {
+  const seen = new Map<string, string>();
+  for (const m of state.messages) if (m.role === "event" && m.agentId) seen.set(m.agentId, m.id);
+  return new Set(seen.values());
+}
+
+/** States a finished run can be retried from (`forkyard/agent/retry`). */
+export const RETRYABLE: ReadonlySet<string> = new Set(["failed", "interrupted", "cancelled"]);
 
 export function applyMessage(state: ChatState, message: Message): ChatState {
   if (!state.thread || message.threadId !== state.thread.id) return state;
@@ -85,12 +114,15 @@ export function turnStateOf(state: ChatState, message: Message): TurnState | und
 
 /** A notification for another thread may still create this one: see ChatHost's buffer. */
 export type ChatEvent =
+  | { kind: "agent"; agent: AgentBrief }
   | { kind: "message"; message: Message }
   | { kind: "delta"; delta: ChatDeltaNotification }
   | { kind: "turn"; turn: ChatTurnNotification };
 
-export function threadOf(event: ChatEvent): string {
+export function threadOf(event: ChatEvent): string | undefined {
   switch (event.kind) {
+    case "agent":
+      return undefined;
     case "message":
       return event.message.threadId;
     case "delta":
@@ -102,6 +134,8 @@ export function threadOf(event: ChatEvent): string {
 
 export function applyEvent(state: ChatState, event: ChatEvent): ChatState {
   switch (event.kind) {
+    case "agent":
+      return applyAgent(state, event.agent);
     case "message":
       return applyMessage(state, event.message);
     case "delta":

@@ -3,10 +3,20 @@
 // notifications to the webview.
 import * as vscode from "vscode";
 import { ResponseError } from "vscode-languageclient/node";
-import { type ForkyardConnection, showError } from "../connection";
+import { type ForkyardConnection, openSetting, showError } from "../connection";
 import type { ChatContext, ChatParams } from "../protocol";
 import type { Attachment, FromWebview, ToWebview } from "./messages";
-import { applyEvent, type ChatEvent, type ChatState, emptyChat, isBusy, loadThread, threadOf } from "./model";
+import {
+  type AgentBrief,
+  agentBrief,
+  applyEvent,
+  type ChatEvent,
+  type ChatState,
+  emptyChat,
+  isBusy,
+  loadThread,
+  threadOf,
+} from "./model";
 
 const THREAD_KEY = "forkyard.chat.threadId";
 
@@ -24,6 +34,8 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
   private draft = "";
   private endProgress: (() => void) | undefined;
   private readonly disposables: vscode.Disposable[] = [];
+  /** Every agent's state now, for the lines of the thread that name it. */
+  private agents: Record<string, AgentBrief> = {};
 
   constructor(
     private readonly extensionUri: vscode.Uri,
@@ -35,9 +47,16 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
       connection.onNotification("forkyard/chat/message", ({ message }) => forward({ kind: "message", message })),
       connection.onNotification("forkyard/chat/delta", (delta) => forward({ kind: "delta", delta })),
       connection.onNotification("forkyard/chat/turn", (turn) => forward({ kind: "turn", turn })),
+      connection.onNotification("forkyard/agent/changed", ({ agent }) => {
+        const brief = agentBrief(agent);
+        this.agents[agent.id] = brief;
+        this.state = applyEvent(this.state, { kind: "agent", agent: brief });
+        this.post({ type: "event", event: { kind: "agent", agent: brief } });
+      }),
       // After a server restart the thread is read again: turns running then are gone.
       connection.onReady(() => {
         this.restored = undefined;
+        void this.loadAgents();
         if (this.view) void this.restore();
       }),
     );
@@ -60,12 +79,25 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
   }
 
   private postState(): void {
+    this.state = { ...this.state, agents: { ...this.agents, ...(this.state.agents ?? {}) } };
     this.post({ type: "state", state: this.state, attachment: this.attachmentView(), draft: this.draft });
     this.updateProgress();
   }
 
   private attachmentView(): Attachment | null {
     return this.attachment ? { label: this.attachment.label } : null;
+  }
+
+  /** The agents as the server knows them now (after a restart: `interrupted` ones too). */
+  async loadAgents(): Promise<void> {
+    try {
+      const { agents } = await this.connection.request("forkyard/agent/list", {});
+      this.agents = Object.fromEntries(agents.map((a) => [a.id, agentBrief(a)]));
+      this.state = { ...this.state, agents: { ...this.agents } };
+      this.postState();
+    } catch {
+      // not running: the connection says why
+    }
   }
 
   /** The thread shown before the window reloaded, read again from the server. */
@@ -148,6 +180,12 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
         return;
       case "copy":
         await vscode.env.clipboard.writeText(message.text);
+        return;
+      case "retry":
+        await vscode.commands.executeCommand("forkyard.retryAgent", message.agent);
+        return;
+      case "openSetting":
+        await openSetting(message.key, false);
         return;
     }
   }

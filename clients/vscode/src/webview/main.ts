@@ -31,8 +31,16 @@ function send(message: FromWebview): void {
   vscode.postMessage(message);
 }
 
+/** Set when the person sends: their message and the reply are what they look at next,
+ * wherever they had scrolled to. */
+let stickUntil = 0;
+
 function nearBottom(): boolean {
-  return messagesEl.scrollHeight - messagesEl.scrollTop - messagesEl.clientHeight < 40;
+  return Date.now() < stickUntil || messagesEl.scrollHeight - messagesEl.scrollTop - messagesEl.clientHeight < 40;
+}
+
+function toBottom(): void {
+  messagesEl.scrollTop = messagesEl.scrollHeight;
 }
 
 function renderAll(): void {
@@ -77,6 +85,8 @@ function scheduleRender(ids: string[]): void {
 /** The messages an event changes: a turn's state shows on its user message and reply. */
 function changedMessages(event: ChatEvent): string[] {
   switch (event.kind) {
+    case "agent":
+      return state.messages.filter((m) => m.role === "event" && m.agentId === event.agent.id).map((m) => m.id);
     case "turn":
       return state.messages.filter((m) => m.turnId === event.turn.turnId).map((m) => m.id);
     case "message":
@@ -132,6 +142,8 @@ function submit(): void {
   send({ type: "send", text });
   input.value = "";
   hideCompletions();
+  stickUntil = Date.now() + 5000;
+  toBottom();
 }
 
 function showCompletions(): void {
@@ -227,6 +239,18 @@ messagesEl.addEventListener("click", (event) => {
   if (link?.dataset.href) {
     event.preventDefault();
     send({ type: "openLink", href: link.dataset.href });
+    return;
+  }
+  const retry = target.closest<HTMLElement>(".retry-agent");
+  if (retry?.dataset.agent) {
+    event.preventDefault();
+    send({ type: "retry", agent: retry.dataset.agent });
+    return;
+  }
+  const setting = target.closest<HTMLElement>(".setting-link");
+  if (setting?.dataset.setting) {
+    event.preventDefault();
+    send({ type: "openSetting", key: setting.dataset.setting });
     return;
   }
   const copy = target.closest<HTMLElement>(".copy-code");

@@ -22,7 +22,7 @@ import typescript from "highlight.js/lib/languages/typescript";
 import xml from "highlight.js/lib/languages/xml";
 import yaml from "highlight.js/lib/languages/yaml";
 import type { ChatState, ViewMessage } from "../chat/model";
-import { turnStateOf } from "../chat/model";
+import { latestAgentLines, RETRYABLE, turnStateOf } from "../chat/model";
 
 const LANGUAGES = {
   bash, c, cpp, css, diff, go, ini, java, javascript, json, markdown, python, rust, sql,
@@ -105,6 +105,14 @@ const marked = new Marked({
       const titleAttribute = title ? ` title="${escapeHtml(title)}"` : "";
       return `<a href="#" class="external-link" data-href="${escapeHtml(safe)}"${titleAttribute}>${text}</a>`;
     },
+    codespan({ text }: Tokens.Codespan): string {
+      // One of our settings, named in a reply (how to set up a model): a button that
+      // opens it. Everything else verbatim: the CSS keeps its spaces.
+      if (/^forkyard\.[A-Za-z][A-Za-z.]*$/.test(text)) {
+        return `<a href="#" class="setting-link" role="button" data-setting="${escapeHtml(text)}" title="Open this setting">${escapeHtml(text)}</a>`;
+      }
+      return `<code>${escapeHtml(text)}</code>`;
+    },
     image({ href, text }: Tokens.Image): string {
       const safe = safeHref(href);
       const label = escapeHtml(text || href);
@@ -149,9 +157,21 @@ export function renderMessage(message: ViewMessage, state: ChatState): string {
     const open = agent
       ? ` <a href="#" class="agent-link open-agent" data-agent="${agent}" title="Open the agent">Open</a>`
       : "";
+    // The agent's newest line says where it is now (a line written "is running" before
+    // the server stopped reads "interrupted" then), with Retry when it can be.
+    const brief = message.agentId ? state.agents?.[message.agentId] : undefined;
+    let live = "";
+    if (brief && latestAgentLines(state).has(message.id)) {
+      const progress = brief.progress && (brief.state === "running" || brief.state === "starting") ? ` · ${escapeHtml(brief.progress)}` : "";
+      live = ` <span class="badge agent-state state-${escapeHtml(brief.state)}">${escapeHtml(brief.state)}${progress}</span>`;
+      if (RETRYABLE.has(brief.state)) {
+        live += ` <a href="#" class="retry-agent" data-agent="${agent}" role="button" title="Run its task again">Retry</a>`;
+      }
+      classes.push("live");
+    }
     return (
-      `<div class="${classes.join(" ")}" data-id="${id}"><span class="event-icon">●</span>` +
-      `<div class="event-text">${renderMarkdown(message.text)}</div>${open}</div>`
+      `<div class="${classes.join(" ")}" data-id="${id}" data-agent-id="${agent}"><span class="event-icon">●</span>` +
+      `<div class="event-text">${renderMarkdown(message.text)}</div>${live}${open}</div>`
     );
   }
   const body = message.text ? renderMarkdown(message.text) : '<p class="thinking">…</p>';
