@@ -107,6 +107,11 @@ class WorktreeSettings(BaseModel):
     #: only moves it to its exact base. 0 turns the pool off (each costs a checkout's
     #: disk space).
     pool_size: int = Field(default=2, ge=0, le=16)
+    #: "overlay": each agent sees one shared read-only checkout of its base through an
+    #: overlay of its own, so it costs the disk of its changes and starts in
+    #: milliseconds; used where the machine allows it, else "full" (a checkout per
+    #: agent), which `forkyard status` says with the reason (`workspace/overlay.py`).
+    mode: Literal["overlay", "full"] = "overlay"
     #: `checkout.workers` for the checkouts Forkyard makes: 0 is one per core, 1 is
     #: git's sequential checkout.
     checkout_workers: int = Field(default=0, ge=0, le=64)
