@@ -96,6 +96,8 @@ export interface Editor {
   cspViolations: string[];
   repo: string;
   home: string;
+  /** When the workbench was there (ms since the epoch): "open workspace" for timings. */
+  openedAt: number;
   /** The user's settings.json. */
   userSettings: string;
   /** The chat webview's document (VS Code nests it in two iframes). */
@@ -104,7 +106,23 @@ export interface Editor {
   close(): Promise<void>;
 }
 
-export async function openEditor(files: Record<string, string>, settings: Record<string, unknown> = {}): Promise<Editor> {
+export interface EditorOptions {
+  /** forkyard.server.command in the Machine settings; null: no Forkyard setting at all
+   * (a newcomer's code-server). Default: this checkout's server. */
+  serverCommand?: string[] | null;
+  /** A newcomer's install: `forkyard` linked into a directory only the shell that starts
+   * code-server has on its PATH, and into ~/.local/bin. */
+  forkyardOnShellPath?: boolean;
+}
+
+/** The server of this checkout (for tests that link it somewhere). */
+export const FORKYARD_SERVER = SERVER;
+
+export async function openEditor(
+  files: Record<string, string>,
+  settings: Record<string, unknown> = {},
+  options: EditorOptions = {},
+): Promise<Editor> {
   const home = fs.mkdtempSync(path.join(os.tmpdir(), "forkyard-vscode-e2e-"));
   const repo = makeRepo(path.join(home, "sample"), files);
   const userData = path.join(home, "user-data");
@@ -113,10 +131,19 @@ export async function openEditor(files: Record<string, string>, settings: Record
   fs.mkdirSync(path.join(userData, "Machine"), { recursive: true });
   // forkyard.server.command is machine-scoped (a repository's settings cannot choose a
   // program to run): in code-server, as over Remote SSH, it belongs in the Machine settings.
+  const command = options.serverCommand === undefined ? [SERVER, "serve"] : options.serverCommand;
   fs.writeFileSync(
     path.join(userData, "Machine", "settings.json"),
-    JSON.stringify({ "forkyard.server.command": [SERVER, "serve"] }),
+    JSON.stringify(command ? { "forkyard.server.command": command } : {}),
   );
+  let shellPath = process.env.PATH ?? "";
+  if (options.forkyardOnShellPath) {
+    for (const dir of [path.join(home, "shell-bin"), path.join(home, ".local", "bin")]) {
+      fs.mkdirSync(dir, { recursive: true });
+      fs.symlinkSync(SERVER, path.join(dir, "forkyard"));
+    }
+    shellPath = `${path.join(home, "shell-bin")}${path.delimiter}${shellPath}`;
+  }
   const userSettings = path.join(userData, "User", "settings.json");
   const baseSettings = {
     "workbench.startupEditor": "none",
@@ -137,6 +164,7 @@ export async function openEditor(files: Record<string, string>, settings: Record
   // The server's world: its own state directory, and no user config of the machine's.
   const env = {
     ...process.env,
+    PATH: shellPath,
     HOME: home,
     XDG_CONFIG_HOME: path.join(home, ".config"),
     FORKYARD_STATE_DIR: path.join(home, "state"),
@@ -188,11 +216,15 @@ export async function openEditor(files: Record<string, string>, settings: Record
     page.on("console", (message) => {
       if (/Content Security Policy/i.test(message.text())) cspViolations.push(message.text());
     });
+    const startedAt = Date.now();
     await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(repo)}`);
     await page.locator(".monaco-workbench").waitFor({ timeout: 60_000 });
-    // Fresh artifacts for each run: a screenshot of an earlier failure would mislead.
-    fs.rmSync(ARTIFACTS, { recursive: true, force: true });
+    // Screenshots of earlier failures go (they would mislead); each test file of a run
+    // runs in its own process and adds its own screenshots beside the others'.
     fs.mkdirSync(ARTIFACTS, { recursive: true });
+    for (const name of fs.readdirSync(ARTIFACTS)) {
+      if (name.startsWith("failed-")) fs.rmSync(path.join(ARTIFACTS, name), { force: true });
+    }
     const opened = browser;
     return {
       page,
@@ -200,6 +232,7 @@ export async function openEditor(files: Record<string, string>, settings: Record
       userSettings,
       repo,
       home,
+      openedAt: startedAt,
       chat: () => page.frameLocator("iframe.webview.ready").frameLocator("#active-frame"),
       screenshot: async (name) => {
         const file = path.join(ARTIFACTS, `${name}.png`);
@@ -254,6 +287,13 @@ export async function eventually(check: () => boolean, what: string, timeoutMs =
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
+}
+
+/** SIGKILL the daemon of `stateDir`, as a crash or a machine going to sleep would end
+ * it: its running agents are interrupted. */
+export function killDaemon(stateDir: string): void {
+  const pid = Number.parseInt(fs.readFileSync(path.join(stateDir, "daemon.pid"), "utf8"), 10);
+  process.kill(pid, "SIGKILL");
 }
 
 /** SIGTERM the daemon of `stateDir` (if one runs) and wait until it is gone. */
