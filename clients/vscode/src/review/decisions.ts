@@ -7,20 +7,21 @@ import type { Agent, FileChange, Hunk } from "../protocol";
 
 export type Decision = "kept" | "undone";
 
-/** agentId -> hunkId -> decision, for one version of the agent (`updatedAt`): a
- * follow-up makes a new diff, whose hunks are decided afresh. */
+/** agentId -> hunkId -> decision. Hunk ids name a hunk's content, so a follow-up that
+ * changes a hunk makes a new id, decided afresh (the agent's `updatedAt` moves for other
+ * reasons too: overlaps, a partial apply). */
 export interface DecisionTable {
   [agentId: string]: { updatedAt: string; hunks: Record<string, Decision> };
 }
 
 export function decisionOf(table: DecisionTable, agent: Agent, hunkId: string): Decision | undefined {
   const entry = table[agent.id];
-  return entry && entry.updatedAt === agent.updatedAt ? entry.hunks[hunkId] : undefined;
+  return entry?.hunks[hunkId];
 }
 
 export function decide(table: DecisionTable, agent: Agent, hunkId: string, decision: Decision): DecisionTable {
   const entry = table[agent.id];
-  const hunks = entry && entry.updatedAt === agent.updatedAt ? { ...entry.hunks } : {};
+  const hunks = { ...(entry?.hunks ?? {}) };
   hunks[hunkId] = decision;
   return { ...table, [agent.id]: { updatedAt: agent.updatedAt, hunks } };
 }
@@ -86,7 +87,7 @@ export function hunksToApply(
   paths?: string[],
 ): string[] | undefined {
   const entry = table[agent.id];
-  if (!entry || entry.updatedAt !== agent.updatedAt) return undefined;
+  if (!entry) return undefined;
   const chosen = files.filter((f) => !paths || paths.includes(f.path));
   const all = chosen.flatMap((f) => (f.hunks ?? []).map((h) => h.id));
   const left = all.filter((id) => entry.hunks[id] !== "undone");

@@ -42,10 +42,13 @@ test("decisions: open hunks, what is left to count, and what an apply sends", ()
   assert.equal(hunksToApply(table, a, [CHANGE]), undefined, "nothing undone: apply everything");
   table = decide(table, a, "h2", "undone");
   assert.deepEqual(hunksToApply(table, a, [CHANGE]), ["h1"]);
-  // A follow-up is a new version: its hunks are decided afresh.
+  // A follow-up that changes a hunk gives it a new id: decided afresh. A new updatedAt
+  // alone (overlaps, a partial apply) keeps the decisions.
   const again = { ...a, updatedAt: "2025-02-01T00:00:00Z" };
-  assert.deepEqual(openHunks(table, again, CHANGE).map((h) => h.id), ["h1", "h2"]);
-  assert.equal(hunksToApply(table, again, [CHANGE]), undefined);
+  assert.deepEqual(openHunks(table, again, CHANGE).map((h) => h.id), []);
+  const followUp = { ...CHANGE, hunks: CHANGE.hunks?.map((h) => ({ ...h, id: `${h.id}-v2` })) };
+  assert.deepEqual(openHunks(table, again, followUp).map((h) => h.id), ["h1-v2", "h2-v2"]);
+  assert.equal(hunksToApply(table, again, [followUp]), undefined);
 });
 
 test("an agent's newest line in the thread is live: interrupted, with Retry", () => {
