@@ -36,7 +36,12 @@ before(async () => {
   // The model comes from VS Code's settings: it reaches the server as initializationOptions.
   editor = await openEditor(
     { "app.py": APP, "README.md": "# sample\n" },
-    { "forkyard.models": { default: { provider: "openai", baseUrl: model.baseUrl, model: "fake" } } },
+    {
+      "forkyard.models": { default: { provider: "openai", baseUrl: model.baseUrl, model: "fake" } },
+      // A progress notification with Cancel, as a user may choose (the default is the
+      // status bar): its test below cancels from it.
+      "forkyard.agentProgress": "notification",
+    },
   );
 });
 
