@@ -2,8 +2,8 @@
 // command takes a tree node, an agent id or number (from chat links), or nothing (then
 // it asks with a quick pick of the agents it applies to).
 import * as vscode from "vscode";
-import { type ForkyardConnection, showError } from "../connection";
-import type { Agent, AgentApplyResult } from "../protocol";
+import { type ForkyardConnection, openSetting, showError } from "../connection";
+import type { Agent, AgentApplyResult, BackendInfo } from "../protocol";
 import { AGENT_SCHEME, openAgentChanges, openFileDiff } from "./files";
 import { type AgentAction, agentActions, agentDescription, agentLabel } from "./model";
 import type { AgentStore } from "./store";
@@ -81,59 +81,106 @@ export class AgentActions {
     return picked?.agent;
   }
 
+  /** What the person typed last when a dispatch failed: offered again, never lost. */
+  private draftTask = "";
+
+  /** Backend first (unavailable ones shown with why, and not taken), then the role,
+   * then the task: what is missing is said before anything is typed, and a task whose
+   * dispatch fails is kept for the next try. */
   async dispatch(): Promise<void> {
     await this.connection.ready();
-    const task = await vscode.window.showInputBox({
-      title: "Forkyard: Dispatch agent",
-      prompt: "What should the agent do? It works in its own worktree; you review its diff.",
-      placeHolder: "Add type hints to the payment module",
-      ignoreFocusOut: true,
-    });
-    if (!task?.trim()) return;
     const capabilities = this.connection.capabilities;
+    const backend = await this.pickBackend(capabilities?.backendDetails ?? []);
+    if (backend === null) return;
     const roles = capabilities?.roles?.length ? capabilities.roles : ["worker", "explorer", "default"];
+    const ordered = [...roles].sort((a, b) => Number(b === "worker") - Number(a === "worker"));
     const role = await vscode.window.showQuickPick(
-      roles.map((name) => ({
+      ordered.map((name) => ({
         label: name,
         description:
           name === "worker"
             ? "writes in its own worktree"
             : name === "explorer"
               ? "reads your checkout, writes nothing"
-              : undefined,
+              : name === "default"
+                ? "as worker"
+                : undefined,
       })),
-      { title: "Role of the agent", placeHolder: "worker" },
+      { title: "Role of the agent", placeHolder: "The first, worker, writes in its own worktree" },
     );
     if (!role) return;
-    const details = capabilities?.backendDetails ?? [];
-    let backend: string | undefined;
-    const usable = details.filter((b) => b.available && b.name !== "command");
-    if (usable.length > 1) {
-      // The built-in loop first: it is the server's default.
-      const ordered = details
-        .filter((b) => b.name !== "command")
-        .sort((a, b) => Number(b.name === "llm") - Number(a.name === "llm") || a.name.localeCompare(b.name));
+    for (;;) {
+      const task = await vscode.window.showInputBox({
+        title: `Forkyard: Dispatch agent (${role.label}${backend ? `, ${backend}` : ""})`,
+        prompt: "What should the agent do? It works in its own worktree; you review its diff.",
+        placeHolder: "Add type hints to the payment module",
+        value: this.draftTask,
+        ignoreFocusOut: true,
+      });
+      if (!task?.trim()) return;
+      this.draftTask = task;
+      try {
+        const { agent } = await this.connection.request("forkyard/agent/dispatch", {
+          task: task.trim(),
+          role: role.label,
+          ...(backend ? { backend } : {}),
+        });
+        this.draftTask = "";
+        this.store.update(agent);
+        void this.reveal(agent);
+        return;
+      } catch (error) {
+        // A user error (no model, an unknown role) is one message, the task kept.
+        const message = error instanceof Error ? error.message : String(error);
+        const choice = await vscode.window.showErrorMessage(
+          `Forkyard: ${message}`,
+          "Edit task",
+          ...(/model/i.test(message) ? ["Set up a model"] : []),
+        );
+        if (choice === "Set up a model") await openSetting("forkyard.models", false);
+        if (choice !== "Edit task") return;
+      }
+    }
+  }
+
+  /** The backend, asked when there is a choice; undefined: the server's default; null:
+   * the person gave up. */
+  private async pickBackend(details: BackendInfo[]): Promise<string | undefined | null> {
+    const choices = details.filter((b) => b.name !== "command");
+    if (choices.length === 0 || (choices.length === 1 && choices[0].available)) return undefined;
+    // The built-in loop first: it is the server's default; available ones before the rest.
+    const ordered = [...choices].sort(
+      (a, b) =>
+        Number(b.available) - Number(a.available) ||
+        Number(b.name === "llm") - Number(a.name === "llm") ||
+        a.name.localeCompare(b.name),
+    );
+    for (;;) {
       const picked = await vscode.window.showQuickPick(
         ordered.map((b) => ({
-          label: b.name,
+          label: `${b.available ? "$(check)" : "$(circle-slash)"} ${b.name}`,
           description: !b.available
-            ? `unavailable: ${b.reason ?? ""}`
+            ? `not available: ${b.reason ?? "unknown reason"}`
             : b.name === "llm"
               ? "Forkyard's own agent on your configured model"
               : undefined,
+          backend: b,
         })),
         { title: "Backend", placeHolder: "Which agent program does the work" },
       );
-      if (!picked) return;
-      backend = picked.label;
+      if (!picked) return null;
+      if (picked.backend.available) return picked.backend.name;
+      const choice = await vscode.window.showWarningMessage(
+        `Forkyard: ${picked.backend.name} is not available: ${picked.backend.reason ?? "unknown reason"}`,
+        "Pick another",
+        ...(picked.backend.name === "llm" ? ["Set up a model"] : []),
+      );
+      if (choice === "Set up a model") {
+        await openSetting("forkyard.models", false);
+        return null;
+      }
+      if (choice !== "Pick another") return null;
     }
-    const { agent } = await this.connection.request("forkyard/agent/dispatch", {
-      task: task.trim(),
-      role: role.label,
-      ...(backend ? { backend } : {}),
-    });
-    this.store.update(agent);
-    void this.reveal(agent);
   }
 
   async runCommand(): Promise<void> {

@@ -187,3 +187,19 @@ test("five agents finishing together make one toast", { skip, timeout: 120_000 }
   console.log(`notifications for a burst of 5 agents: ${count}`);
   assert.ok(count <= 2, `at most two toasts for five agents (got ${count})`);
 }));
+
+test("without a model, Dispatch agent… says llm is not available and why, before any typing", { skip, timeout: 60_000 }, step("no-model", async () => {
+  const { page } = editor;
+  await runCommand(page, "Notifications: Clear All Notifications");
+  await runCommand(page, "Forkyard: Dispatch agent…");
+  await page.locator(".quick-input-title", { hasText: "Backend" }).waitFor({ timeout: 20_000 });
+  const llm = page.locator(".quick-input-list .monaco-list-row", { hasText: "llm" });
+  await llm.filter({ hasText: "not available" }).waitFor({ timeout: 10_000 });
+  await answerInput(page, "llm");
+  const warning = page.locator(".notification-toast", { hasText: "llm is not available" });
+  await warning.waitFor({ timeout: 10_000 });
+  await editor.screenshot("notification-no-model");
+  await warning.getByRole("button", { name: "Set up a model" }).click();
+  await page.locator(".settings-editor .setting-item-contents", { hasText: "Models" }).first().waitFor({ timeout: 20_000 });
+  await page.keyboard.press("Control+W");
+}));

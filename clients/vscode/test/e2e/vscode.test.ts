@@ -243,17 +243,19 @@ test("an agent's progress shows in VS Code's progress UI, and its Cancel cancels
   await notification.waitFor({ state: "detached", timeout: 10_000 });
 }));
 
-test("Dispatch agent… asks for the task and the role, and the agent runs on the model", { skip, timeout: 60_000 }, step("dispatch-llm", async () => {
+test("Dispatch agent… asks for the backend, the role and the task, and the agent runs on the model", { skip, timeout: 60_000 }, step("dispatch-llm", async () => {
   const { page } = editor;
   model.script({ chunks: ["The sample has two functions: greet and add."] });
   await runCommand(page, "Forkyard: Dispatch agent…");
-  await answerInput(page, "Describe the sample");
+  // Where other agent programs (codex, claude, aider) are known, the backend comes first.
+  const title = page.locator(".quick-input-title");
+  await title.waitFor({ timeout: 20_000 });
+  if ((await title.textContent())?.startsWith("Backend")) await answerInput(page, "llm");
+  await page.locator(".quick-input-title", { hasText: "Role of the agent" }).waitFor({ timeout: 20_000 });
   await answerInput(page, "explorer");
+  await page.locator(".quick-input-title", { hasText: "Dispatch agent (explorer" }).waitFor({ timeout: 20_000 });
+  await answerInput(page, "Describe the sample");
   const done = page.locator('.monaco-list-row[aria-label^="agent 4,"][aria-label$=", done"]');
-  // Where other agent programs (codex, claude, aider) are installed, a backend is asked too.
-  const backendPick = page.locator(".quick-input-title", { hasText: "Backend" });
-  await backendPick.or(done).first().waitFor({ timeout: 30_000 });
-  if (await backendPick.isVisible()) await answerInput(page, "llm");
   await done.waitFor({ timeout: 30_000 });
   assert.match(model.requests[model.requests.length - 1], /Describe the sample/);
   // Its events go to the latest thread, the summary with them.
