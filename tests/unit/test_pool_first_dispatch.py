@@ -14,6 +14,7 @@ import pytest
 from forkyard.settings import WorktreeSettings
 from forkyard.workspace import pool as pool_module
 from forkyard.workspace.git import GitResult, Repository, WorktreeGit
+from forkyard.workspace.overlay import ModeChoice
 from forkyard.workspace.pool import BACKGROUND_NICENESS, QUEUED_NICENESS, WorktreePool
 from tests.helpers import GIT_ENV
 from tests.unit.test_orchestrator_failures import dispatch, running
@@ -47,6 +48,8 @@ class HeldFill:
 def held(monkeypatch: pytest.MonkeyPatch) -> HeldFill:
     hook = HeldFill(pool_module.background_git)
     monkeypatch.setattr(pool_module, "background_git", hook)
+    # Full worktrees whatever the machine allows: their checkouts are what is held here.
+    monkeypatch.setattr(pool_module, "choose_mode", lambda *_: ModeChoice("full", "tests"))
     return hook
 
 

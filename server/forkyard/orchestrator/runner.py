@@ -21,6 +21,7 @@ from forkyard.orchestrator.states import IllegalTransition
 from forkyard.settings import RoleConfig
 from forkyard.workspace.diff import diff_worktree
 from forkyard.workspace.git import GitError
+from forkyard.workspace.overlay import ensure_mounted
 from forkyard.workspace.setup import PortRange, SetupError, set_up_worktree
 from forkyard_protocol.models import FINAL_STATES, ChangeCounts, FileChange, Progress
 
@@ -134,12 +135,13 @@ class AgentRunner:
             return self.o.repository.root
         if agent.worktree and await is_dir(agent.worktree):
             path = Path(agent.worktree)
+            await ensure_mounted(path)  # an overlay worktree, after a restart of the machine
             if runtime.setup_failed:
                 await self._set_up(runtime, path, ports)
             return path
         assert agent.branch is not None
         path = self.o.worktrees_dir / agent.branch.removeprefix("forkyard/")
-        report = await self.o.pool.make_worktree(
+        report = await self.o.pool.make_agent_worktree(
             path,
             branch=agent.branch,
             commit=agent.base_ref,

@@ -41,6 +41,13 @@ from forkyard.workspace.git import (
     WorktreeInfo,
 )
 from forkyard.workspace.hardened import find_admin_dir
+from forkyard.workspace.overlay import (
+    bases_directory,
+    collect_bases,
+    layer_of,
+    overlay_layer,
+    remount_layers,
+)
 from forkyard.workspace.pool import (
     empty_trash_folder,
     is_internal,
@@ -191,6 +198,7 @@ async def collect_garbage(
     on; a worktree whose work cannot be committed first is never removed."""
     now = now or datetime.now(UTC)
     report = GcReport(dry_run=dry_run)
+    await remount_layers(worktrees_dir)  # an unmounted overlay would look vanished to git
     listed = await repository.list_worktrees()
     await _prune_vanished(repository, listed, agents, worktrees_dir, report)
     for agent in agents:
@@ -229,6 +237,8 @@ async def collect_garbage(
         report.removed.append(removal)
     report.orphans = await anyio.to_thread.run_sync(_orphans, listed, agents, worktrees_dir)
     await _empty_trash(worktrees_dir, report)
+    if not dry_run:
+        await collect_bases(worktrees_dir)
     return report
 
 
@@ -260,7 +270,8 @@ async def remove_agent_worktree(
     trashed: Path | None = None
     if await anyio.Path(worktree).is_dir():
         await repository.commit_worktree(worktree, KEEP_ON_REMOVE_MESSAGE, tampered_ok=True)
-        trashed = await move_to_trash(worktree, trash_dir)
+        if await overlay_layer(worktree) is None:  # an overlay's layer goes with its record
+            trashed = await move_to_trash(worktree, trash_dir)
     try:
         kept = await repository.remove_worktree(worktree, branch, keep_ref)
     except BaseException:
@@ -345,7 +356,10 @@ def _worktree_bytes(path: Path, common_dir: Path | None) -> int:
     if not path.is_dir():
         return 0
     seen: set[tuple[int, int]] = set()
-    total = _tree_bytes(path, seen)
+    layer = layer_of(path)
+    # An overlay worktree costs its own layer: the base checkout is shared (and counted
+    # once, as the pool's).
+    total = _tree_bytes(path if layer is None else layer.root, seen)
     admin = find_admin_dir(common_dir, path) if common_dir is not None else None
     if admin is not None:
         total += _tree_bytes(admin, seen)
@@ -424,6 +438,11 @@ async def worktree_usage(
     if await pool.is_dir():
         async for child in pool.iterdir():
             if await child.is_dir():
+                uses.append(WorktreeUse(str(child), await size_of(Path(child)), "pool"))
+    bases = anyio.Path(bases_directory(worktrees_dir))
+    if await bases.is_dir():
+        async for child in bases.iterdir():
+            if await child.is_dir() and not child.name.startswith("."):
                 uses.append(WorktreeUse(str(child), await size_of(Path(child)), "pool"))
     listed = await repository.list_worktrees()
     for orphan in await anyio.to_thread.run_sync(_orphans, listed, agents, worktrees_dir):

@@ -32,6 +32,8 @@ from forkyard.workspace.hardened import (
     checkout_git,
     parse_ident,
 )
+from forkyard.workspace.overlay import ensure_mounted, remove_layer
+from forkyard.workspace.overlay_stage import stage_worktree
 from forkyard.workspace.runner import (
     GitError,
     GitResult,
@@ -269,6 +271,7 @@ class Repository:
         records, nothing it planted run (see `hardened`). WorktreeUnknown when the
         folder is not one of this repository's worktrees."""
         config = await self.agent_config()
+        await ensure_mounted(worktree)
         return await agent_git(
             self.common_dir,
             worktree,
@@ -279,6 +282,7 @@ class Repository:
 
     async def checkout_git(self, worktree: Path) -> WorktreeGit:
         """git for checking the user's commits out into a worktree no agent has used."""
+        await ensure_mounted(worktree)
         return await checkout_git(self.common_dir, worktree, self.env, root=self.root)
 
     async def _commit_tree(self, tree: str, parent: str, message: str, cwd: Path) -> str:
@@ -353,7 +357,7 @@ class Repository:
         return commit
 
     async def _commit_work(self, git: WorktreeGit, message: str) -> str | None:
-        await git.run("add", "-A")
+        await stage_worktree(git.worktree, git.run, {})
         tree = (await git.run("write-tree")).line
         head = await self._worktree_head(git)
         if tree == (await git.run("rev-parse", f"{head}^{{tree}}")).line:
@@ -471,7 +475,9 @@ class Repository:
             await self.git("update-ref", "-m", KEEP_ON_REMOVE_MESSAGE, keep_ref, kept)
             if branch_has_more and branch_tip is not None:
                 await self.git("update-ref", f"{keep_ref}-branch", branch_tip)
-        if tampered:
+        if present and await remove_layer(worktree):
+            present = False  # an overlay worktree: its work is in `keep_ref`, its layer gone
+        if tampered and present:
             # git would read that `.git` to check the worktree before removing it; the
             # work is in `keep_ref`, so the folder goes by hand and git prunes its record.
             await anyio.to_thread.run_sync(shutil.rmtree, worktree)

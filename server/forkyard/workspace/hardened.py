@@ -43,6 +43,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from forkyard.workspace.overlay_stage import stage_worktree
 from forkyard.workspace.runner import GitError, GitResult, run_git, tree_through_a_copy_of
 
 #: Variables kept from the server's environment for git on an agent's worktree: what git
@@ -289,4 +290,8 @@ def parse_ident(line: str) -> tuple[str, str] | None:
 async def tree_of(git: WorktreeGit) -> str:
     """The tree sha of the worktree's files as they are, its own index untouched (the
     agent or its tools may have staged anything there)."""
-    return await tree_through_a_copy_of(git.index, git.run)
+
+    async def stage(env: Mapping[str, str]) -> None:
+        await stage_worktree(git.worktree, git.run, env)
+
+    return await tree_through_a_copy_of(git.index, git.run, stage)

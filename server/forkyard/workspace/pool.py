@@ -33,7 +33,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -42,6 +42,22 @@ import anyio.to_thread
 
 from forkyard.settings import WorktreeSettings
 from forkyard.workspace.git import GitError, GitResult, Repository, WorktreeGit, run_git
+from forkyard.workspace.overlay import (
+    BASES_DIR_NAME,
+    OVERLAY_DIR_NAME,
+    ModeChoice,
+    base_checkout,
+    bases_directory,
+    choose_mode,
+    collect_bases,
+    overlay_support,
+    pin,
+    remount_layers,
+    unmount_layers,
+    remove_layer,
+    unpin,
+)
+from forkyard.workspace.overlay_make import make_overlay_worktree
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +167,7 @@ async def discard_folder(repository: Repository, path: Path, trash_dir: Path) ->
     deleted outside the lock. Whatever else `git worktree prune` drops (worktrees whose
     folder vanished) is logged."""
     logger.info("removing worktree %s (nothing in it to keep)", path)
-    trashed = await move_to_trash(path, trash_dir)
+    trashed = None if await remove_layer(path) else await move_to_trash(path, trash_dir)
     async with repository.write_lock:
         await prune_worktrees(repository)
     if trashed is not None:
@@ -215,6 +231,7 @@ class WorktreePool:
         settings: Callable[[], WorktreeSettings],
         *,
         settle_seconds: float = SETTLE_SECONDS,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.repository = repository
         self.directory = directory
@@ -228,6 +245,11 @@ class WorktreePool:
         self._fresh_checkouts = 0  # running now
         #: Why the last fill failed (None when it did not): shown by `forkyard status`.
         self.last_error: str | None = None
+        #: Overlay or full worktrees for agents, chosen once (`choose_mode`).
+        self.mode: ModeChoice | None = None
+        self._environ: Mapping[str, str] = environ if environ is not None else os.environ
+        #: The base checkout kept warm for the user's HEAD in overlay mode.
+        self._warm_base: Path | None = None
 
     @property
     def ready(self) -> list[PooledWorktree]:
@@ -254,9 +276,41 @@ class WorktreePool:
 
     # --- the filler ------------------------------------------------------------------
 
+    @property
+    def worktrees_dir(self) -> Path:
+        return self.directory.parent
+
+    async def choose_mode(self) -> ModeChoice:
+        """Overlay or full worktrees for this server's agents: chosen at the first ask
+        (the filler's start), kept after."""
+        if self.mode is None:
+            support = await overlay_support(self.worktrees_dir)
+            self.mode = choose_mode(self._settings().mode, self._environ, support)
+            logger.info("worktrees of %s: %s", self.repository.root, self.mode.reason)
+        return self.mode
+
+    def _pool_size(self) -> int:
+        """In overlay mode agents need no pooled checkout (sparse dispatches and cluster
+        agents still take full ones): the pool holds one only when the user set
+        `pool_size` themselves."""
+        settings = self._settings()
+        if self.mode is not None and self.mode.mode == "overlay":
+            return settings.pool_size if "pool_size" in settings.model_fields_set else 0
+        return settings.pool_size
+
     async def run(self) -> None:
         """Adopt what the last server left, then keep the pool full, forever."""
-        await self._adopt()
+        await remount_layers(self.worktrees_dir)
+        try:
+            await self.choose_mode()
+            await self._adopt()
+            await self._keep_filling()
+        finally:
+            # Overlay mounts live while their server does; the next one mounts them again.
+            with anyio.CancelScope(shield=True):
+                await unmount_layers(self.worktrees_dir)
+
+    async def _keep_filling(self) -> None:
         while True:
             try:
                 await self._fill()
@@ -272,18 +326,20 @@ class WorktreePool:
             self._wake = anyio.Event()
 
     async def _fill(self) -> None:
-        while len(self._ready) > self._settings().pool_size:
+        if self.mode is not None and self.mode.mode == "overlay":
+            await self._warm()
+        while len(self._ready) > self._pool_size():
             extra = self._ready.pop(0)
             logger.info("worktree pool: removing %s (pool size lowered)", extra.path)
             await discard_folder(self.repository, extra.path, self.trash_dir)
-        if self._settings().pool_size == 0:
+        if self._pool_size() == 0:
             return
         head = await self.repository.resolve("HEAD")
         for entry in list(self._ready):
             if entry.base != head and entry in self._ready:
                 self._ready.remove(entry)
                 await self._move_pooled(entry, head)
-        while len(self._ready) < self._settings().pool_size:
+        while len(self._ready) < self._pool_size():
             path = self.directory / uuid.uuid4().hex[:12]
             await add_worktree(
                 self.repository,
@@ -297,6 +353,27 @@ class WorktreePool:
             await self._settle(await self.repository.checkout_git(path))
             self._ready.append(PooledWorktree(path, head))
             self._announce()
+
+    async def _warm(self) -> None:
+        """The base checkout of the user's HEAD, made ahead of the first dispatch on it
+        and kept (pinned) until HEAD moves on."""
+        tree = (await self.repository.git("rev-parse", "--verify", "HEAD^{tree}")).line
+        base = bases_directory(self.worktrees_dir) / tree
+        if base == self._warm_base:
+            return
+        pin(base)
+        try:
+            await base_checkout(
+                self.repository.common_dir, self.repository.env, base.parent, tree,
+                self._settings().checkout_workers,
+            )  # fmt: skip
+        except BaseException:
+            unpin(base)
+            raise
+        if self._warm_base is not None:
+            unpin(self._warm_base)
+        self._warm_base = base
+        await collect_bases(self.worktrees_dir)
 
     async def _move_pooled(self, entry: PooledWorktree, head: str) -> None:
         """Bring a pooled worktree to the user's current HEAD, so that the next take has
@@ -349,7 +426,7 @@ class WorktreePool:
                 not info.prunable
                 and info.detached
                 and info.head is not None
-                and len(self._ready) < self._settings().pool_size
+                and len(self._ready) < self._pool_size()
                 and await self._pristine(info.path)
             )
             if clean and info.head is not None:
@@ -380,6 +457,25 @@ class WorktreePool:
         return status.returncode == 0 and not status.stdout
 
     # --- taking ----------------------------------------------------------------------
+
+    async def make_agent_worktree(
+        self, path: Path, *, branch: str, commit: str, sparse_paths: Sequence[str] = ()
+    ) -> str:
+        """An agent's worktree in this server's mode: an overlay of its base's shared
+        checkout, or (full mode, and sparse dispatches) `make_worktree`'s. Returns how,
+        with the time it took, for the agent's log."""
+        mode = await self.choose_mode()
+        if mode.mode != "overlay" or sparse_paths:
+            return await self.make_worktree(
+                path, branch=branch, commit=commit, sparse_paths=sparse_paths
+            )
+        started = anyio.current_time()
+        await make_overlay_worktree(
+            self.repository, path, branch=branch, commit=commit,
+            worktrees_dir=self.worktrees_dir, checkout_workers=self._settings().checkout_workers,
+        )  # fmt: skip
+        elapsed_ms = (anyio.current_time() - started) * 1000
+        return f"prepared worktree in {elapsed_ms:.0f} ms (overlay)"
 
     async def make_worktree(
         self, path: Path, *, branch: str, commit: str, sparse_paths: Sequence[str] = ()
@@ -500,4 +596,5 @@ def is_internal(path: Path, worktrees_dir: Path) -> bool:
     symlinks on disk: call it from a worker thread."""
     resolved = Path(os.path.realpath(path))
     root = Path(os.path.realpath(worktrees_dir))
-    return any(resolved.is_relative_to(root / name) for name in (POOL_DIR_NAME, TRASH_DIR_NAME))
+    internal = (POOL_DIR_NAME, TRASH_DIR_NAME, OVERLAY_DIR_NAME, BASES_DIR_NAME)
+    return any(resolved.is_relative_to(root / name) for name in internal)

@@ -109,12 +109,16 @@ async def run_git(
 GitRun = Callable[..., Awaitable[GitResult]]
 
 
-async def tree_through_a_copy_of(index: Path, run: GitRun) -> str:
+async def tree_through_a_copy_of(
+    index: Path, run: GitRun, stage: Callable[[Mapping[str, str]], Awaitable[None]] | None = None
+) -> str:
     """The tree sha of a work tree's files as they are on disk (tracked, untracked but
     not ignored, deletions), through a temporary copy of its index, so the index itself
     (the user's, or an agent's that anything may be staged in) is left as it was. The
     copy keeps git's cached stat data, so only changed files are read again: fast on
-    large repositories, and racy-git safe. `run(*args, env=...)` runs git there."""
+    large repositories, and racy-git safe. `run(*args, env=...)` runs git there;
+    `stage(env)`, when given, stages the files instead of `git add -A` (an overlay
+    worktree's, from its upper directory)."""
     scratch = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, None, "forkyard-index-"))
     try:
         temp_index = scratch / "index"
@@ -122,10 +126,13 @@ async def tree_through_a_copy_of(index: Path, run: GitRun) -> str:
         env = {"GIT_INDEX_FILE": str(temp_index)}
         # A split index would write shared index files into the repository, and the
         # embedded-repository advice is noise here.
-        await run(
-            "-c", "core.splitIndex=false", "-c", "advice.addEmbeddedRepo=false", "add", "-A",
-            env=env,
-        )  # fmt: skip
+        if stage is not None:
+            await stage(env)
+        else:
+            await run(
+                "-c", "core.splitIndex=false", "-c", "advice.addEmbeddedRepo=false", "add", "-A",
+                env=env,
+            )  # fmt: skip
         return (await run("write-tree", env=env)).line
     finally:
         with anyio.CancelScope(shield=True):
