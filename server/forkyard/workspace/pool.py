@@ -53,8 +53,8 @@ from forkyard.workspace.overlay import (
     overlay_support,
     pin,
     remount_layers,
-    unmount_layers,
     remove_layer,
+    unmount_layers,
     unpin,
 )
 from forkyard.workspace.overlay_make import make_overlay_worktree
