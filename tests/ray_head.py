@@ -58,15 +58,26 @@ def ray_head(num_cpus: int = 8) -> Iterator[RayHead]:
     # The cluster shares this machine with the editor's server: at background priority,
     # as agents run, so that starting Ray's workers cannot starve its event loop.
     command = [
-        "nice", "-n", "10", str(program), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+        "nice", "-n", "10", str(program), "start", "--head", f"--port={port}",
+        "--node-ip-address=127.0.0.1",
         f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats",
+        # Ports Ray would otherwise take at fixed numbers.
+        f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
         f"--temp-dir={temp / 'ray'}",
     ]  # fmt: skip
     subprocess.run(command, env=env, check=True, timeout=START_SECONDS, capture_output=True)
     try:
         yield RayHead(f"127.0.0.1:{port}", node_dir)
     finally:
-        subprocess.run(
-            [str(program), "stop", "--force"], env=env, timeout=START_SECONDS, capture_output=True
-        )
+        stop_ray()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_ray() -> None:
+    """`ray stop --force`: every Ray process of this user on this machine (the tests run
+    one cluster at a time)."""
+    program = ray_program()
+    if program is not None:
+        command = [str(program), "stop", "--force"]
+        subprocess.run(command, check=False, timeout=START_SECONDS, capture_output=True)

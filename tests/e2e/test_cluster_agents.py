@@ -110,20 +110,11 @@ async def test_an_llm_agent_on_the_cluster_gives_the_diff_a_local_one_gives(
     client = await start_server(repo, initialization_options=options)
     diffs = []
     for placement in ("local", "cluster"):
+        write = {"path": "notes.md", "content": "from the model\n"}
+        edit = {"path": "src/app.py", "old_text": "a + b", "new_text": "a - -b"}
         fake_model_server.script(
-            Reply(tool_calls=[("write_file", {"path": "notes.md", "content": "from the model\n"})]),
-            Reply(
-                tool_calls=[
-                    (
-                        "edit_file",
-                        {
-                            "path": "src/app.py",
-                            "old_text": "a + b",
-                            "new_text": "a - -b",
-                        },
-                    )
-                ]
-            ),  # fmt: skip
+            Reply(tool_calls=[("write_file", write)]),
+            Reply(tool_calls=[("edit_file", edit)]),
             Reply(tool_calls=[("finish", {"summary": "wrote notes"})]),
         )
         agent = await client.dispatch("write notes", placement=placement)

@@ -73,6 +73,8 @@ class Prepared:
 class Collected:
     #: The branch's tip on the node; None when there was no worktree.
     commit: str | None
-    #: A bundle of the branch against the start commit; None: nothing new (or too big).
+    #: A bundle of the branch against the start commit; None: nothing new (or too big),
+    #: or written to the file the daemon named (then `size` is its length).
     bundle: bytes | None
     problem: str | None
+    size: int = 0

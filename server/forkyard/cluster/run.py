@@ -5,11 +5,12 @@ gets an actor on a node (its role's CPUs and memory), its start commit is shippe
 per base), the backend runs there while its log, progress, usage and approvals arrive
 here through the same orchestrator calls a local run makes, and its work comes back as a
 bundle fetched into the person's repository and checked out as its local worktree, so
-review, diagnostics and apply cannot tell it ran elsewhere.
+review, diagnostics and apply cannot tell it ran elsewhere. Ray itself is in the bridge
+process (`link.py`); nothing here imports it.
 
 Faults: cancel stops the remote run (its processes end as at home), then its work is
-collected and kept; a lost worker or node makes the agent `interrupted`, with whatever
-a fresh actor on the same node can still collect, else its last collected state.
+collected and kept; a lost worker, node or cluster makes the agent `interrupted`, with
+whatever a fresh actor on the same node can still collect, else its last collected state.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
 from forkyard.agents.base import RunOutcome
-from forkyard.cluster.driver import ClusterDriver, ClusterUnavailable, shared_driver
+from forkyard.cluster.home import bring_home, bundle_commit
+from forkyard.cluster.link import BridgeLink, ClusterUnavailable, NodeLost, RemoteHost
 from forkyard.cluster.protocol import Collected, NodeEvent, NodeSpec, Prepared
 from forkyard.orchestrator.failures import cause_of
 from forkyard.orchestrator.runtime import AgentRuntime, is_dir
@@ -40,25 +42,25 @@ STOP_SECONDS = 30.0
 COLLECT_SECONDS = 120.0
 
 
-class NodeLost(Exception):
-    """The worker (or the node) running an agent went away under it."""
-
-
 def node_repo_key(repo_key: str) -> str:
     """The repository's folder name on nodes: the same for every daemon on one path."""
     return hashlib.sha256(repo_key.encode()).hexdigest()[:16]
 
 
 class ClusterAgents:
-    """The orchestrator's cluster agents: how many run, and the run of each."""
+    """The orchestrator's cluster agents: its bridge to the cluster, how many run, and
+    the run of each."""
 
-    def __init__(self, orchestrator: Orchestrator, driver: ClusterDriver | None = None) -> None:
+    def __init__(self, orchestrator: Orchestrator) -> None:
         self.o = orchestrator
-        self._driver = driver
+        self._link: BridgeLink | None = None
+        self._link_lock = anyio.Lock()
+        self._ship_lock = anyio.Lock()
+        self._shipped: dict[str, int] = {}
 
     @property
-    def driver(self) -> ClusterDriver:
-        return self._driver or shared_driver()
+    def scratch(self) -> Path:
+        return self.o.worktrees_dir.parent / "cluster"
 
     def startable(
         self,
@@ -87,42 +89,80 @@ class ClusterAgents:
 
     async def check_reachable(self) -> None:
         """At dispatch: a cluster that cannot be joined fails the dispatch at once."""
-        await self.driver.connect(self.o.settings.cluster)
+        await self.link()
+
+    async def link(self) -> BridgeLink:
+        """The bridge joined to the configured cluster: kept while it lives and the
+        address stays; a new one after it ended (the cluster went away) or moved."""
+        config = self.o.settings.cluster
+        if not config.address:
+            raise ClusterUnavailable(
+                'placement: no cluster is configured; set [cluster] address ("auto", '
+                '"HOST:PORT", "ray://HOST:PORT" or "local")'
+            )
+        async with self._link_lock:
+            link = self._link
+            if link is not None and link.ended is None and link.address == config.address:
+                return link
+            if link is not None:
+                await link.close()
+            self._link = None
+            task_group = self.o._task_group
+            if task_group is None:
+                raise ClusterUnavailable("placement: the orchestrator is not running")
+            await anyio.Path(self.scratch).mkdir(parents=True, exist_ok=True)
+            link = await BridgeLink.start(self.scratch, config.address)
+            task_group.start_soon(_serve, link, name="cluster bridge")
+            try:
+                with anyio.fail_after(config.connect_timeout_seconds + 5):
+                    await link.call(
+                        "connect", address=config.address, timeout=config.connect_timeout_seconds
+                    )
+            except TimeoutError as exc:
+                await link.close()
+                raise ClusterUnavailable(
+                    f"placement: the cluster at {config.address} did not answer"
+                ) from exc
+            except BaseException:
+                await link.close()
+                raise
+            self._link, self._shipped = link, {}
+            return link
+
+    async def close(self) -> None:
+        if self._link is not None:
+            await self._link.close()
 
     async def work(self, runtime: AgentRuntime, role: RoleConfig) -> tuple[RunOutcome, str]:
         """The agent's run on the cluster: its outcome and final state."""
         o, agent = self.o, runtime.agent
         await o._update(runtime, state="starting", progress=Progress(message="placing"))
-        driver = self.driver
-        host: Any = None
+        host: RemoteHost | None = None
         try:
-            await driver.connect(o.settings.cluster)
+            link = await self.link()
             start = await self._start_commit(runtime)
             node_id = None
             if agent.placement.node:
-                node_id = await driver.node_id_of(agent.placement.node)
-            host = await driver.host(role, node_id=node_id)
-            where = await (await driver.call(host.where))
+                node_id = await link.call("node_id", address=agent.placement.node)
+            host = await self._host(link, role, node_id, soft=True)
             spec = self._spec(runtime, role, start)
-            await o._update(
-                runtime, placement=AgentPlacement(kind="cluster", node=str(where["address"]))
-            )
+            address = str(host.where["address"])
+            await o._update(runtime, placement=AgentPlacement(kind="cluster", node=address))
             await o._log(
-                runtime, "system", f"on cluster node {where['address']} (worker pid {where['pid']})"
+                runtime, "system", f"on cluster node {address} (worker pid {host.where['pid']})"
             )
-            shipped = await driver.ship(o.repository, o.repo_key, start)
-            prepared: Prepared = await (await driver.call(host.prepare, spec, [shipped.ref]))
-            await o._log(runtime, "system", _shipping_note(prepared, shipped.size))
+            ship_key, size = await self._ship(link, start)
+            prepared = await host.prepare(spec, ship_key)
+            await o._log(runtime, "system", _shipping_note(prepared, size))
             await o._update(runtime, state="running", progress=Progress(message="running"))
         except ClusterUnavailable as exc:
-            await self._drop(host)
+            await _drop(host)
             return RunOutcome(False, "", str(exc)), "failed"
         except Exception as exc:
-            await self._drop(host)
+            await _drop(host)
             logger.warning("agent #%s: could not start on the cluster", agent.number, exc_info=exc)
-            return RunOutcome(False, "", f"could not start on the cluster: {cause_of(exc)}"), (
-                "failed"
-            )
+            error = f"could not start on the cluster: {cause_of(exc)}"
+            return RunOutcome(False, "", error), "failed"
         try:
             outcome, state = await self._runs(runtime, host, spec)
         except BaseException:
@@ -130,23 +170,43 @@ class ClusterAgents:
                 await self._stop_and_collect(runtime, host, spec)
             raise
         with anyio.CancelScope(shield=True):
-            await self._collect(runtime, host, spec, where.get("node_id"))
+            await self._collect(runtime, host, spec)
         return outcome, state
+
+    async def _host(
+        self, link: BridgeLink, role: RoleConfig, node_id: str | None, *, soft: bool
+    ) -> RemoteHost:
+        host_id, where = await link.call(
+            "host", num_cpus=role.num_cpus, memory_mb=role.memory_mb, node_id=node_id, soft=soft
+        )
+        return RemoteHost(link, host_id, where)
+
+    async def _ship(self, link: BridgeLink, commit: str) -> tuple[str, int]:
+        """The commit in the cluster's object store: bundled once per bridge."""
+        key = f"{node_repo_key(self.o.repo_key)}:{commit}"
+        async with self._ship_lock:
+            if key not in self._shipped:
+                path = self.scratch / f"ship-{commit}.bundle"
+                try:
+                    await bundle_commit(self.o.repository, commit, path)
+                    self._shipped[key] = await link.call("ship", key=key, path=str(path))
+                finally:
+                    await anyio.Path(path).unlink(missing_ok=True)
+            return key, self._shipped[key]
 
     # --- the run -------------------------------------------------------------------
 
     async def _runs(
-        self, runtime: AgentRuntime, host: Any, spec: NodeSpec
+        self, runtime: AgentRuntime, host: RemoteHost, spec: NodeSpec
     ) -> tuple[RunOutcome, str]:
         """The instruction, then each follow-up, in the node's worktree."""
         instruction = runtime.rerun or runtime.agent.task
         runtime.rerun = None
-        errors = self.driver.errors()
         while True:
             try:
                 outcome = await self._stream(runtime, host, spec, instruction)
-            except errors as exc:
-                text = f"the cluster worker running this agent was lost: {_ray_reason(exc)}"
+            except NodeLost as exc:
+                text = f"the cluster worker running this agent was lost: {exc}"
                 await self.o._log(runtime, "system", text)
                 return RunOutcome(False, "", text), "interrupted"
             if not outcome.ok or not runtime.followups:
@@ -154,20 +214,21 @@ class ClusterAgents:
             instruction = runtime.followups.pop(0)
 
     async def _stream(
-        self, runtime: AgentRuntime, host: Any, spec: NodeSpec, instruction: str
+        self, runtime: AgentRuntime, host: RemoteHost, spec: NodeSpec, instruction: str
     ) -> RunOutcome:
-        outcome = RunOutcome(False, "", "the node sent no outcome")
-        async for ref in await self.driver.call(host.run, spec, instruction):
-            batch: list[NodeEvent] = await ref
+        outcome: RunOutcome | None = None
+        async for batch in host.run(spec, instruction):
             for event in batch:
                 if event.kind == "outcome":
                     ok, summary, error = event.value
                     outcome = RunOutcome(ok, summary, error)
                 else:
                     await self._handle(runtime, host, event)
+        if outcome is None:
+            raise NodeLost("its run ended without an outcome")
         return outcome
 
-    async def _handle(self, runtime: AgentRuntime, host: Any, event: NodeEvent) -> None:
+    async def _handle(self, runtime: AgentRuntime, host: RemoteHost, event: NodeEvent) -> None:
         o = self.o
         if event.kind == "log":
             kind, text = event.value
@@ -180,91 +241,58 @@ class ClusterAgents:
             agent = runtime.agent
             shared = o.ledger.check(agent.thread_id, lambda: o.settings.budget)
             if (refusal := shared()) is not None:
-                await self.driver.call(host.refuse, refusal)
+                await host.refuse(refusal)
         elif event.kind == "approval":
             request_id, tool, detail = event.value
             # The agent waits for this answer on its node; a cancel still ends the wait.
             answer = await o.request_approval(runtime, tool, detail)
-            await self.driver.call(host.answer, request_id, answer)
+            await host.answer(request_id, answer)
 
     # --- the work, home ------------------------------------------------------------
 
-    async def _stop_and_collect(self, runtime: AgentRuntime, host: Any, spec: NodeSpec) -> None:
+    async def _stop_and_collect(
+        self, runtime: AgentRuntime, host: RemoteHost, spec: NodeSpec
+    ) -> None:
         """Cancelled: the remote run stopped, its processes gone, its work kept."""
         try:
             with anyio.fail_after(STOP_SECONDS):
-                await (await self.driver.call(host.stop))
+                await host.stop()
         except Exception as exc:
             logger.info("agent #%s: stopping on the node: %s", runtime.agent.number, exc)
-        await self._collect(runtime, host, spec, None)
+        await self._collect(runtime, host, spec)
 
-    async def _collect(
-        self, runtime: AgentRuntime, host: Any, spec: NodeSpec, node_id: str | None
-    ) -> None:
+    async def _collect(self, runtime: AgentRuntime, host: RemoteHost, spec: NodeSpec) -> None:
         """The node's work into the person's repository and the agent's local worktree.
         A host that is gone is replaced by a fresh actor pinned to the same node (the
         worktree is on its disk); a node that is gone leaves the last collected work."""
         if not spec.role.worktree:
-            await self._drop(host)
+            await _drop(host)
             return
-        o = self.o
+        bundle = self.scratch / f"result-{runtime.agent.id}.bundle"
+        message = f"forkyard: agent #{spec.number}: {runtime.agent.title}"
         collected: Collected | None = None
+        salvage: RemoteHost | None = None
         try:
             with anyio.fail_after(COLLECT_SECONDS):
-                collected = await self._collect_from(host, spec, runtime)
+                collected = await host.collect(spec, message, bundle)
         except Exception as exc:
-            await self._drop(host)
-            host = None
-            if node_id is None and runtime.agent.placement.node:
-                node_id = await self.driver.node_id_of(runtime.agent.placement.node)
-            if node_id is not None:
-                try:
-                    host = await self.driver.host(spec.role, node_id=node_id, soft=False)
-                    with anyio.fail_after(COLLECT_SECONDS):
-                        collected = await self._collect_from(host, spec, runtime)
-                except Exception as again:
-                    logger.info("agent #%s: no salvage: %s", runtime.agent.number, again)
-            if collected is None:
-                await o._log(
+            try:
+                link = await self.link()
+                salvage = await self._host(
+                    link, spec.role, str(host.where.get("node_id")), soft=False
+                )
+                with anyio.fail_after(COLLECT_SECONDS):
+                    collected = await salvage.collect(spec, message, bundle)
+            except Exception as again:
+                logger.info("agent #%s: nothing salvaged: %s", runtime.agent.number, again)
+                await self.o._log(
                     runtime, "system", f"its work on the node could not be collected: {exc}"
                 )
         finally:
-            await self._drop(host)
+            await _drop(host)
+            await _drop(salvage)
         if collected is not None:
-            await self._bring_home(runtime, spec, collected)
-
-    async def _collect_from(self, host: Any, spec: NodeSpec, runtime: AgentRuntime) -> Collected:
-        message = f"forkyard: agent #{spec.number}: {runtime.agent.title}"
-        collected: Collected = await (await self.driver.call(host.collect, spec, message))
-        return collected
-
-    async def _bring_home(self, runtime: AgentRuntime, spec: NodeSpec, got: Collected) -> None:
-        o, agent = self.o, runtime.agent
-        if got.problem:
-            await o._log(runtime, "system", f"on the node: {got.problem}")
-        commit = got.commit or spec.start_commit
-        if got.bundle is not None:
-            await _fetch(o, agent.number, got.bundle, spec.branch)
-            size = len(got.bundle)
-            await o._log(runtime, "system", f"its work came back: {size:,} bytes")
-        assert agent.branch is not None
-        if agent.worktree and await is_dir(agent.worktree):
-            git = await o.repository.worktree_git(Path(agent.worktree))
-            await git.run("reset", "--hard", "--quiet", commit)
-        else:
-            path = o.worktrees_dir / agent.branch.removeprefix("forkyard/")
-            report = await o.pool.make_worktree(
-                path, branch=agent.branch, commit=commit, sparse_paths=runtime.sparse_paths or ()
-            )
-            await o._update(runtime, worktree=str(path))
-            await o._log(runtime, "system", f"its work is in {path} ({report})")
-        if got.bundle is not None:
-            async with o.repository.write_lock:
-                await o.repository.git("update-ref", "-d", _incoming_ref(agent.number))
-
-    async def _drop(self, host: Any) -> None:
-        if host is not None:
-            await self.driver.kill(host)
+            await bring_home(self.o, runtime, spec, collected, bundle)
 
     # --- what the node is told ------------------------------------------------------
 
@@ -296,25 +324,6 @@ class ClusterAgents:
         )
 
 
-def _incoming_ref(number: int) -> str:
-    return f"refs/forkyard/cluster/{number}"
-
-
-async def _fetch(o: Orchestrator, number: int, bundle: bytes, branch: str) -> None:
-    """The node's bundle into the person's repository, under a ref of ours only."""
-    path = o.worktrees_dir.parent / f"incoming-{number}.bundle"
-    await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-    await anyio.Path(path).write_bytes(bundle)
-    try:
-        async with o.repository.write_lock:
-            await o.repository.git(
-                "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(path),
-                f"+refs/heads/{branch}:{_incoming_ref(number)}",
-            )  # fmt: skip
-    finally:
-        await anyio.Path(path).unlink(missing_ok=True)
-
-
 def _shipping_note(prepared: Prepared, size: int) -> str:
     kept = "kept from its last run" if prepared.reused else "made"
     if prepared.shipped_bytes:
@@ -322,6 +331,15 @@ def _shipping_note(prepared: Prepared, size: int) -> str:
     return f"worktree on the node {kept}; its base was already there (0 bytes shipped)"
 
 
-def _ray_reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+async def _serve(link: BridgeLink) -> None:
+    """The bridge's frames read until it ends; then its process is gone too."""
+    try:
+        await link.read_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await link.close()
+
+
+async def _drop(host: RemoteHost | None) -> None:
+    if host is not None:
+        await host.kill()
