@@ -63,7 +63,11 @@ def agent_line(agent: Agent, numbers: dict[str, int] | None = None) -> str:
     if agent.check is not None:
         counts += ", check " + ("passed" if agent.check.passed else "failed")
     progress = f" — {agent.progress.message}" if agent.progress else ""
-    line = f"#{agent.number} **{agent.title}** `{agent.state}` ({agent.role}, {counts}){progress}"
+    where = agent.role
+    if agent.placement.kind == "cluster":
+        node = agent.placement.node
+        where += f", on cluster node {node}" if node else ", on the cluster"
+    line = f"#{agent.number} **{agent.title}** `{agent.state}` ({where}, {counts}){progress}"
     return line + overlaps_text(agent, numbers)
 
 
