@@ -297,6 +297,11 @@ class StatusResult(WireModel):
     pool_size: int
     #: Why the warm pool could not fill, if it could not (agents then start fresh).
     pool_error: str | None = None
+    #: How agents' worktrees are made here (`[worktree] mode`, chosen once at start):
+    #: "overlay" (a layer over one shared checkout per base) or "full" (a checkout each).
+    worktree_mode: Literal["overlay", "full"] | None = None
+    #: Why that mode: the setting, or what keeps overlays from running on this machine.
+    worktree_mode_reason: str | None = None
     #: Whether the user trusts this repository's `.forkyard.toml` (`forkyard trust`).
     trusted: bool = False
     #: Its keys not applied for want of trust (dotted TOML keys).

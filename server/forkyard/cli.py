@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     daemon.add_argument("--json", action="store_true", help="status: one JSON object")
     daemon.add_argument("--now", action="store_true", help="stop: interrupt running agents")
     daemon.add_argument("--log-level", default="INFO")
+    cluster = commands.add_parser("cluster", help="the Ray cluster agents may be placed on")
+    cluster.add_argument("action", choices=["check"], help="check: is it usable, and why not")
+    cluster.add_argument("--json", action="store_true", help="one JSON object")
+    cluster.add_argument("--address", help="default: the configured [cluster] address")
+    cluster.add_argument("--repo", type=Path, default=Path("."), help="whose settings")
     from forkyard.terminal_args import add_commands
 
     add_commands(commands)
@@ -80,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         from forkyard.terminal import run_command
 
         return run_command(args)
+    if args.command == "cluster":
+        import anyio
+
+        return anyio.run(_cluster_check, args)
     if args.command == "demo":
         from forkyard.demo import run_demo
 
@@ -155,6 +164,26 @@ def _schema(output: Path, *, check: bool) -> int:
     return 0
 
 
+async def _cluster_check(args: argparse.Namespace) -> int:
+    """`forkyard cluster check`: the address given, else the settings' of `--repo` (the
+    user's config alone outside a repository)."""
+    import anyio.to_thread
+
+    from forkyard.cluster.check import run_check
+    from forkyard.settings import current_environ, load_settings
+    from forkyard.workspace.git import GitError, Repository
+
+    try:
+        root: Path | None = (await Repository.discover(args.repo.absolute())).root
+    except GitError:
+        root = None
+    loaded = await anyio.to_thread.run_sync(load_settings, root, current_environ())
+    config = loaded.settings.cluster
+    if args.address:
+        config = config.model_copy(update={"address": args.address})
+    return await run_check(config, as_json=args.json)
+
+
 async def _open_repository(repo: Path) -> tuple[Repository, Settings, Path, str] | None:
     """The repository at `repo`, its settings, state directory and store key; None (and
     a message) when `repo` is not in a git repository."""
@@ -220,17 +249,22 @@ async def _gc(repo: Path, dry_run: bool, forced: frozenset[int]) -> int:
 async def _status(repo: Path) -> int:
     """`forkyard status`: every agent's worktree and the disk it uses, the pool's too."""
     from forkyard.orchestrator.orchestrator import worktrees_directory
+    from forkyard.settings import current_environ
     from forkyard.store import Store
     from forkyard.workspace.gc import human_bytes, worktree_usage
+    from forkyard.workspace.overlay import choose_mode, overlay_support
 
     opened = await _open_repository(repo)
     if opened is None:
         return 2
-    repository, _settings, state_dir, key = opened
+    repository, settings, state_dir, key = opened
     async with await Store.open(state_dir) as store:
         agents = await store.load_agents(key)
-    uses = await worktree_usage(repository, agents, worktrees_directory(state_dir, key))
+    worktrees_dir = worktrees_directory(state_dir, key)
+    uses = await worktree_usage(repository, agents, worktrees_dir)
     print(f"{repository.root}: {len(agents)} agent(s), worktrees under {state_dir}")
+    support = await overlay_support(worktrees_dir)
+    print(f"  mode: {choose_mode(settings.worktree.mode, current_environ(), support).reason}")
     for use in uses:
         if use.agent is not None:
             name = f"#{use.agent.number} {use.agent.state}"

@@ -305,6 +305,8 @@ async def status(session: Session, _front: Front, params: StatusParams) -> Statu
         pool_ready=len(orchestrator.pool.ready),
         pool_size=orchestrator.settings.worktree.pool_size,
         pool_error=orchestrator.pool.last_error,
+        worktree_mode=(mode := await orchestrator.pool.choose_mode()).mode,
+        worktree_mode_reason=mode.reason,
         trusted=app.loaded.trusted,
         ignored_keys=app.loaded.ignored_keys,
         trust_file=str(app.trust_file()),

@@ -297,6 +297,25 @@ local function check_trust(session)
   end
 end
 
+--- How the server makes agents' worktrees (`[worktree] mode`) and why: overlay
+--- worktrees, or full ones where overlays cannot run on this machine (`forkyard/status`).
+local function check_worktree_mode(session)
+  health.start('forkyard: worktrees')
+  if not session then
+    return
+  end
+  local status, err = session:request_sync('forkyard/status', { disk = false }, SERVER_TIMEOUT_MS)
+  if not status then
+    health.warn('cannot ask the server how it makes worktrees: ' .. tostring(err))
+  elseif status.worktreeMode == nil then
+    health.info('this server does not report its worktree mode')
+  elseif status.worktreeMode == 'overlay' then
+    health.ok('worktree mode: overlay (' .. tostring(status.worktreeModeReason) .. ')')
+  else
+    health.info('worktree mode: full (' .. tostring(status.worktreeModeReason) .. ')')
+  end
+end
+
 -- The agent programs the server can drive (external ones and ACP agents): which are
 -- installed, and how to install the others. A program not installed is no problem.
 local function check_agent_programs(session)
@@ -335,6 +354,7 @@ function M.check()
   local session, stats = check_server()
   check_sandbox(session)
   check_trust(session)
+  check_worktree_mode(session)
   check_models(session, stats)
   check_agent_programs(session)
   if session and session:client() then
