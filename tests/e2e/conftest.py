@@ -29,6 +29,8 @@ def server_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "XDG_CONFIG_HOME": str(home / ".config"),
         "FORKYARD_STATE_DIR": str(tmp_path / "state"),
         "LANG": "C.UTF-8",
+        # The suite runs in each worktree mode: FORKYARD_WORKTREE_MODE=full|overlay.
+        **{k: v for k, v in os.environ.items() if k == "FORKYARD_WORKTREE_MODE"},
     }
     stop_daemon(tmp_path / "state")
 

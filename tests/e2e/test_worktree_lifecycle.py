@@ -19,7 +19,7 @@ from tests.helpers import git, make_repo
 
 pytestmark = pytest.mark.timeout(90)
 
-PREPARED = re.compile(r"^prepared worktree in \d+ ms \((pooled|fresh)(, sparse: .*)?\)$")
+PREPARED = re.compile(r"^prepared worktree in \d+ ms \((pooled|fresh|overlay)(, sparse: .*)?\)$")
 
 
 @pytest.fixture
