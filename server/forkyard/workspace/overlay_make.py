@@ -24,6 +24,7 @@ from forkyard.workspace.overlay import (
     Layer,
     base_checkout,
     bases_directory,
+    collect_bases,
     layer_dir,
     mount_overlay,
     pin,
@@ -98,3 +99,24 @@ def _hand_over(common_dir: Path, layer: Layer) -> None:
     if any(os.scandir(layer.worktree)):
         raise GitError(f"the new worktree {layer.worktree} is not empty")
     shutil.copyfile(layer.base / "index", admin / "index")
+
+
+async def warm_base(
+    repository: Repository, worktrees_dir: Path, previous: Path | None, workers: int
+) -> Path:
+    """The base checkout of the user's HEAD, made ahead of the first dispatch on it and
+    kept (pinned) until HEAD moves on; the one `previous` warmed is let go."""
+    tree = (await repository.git("rev-parse", "--verify", "HEAD^{tree}")).line
+    base = bases_directory(worktrees_dir) / tree
+    if base == previous:
+        return base
+    pin(base)
+    try:
+        await base_checkout(repository.common_dir, repository.env, base.parent, tree, workers)
+    except BaseException:
+        unpin(base)
+        raise
+    if previous is not None:
+        unpin(previous)
+    await collect_bases(worktrees_dir)
+    return base

@@ -46,18 +46,13 @@ from forkyard.workspace.overlay import (
     BASES_DIR_NAME,
     OVERLAY_DIR_NAME,
     ModeChoice,
-    base_checkout,
-    bases_directory,
     choose_mode,
-    collect_bases,
     overlay_support,
-    pin,
     remount_layers,
     remove_layer,
     unmount_layers,
-    unpin,
 )
-from forkyard.workspace.overlay_make import make_overlay_worktree
+from forkyard.workspace.overlay_make import make_overlay_worktree, warm_base
 
 logger = logging.getLogger(__name__)
 
@@ -355,25 +350,10 @@ class WorktreePool:
             self._announce()
 
     async def _warm(self) -> None:
-        """The base checkout of the user's HEAD, made ahead of the first dispatch on it
-        and kept (pinned) until HEAD moves on."""
-        tree = (await self.repository.git("rev-parse", "--verify", "HEAD^{tree}")).line
-        base = bases_directory(self.worktrees_dir) / tree
-        if base == self._warm_base:
-            return
-        pin(base)
-        try:
-            await base_checkout(
-                self.repository.common_dir, self.repository.env, base.parent, tree,
-                self._settings().checkout_workers,
-            )  # fmt: skip
-        except BaseException:
-            unpin(base)
-            raise
-        if self._warm_base is not None:
-            unpin(self._warm_base)
-        self._warm_base = base
-        await collect_bases(self.worktrees_dir)
+        workers = self._settings().checkout_workers
+        self._warm_base = await warm_base(
+            self.repository, self.worktrees_dir, self._warm_base, workers
+        )
 
     async def _move_pooled(self, entry: PooledWorktree, head: str) -> None:
         """Bring a pooled worktree to the user's current HEAD, so that the next take has
@@ -470,12 +450,12 @@ class WorktreePool:
                 path, branch=branch, commit=commit, sparse_paths=sparse_paths
             )
         started = anyio.current_time()
+        workers = self._settings().checkout_workers
         await make_overlay_worktree(
             self.repository, path, branch=branch, commit=commit,
-            worktrees_dir=self.worktrees_dir, checkout_workers=self._settings().checkout_workers,
+            worktrees_dir=self.worktrees_dir, checkout_workers=workers,
         )  # fmt: skip
-        elapsed_ms = (anyio.current_time() - started) * 1000
-        return f"prepared worktree in {elapsed_ms:.0f} ms (overlay)"
+        return f"prepared worktree in {(anyio.current_time() - started) * 1000:.0f} ms (overlay)"
 
     async def make_worktree(
         self, path: Path, *, branch: str, commit: str, sparse_paths: Sequence[str] = ()
