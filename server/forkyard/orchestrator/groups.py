@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from forkyard.clock import new_id
+from forkyard.orchestrator.titles import title_from_task
 from forkyard_protocol.messages import (
     AgentCompareResult,
     AgentDispatchParams,
@@ -25,10 +26,8 @@ async def dispatch_group(orchestrator: Orchestrator, params: AgentDispatchParams
     count = params.count or 1
     if count == 1:
         return [await orchestrator.dispatch(params)]
-    from forkyard.orchestrator.orchestrator import _title_from_task
-
     group = new_id("group")
-    title = (params.title or _title_from_task(params.task)).strip()
+    title = (params.title or title_from_task(params.task, params.backend)).strip()
     agents = []
     for index in range(count):
         one = params.model_copy(update={"count": None, "title": f"{title} ({index + 1}/{count})"})
