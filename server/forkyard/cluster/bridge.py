@@ -80,7 +80,7 @@ def join(address: str, timeout: float) -> Any:
         raise Unavailable(f"placement: the cluster at {address} cannot be reached: {why}")
     ray = import_ray()
     options: dict[str, Any] = {
-        "logging_level": logging.WARNING,
+        "logging_level": logging.ERROR,
         "log_to_driver": False,
         "namespace": "forkyard",
     }

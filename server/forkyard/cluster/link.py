@@ -17,6 +17,7 @@ import itertools
 import logging
 import pickle
 import struct
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -73,12 +74,13 @@ class BridgeLink:
         self.ended: str | None = None
 
     @classmethod
-    async def start(cls, scratch: Path, address: str) -> BridgeLink:
+    async def start(cls, scratch: Path, address: str, *, quiet: bool = False) -> BridgeLink:
+        """The bridge's stderr is the daemon's (its log) unless `quiet`."""
         process = await anyio.open_process(
             [sys.executable, "-m", "forkyard.cluster.bridge", str(scratch)],
-            stdin=-1,
-            stdout=-1,
-            stderr=None,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if quiet else None,
             start_new_session=True,
         )
         return cls(process, address)
