@@ -243,7 +243,7 @@ async def _ten_agents_on_one_base_share_one_checkout_which_goes_with_the_last(
 
 
 @needs_overlays
-async def test_a_lost_mount_comes_back_with_the_agents_work(
+async def test_a_lost_mount_comes_back_with_the_agents_work_and_record(
     repository: Repository, tmp_path: Path
 ) -> None:
     async with overlay_pool(repository, tmp_path) as pool:
@@ -259,6 +259,7 @@ async def _a_lost_mount_comes_back_with_the_agents_work(
     await in_sandbox(repository, path, "echo kept > kept.txt")
     await unmount_layers(pool.worktrees_dir)
     assert not os.path.ismount(path) and not (path / "kept.txt").exists()
+    git(repository.root, "worktree", "prune")  # the person's git, meanwhile: the record stays
     diff = await diff_worktree(path, head, repository.root, repository=repository)
     assert [change.path for change in diff.files] == ["kept.txt"]
     assert (path / "kept.txt").read_text() == "kept\n"

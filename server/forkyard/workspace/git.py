@@ -30,6 +30,7 @@ from forkyard.workspace.hardened import (
     WorktreeUnknown,
     agent_git,
     checkout_git,
+    find_admin_dir,
     parse_ident,
 )
 from forkyard.workspace.overlay import ensure_mounted, remove_layer
@@ -475,7 +476,8 @@ class Repository:
             await self.git("update-ref", "-m", KEEP_ON_REMOVE_MESSAGE, keep_ref, kept)
             if branch_has_more and branch_tip is not None:
                 await self.git("update-ref", f"{keep_ref}-branch", branch_tip)
-        if present and await remove_layer(worktree):
+        admin = await anyio.to_thread.run_sync(find_admin_dir, self.common_dir, worktree)
+        if present and await remove_layer(worktree, admin):
             present = False  # an overlay worktree: its work is in `keep_ref`, its layer gone
         if tampered and present:
             # git would read that `.git` to check the worktree before removing it; the

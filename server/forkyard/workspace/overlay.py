@@ -54,6 +54,7 @@ MOUNT_OPTIONS = "redirect_dir=off,metacopy=off,index=off"
 #: Characters the kernel's option string cannot carry in a path.
 _UNSAFE_PATH_CHARACTERS = frozenset(",:\\\n")
 _BASE_FILE = "base"
+LOCK_REASON = "forkyard overlay worktree: mounted while its server runs"
 _TIMEOUT_SECONDS = 30.0
 
 Mode = Literal["overlay", "full"]
@@ -272,20 +273,23 @@ async def unmount(worktree: Path) -> Layer | None:
     return layer
 
 
-async def remove_layer(worktree: Path) -> bool:
-    """Unmount an overlay worktree and delete its layer and its (now empty) folder; its
-    work must be in a ref already. False for a full worktree (nothing done)."""
+async def remove_layer(worktree: Path, admin_dir: Path | None) -> bool:
+    """Unmount an overlay worktree, unlock its record (`admin_dir`, found from the
+    repository's side) for `git worktree prune`, and delete its layer and its (now
+    empty) folder; its work must be in a ref already. False for a full worktree."""
     layer = await unmount(worktree)
     if layer is None:
         return False
-    await anyio.to_thread.run_sync(_remove_layer_files, layer)
+    await anyio.to_thread.run_sync(_remove_layer_files, layer, admin_dir)
     await collect_bases(worktree.parent)
     return True
 
 
-def _remove_layer_files(layer: Layer) -> None:
+def _remove_layer_files(layer: Layer, admin_dir: Path | None) -> None:
     if os.path.ismount(layer.worktree):
         raise OSError(f"overlay worktree {layer.worktree} is still mounted")
+    if admin_dir is not None:
+        (admin_dir / "locked").unlink(missing_ok=True)
     shutil.rmtree(layer.root, ignore_errors=True)
     shutil.rmtree(layer.worktree, ignore_errors=True)
 

@@ -21,6 +21,7 @@ import anyio.to_thread
 from forkyard.workspace.git import Repository
 from forkyard.workspace.hardened import find_admin_dir
 from forkyard.workspace.overlay import (
+    LOCK_REASON,
     Layer,
     base_checkout,
     bases_directory,
@@ -78,7 +79,8 @@ async def _make(repository: Repository, layer: Layer, branch: str, commit: str) 
         await mount_overlay(layer.lower, layer.upper, layer.work, path)
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await remove_layer(path)
+            admin = await anyio.to_thread.run_sync(find_admin_dir, repository.common_dir, path)
+            await remove_layer(path, admin)
             if registered:
                 async with repository.write_lock:
                     await run_git("worktree", "prune", cwd=repository.root, env=repository.env)
@@ -99,6 +101,9 @@ def _hand_over(common_dir: Path, layer: Layer) -> None:
     if any(os.scandir(layer.worktree)):
         raise GitError(f"the new worktree {layer.worktree} is not empty")
     shutil.copyfile(layer.base / "index", admin / "index")
+    # Locked (what `git worktree lock` writes): while no server runs its folder is an
+    # empty mount point, which `git worktree prune` would take for a vanished worktree.
+    (admin / "locked").write_text(LOCK_REASON, encoding="utf-8")
 
 
 async def warm_base(

@@ -42,6 +42,7 @@ import anyio.to_thread
 
 from forkyard.settings import WorktreeSettings
 from forkyard.workspace.git import GitError, GitResult, Repository, WorktreeGit, run_git
+from forkyard.workspace.hardened import find_admin_dir
 from forkyard.workspace.overlay import (
     BASES_DIR_NAME,
     OVERLAY_DIR_NAME,
@@ -162,7 +163,8 @@ async def discard_folder(repository: Repository, path: Path, trash_dir: Path) ->
     deleted outside the lock. Whatever else `git worktree prune` drops (worktrees whose
     folder vanished) is logged."""
     logger.info("removing worktree %s (nothing in it to keep)", path)
-    trashed = None if await remove_layer(path) else await move_to_trash(path, trash_dir)
+    admin = await anyio.to_thread.run_sync(find_admin_dir, repository.common_dir, path)
+    trashed = None if await remove_layer(path, admin) else await move_to_trash(path, trash_dir)
     async with repository.write_lock:
         await prune_worktrees(repository)
     if trashed is not None:
