@@ -21,13 +21,13 @@ def test_a_task_that_fits_is_its_own_title() -> None:
 def test_a_long_command_is_told_by_its_words() -> None:
     command = "sed -i 's/render_everything_now(/render_lazily(/g' src/views/a.py src/views/b.py"
     title = title_from_task(command, "command")
-    assert title == "sed: render_everything_now( → render_lazily(…"
+    assert title == "sed -i: render_everything_now( → render_lazily(…"
     assert len(title) <= MAX_TITLE_CHARS
     assert command_words("python -m pytest -x tests/unit > out.log 2>&1") == (
-        "python pytest tests/unit"
+        "python -m pytest -x tests/unit"
     )
     assert command_words("make -j8 all && ./run-suite --verbose | tee log.txt") == (
-        "make all; run-suite | tee log.txt"
+        "make -j8 all; run-suite --verbose | tee log.txt"
     )
 
 

@@ -45,9 +45,10 @@ Commands (no model needed):
 #: not the whole command table (`/help` has it).
 NO_MODEL = """\
 No chat model is configured, so I can only run commands (`/help` lists them). To chat, \
-set one: in VS Code the `forkyard.models` setting, elsewhere `[models.default]` with \
-`provider`, `base_url` and `model` in `.forkyard.toml` or `~/.config/forkyard/config.toml` \
-(a key's environment variable in `api_key_env`, never the key).
+set one: in VS Code the `forkyard.models` setting, elsewhere `[models.default]` in \
+`.forkyard.toml` or `~/.config/forkyard/config.toml`, with `provider`, `base_url` and \
+`model`: a local Ollama is `base_url = "http://127.0.0.1:11434/v1"`, OpenAI needs the \
+name of its key's variable, `api_key_env = "OPENAI_API_KEY"` (never the key).
 
 """
 

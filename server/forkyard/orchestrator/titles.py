@@ -2,7 +2,7 @@
 progress and the branch show. A task that fits is its own title; a longer one is cut at a
 word, never mid-word, and a long shell command is told by its words (the program, what a
 `sed` expression replaces, the files) rather than its first 57 characters, which are
-mostly flags and quoting (`sed -i 's/^\\(\\s*\\)x…`)."""
+mostly quoting (`sed -i 's/^\\(\\s*\\)x…`)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def title_from_task(task: str, backend: str | None = None) -> str:
 
 
 def command_words(command: str) -> str:
-    """`sed -i 's/hello world/hello there/' app.py` -> `sed: hello world → hello there
-    app.py`: flags and redirections dropped, a sed substitution said as what it does."""
+    """`sed -i 's/hello world/hello there/' app.py` -> `sed -i: hello world → hello
+    there app.py`: quoting and redirections dropped, a sed substitution said as what it
+    does, the flags kept (they are the command's words too)."""
     try:
         lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|<>")
         lexer.whitespace_split = True
@@ -34,6 +35,7 @@ def command_words(command: str) -> str:
         tokens = command.split()
     words: list[str] = []
     expect_program = True
+    program = ""
     skip_next = False
     for token in tokens:
         if skip_next:
@@ -48,14 +50,13 @@ def command_words(command: str) -> str:
                 words.pop()
             skip_next = True
             continue
-        if token.startswith("-") and not expect_program:
-            continue
         if expect_program:
-            words.append(token.rsplit("/", 1)[-1])
+            program = token.rsplit("/", 1)[-1]
+            words.append(program)
             expect_program = False
             continue
-        if words and words[-1] == "sed" and (match := _SED_REPLACE.match(token)):
-            words[-1] = "sed:"
+        if program == "sed" and (match := _SED_REPLACE.match(token)):
+            words[-1] += ":"
             words.append(f"{match['old']} → {match['new']}")
             continue
         words.append(token)
