@@ -497,4 +497,3 @@ def repository_key(root: Path) -> str:
 
 def worktrees_directory(state_dir: Path, repo_key: str) -> Path:
     return state_dir / "worktrees" / repo_key
-
