@@ -45,7 +45,7 @@ export function activate(context: vscode.ExtensionContext): void {
   const store = new AgentStore(connection);
   const decisions = new HunkDecisions(context.workspaceState);
   const live = new LiveHunks(store, decisions);
-  connection.middleware = live.middleware(() =>
+  const reviewMiddleware = live.middleware(() =>
     vscode.workspace.getConfiguration("forkyard").get<HunkSeverity>("hunkDiagnostics", "information"),
   );
   const tree = new AgentsTreeProvider(store, (agent, change) => live.remaining(agent, change), (listener) =>
@@ -64,6 +64,13 @@ export function activate(context: vscode.ExtensionContext): void {
     hunksToApply(decisions.current, agent, (await store.diff(agent)).files, paths);
   const actions = new AgentActions(connection, store, (agent) => reveal(agent).catch(() => undefined), chosenHunks);
   const agentSide = new AgentSideLenses(store, decisions);
+  connection.middleware = {
+    ...reviewMiddleware,
+    // The server's "Show diff" (a lens, a code action) opens VS Code's diff editor here,
+    // not a patch file.
+    executeCommand: async (command, args, next) =>
+      command === "forkyard.showDiff" && typeof args[0] === "string" ? actions.showDiff(args[0]) : next(command, args),
+  };
   // "Apply agent #N to this file" where people look: the editor's title bar and menu,
   // for a file that a done agent changes.
   const updateFileContext = () => {

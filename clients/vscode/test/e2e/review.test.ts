@@ -104,6 +104,11 @@ test("in the file, a code lens applies a hunk", { skip, timeout: 120_000 }, step
   // The hunk's lines are marked so they can be seen (Information, not a "…" hint).
   await code.locator(".squiggly-info").first().waitFor({ timeout: 20_000 });
   await editor.screenshot("file-code-lens");
+  // Its Show diff opens VS Code's diff of the agent, not a patch file.
+  await code.locator(".codelens-decoration a", { hasText: "Show diff" }).click();
+  await page.locator(".tab", { hasText: "app.py ↔ agent #2" }).waitFor({ timeout: 20_000 });
+  await page.keyboard.press("Control+W");
+  await page.locator(".tab.active", { hasText: "app.py" }).waitFor();
   await lens.click();
   await code.locator(".view-line", { hasText: "return b + a" }).waitFor({ timeout: 20_000 });
   await lens.waitFor({ state: "detached", timeout: 20_000 });
