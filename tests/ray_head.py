@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ def ray_head(num_cpus: int = 8) -> Iterator[RayHead]:
         "RAY_USAGE_STATS_ENABLED": "0",
         # Workers start when an agent needs one, not all at once when a driver joins.
         "RAY_prestart_worker_first_driver": "0",
+        # A token file a local `ray.init()` left in this HOME would turn token auth on,
+        # and the daemons of the tests (each with a HOME of its own) could not join.
+        "RAY_AUTH_MODE": "disabled",
     }
     # The cluster shares this machine with the editor's server: at background priority,
     # as agents run, so that starting Ray's workers cannot starve its event loop.
@@ -67,6 +71,12 @@ def ray_head(num_cpus: int = 8) -> Iterator[RayHead]:
         f"--temp-dir={temp / 'ray'}",
     ]  # fmt: skip
     subprocess.run(command, env=env, check=True, timeout=START_SECONDS, capture_output=True)
+    # Ready when its control service says it is healthy (it may lag its port).
+    health = [str(program), "health-check", "--address", f"127.0.0.1:{port}"]
+    deadline = time.monotonic() + START_SECONDS
+    while subprocess.run(health, env=env, check=False, capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Ray head on port {port} did not become healthy")
     try:
         yield RayHead(f"127.0.0.1:{port}", node_dir)
     finally:

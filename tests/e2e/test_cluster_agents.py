@@ -205,3 +205,29 @@ async def test_an_unreachable_cluster_fails_the_dispatch_at_once(
     assert address in str(raised.value)
     listed = await client.request("forkyard/agent/list", {})
     assert listed["agents"] == [], "no agent was made"
+
+
+async def test_a_follow_up_runs_on_the_cluster_in_the_worktree_the_node_kept(
+    start_server: StartServer, repo: Path, cluster: RayHead
+) -> None:
+    client = await start_server(repo, initialization_options=cluster_options(cluster))
+    agent = await client.dispatch("echo one > one.txt", backend="command", placement="cluster")
+    first = await client.wait_for_agent(agent["id"], timeout=120)
+    assert first["state"] == "done", (first["error"], await log_of(client, agent["id"]))
+    await client.request(
+        "forkyard/agent/message", {"agentId": agent["id"], "text": "echo two > two.txt"}
+    )
+
+    def finished_twice() -> bool:
+        ends = [u for u in client.agent_updates if u["id"] == agent["id"] and u["state"] == "done"]
+        return len(ends) >= 2
+
+    await client.wait_until(finished_twice, 120)
+    again = client.agents[agent["id"]]
+    assert again["placement"] == first["placement"], "on the node that holds its worktree"
+    assert [p for p, _, _ in await diff_of(client, agent["id"])] == ["one.txt", "two.txt"]
+    notes = [
+        text for _, text in await log_of(client, agent["id"]) if "worktree on the node" in text
+    ]
+    assert len(notes) == 2
+    assert "kept from its last run" in notes[1]

@@ -20,6 +20,7 @@ import pickle
 import socket
 import sys
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -84,14 +85,26 @@ def join(address: str, timeout: float) -> Any:
         "log_to_driver": False,
         "namespace": "forkyard",
     }
-    try:
-        if address == "local":
-            ray.init(address="local", include_dashboard=False, **options)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if address == "local":
+                ray.init(address="local", include_dashboard=False, **options)
+            else:
+                ray.init(address=address, **options)
+        except ConnectionError as exc:
+            # A busy head answers its port before its services: try again until the
+            # timeout, as a person would.
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    f"placement: cannot join the cluster at {address}: {exc}"
+                ) from exc
+        except Exception as exc:
+            raise Unavailable(f"placement: cannot join the cluster at {address}: {exc}") from exc
         else:
-            ray.init(address=address, **options)
-    except Exception as exc:
-        raise Unavailable(f"placement: cannot join the cluster at {address}: {exc}") from exc
-    return ray
+            return ray
 
 
 class Bridge:

@@ -22,5 +22,6 @@ class ClusterSettings(BaseModel):
     #: Cluster agents running at once; the rest wait `queued`, as local ones do for
     #: `max_parallel_agents`.
     max_agents: int = Field(default=16, ge=1, le=10_000)
-    #: Seconds to reach the cluster before a dispatch fails.
-    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Seconds to join the cluster before a cluster agent fails (an address nobody
+    #: answers fails its dispatch at once).
+    connect_timeout_seconds: float = Field(default=60.0, gt=0)

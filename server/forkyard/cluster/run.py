@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.to_thread
 
 from forkyard.agents.base import RunOutcome
+from forkyard.cluster.bridge import probe, tcp_target
 from forkyard.cluster.home import bring_home, bundle_commit
 from forkyard.cluster.link import BridgeLink, ClusterUnavailable, NodeLost, RemoteHost
 from forkyard.cluster.protocol import Collected, NodeEvent, NodeSpec, Prepared
@@ -38,6 +40,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+NOT_CONFIGURED = (
+    'placement: no cluster is configured; set [cluster] address ("auto", "HOST:PORT", '
+    '"ray://HOST:PORT" or "local")'
+)
 STOP_SECONDS = 30.0
 COLLECT_SECONDS = 120.0
 
@@ -88,18 +94,27 @@ class ClusterAgents:
         return chosen
 
     async def check_reachable(self) -> None:
-        """At dispatch: a cluster that cannot be joined fails the dispatch at once."""
-        await self.link()
+        """At dispatch: no cluster configured, or one whose address nobody answers, fails
+        the dispatch at once; joining it (seconds: Ray starts its driver) is the agent's
+        first step, `starting`, so the dispatch itself returns at once."""
+        config = self.o.settings.cluster
+        link = self._link
+        if link is not None and link.ended is None and link.address == config.address:
+            return
+        if not config.address:
+            raise ClusterUnavailable(NOT_CONFIGURED)
+        target = tcp_target(config.address)
+        if target is not None and (why := await anyio.to_thread.run_sync(probe, *target)):
+            raise ClusterUnavailable(
+                f"placement: the cluster at {config.address} cannot be reached: {why}"
+            )
 
     async def link(self) -> BridgeLink:
         """The bridge joined to the configured cluster: kept while it lives and the
         address stays; a new one after it ended (the cluster went away) or moved."""
         config = self.o.settings.cluster
         if not config.address:
-            raise ClusterUnavailable(
-                'placement: no cluster is configured; set [cluster] address ("auto", '
-                '"HOST:PORT", "ray://HOST:PORT" or "local")'
-            )
+            raise ClusterUnavailable(NOT_CONFIGURED)
         async with self._link_lock:
             link = self._link
             if link is not None and link.ended is None and link.address == config.address:
