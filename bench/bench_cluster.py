@@ -125,9 +125,8 @@ def main() -> None:
                 for placement in ("local", "cluster")
             }
         for placement, result in results.items():
-            print(
-                f"{placement + ': wall, first dispatch -> all done':<34} {result.wall_seconds:8.1f} s"
-            )
+            name = f"{placement}: wall, first dispatch -> all done"
+            print(f"{name:<34} {result.wall_seconds:8.1f} s")
             print(describe(f"{placement}: dispatch -> running", result.to_running))
         bases, base_bytes, per_agent = shipped_bytes(results["cluster"].logs)
         print(f"cluster: bases shipped {bases} ({base_bytes:,} bytes, once per node)")
