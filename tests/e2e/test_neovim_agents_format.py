@@ -88,3 +88,18 @@ def test_usage_is_appended_when_known_and_absent_otherwise(tmp_path: Path) -> No
         assert line.endswith("1 file +2 -1  task " + line[1]), line
     assert lines[5].endswith("  task 6 — step 3 (40%) · 2.5M tok · $7.50"), lines[5]
     assert lines[0].startswith("#1   done "), lines[0]
+
+
+@needs_nvim
+def test_a_cluster_agent_says_where_it_runs(tmp_path: Path) -> None:
+    lines = format_lines(
+        tmp_path,
+        [
+            agent(1, placement={"kind": "cluster", "node": "10.0.0.7"}),
+            agent(2, placement={"kind": "cluster", "node": None}),
+            agent(3, placement={"kind": "local", "node": None}),
+        ],
+    )
+    assert lines[0].endswith("  [on 10.0.0.7] task 1"), lines[0]
+    assert lines[1].endswith("  [on the cluster] task 2"), lines[1]
+    assert lines[2].endswith("  task 3"), lines[2]

@@ -117,6 +117,11 @@ function M.format(agent, numbers)
   if type(agent.check) == 'table' then
     table.insert(notes, agent.check.passed and 'check ok' or 'check FAILED')
   end
+  local placement = agent.placement
+  if type(placement) == 'table' and placement.kind == 'cluster' then
+    local node = type(placement.node) == 'string' and placement.node or nil
+    table.insert(notes, node and ('on ' .. node) or 'on the cluster')
+  end
   if #notes > 0 then
     title = '[' .. table.concat(notes, ', ') .. '] ' .. title
   end
