@@ -22,6 +22,7 @@ from pygls.exceptions import JsonRpcException
 
 from forkyard.client import ForkyardClient
 from tests.e2e.conftest import StartServer
+from tests.e2e.test_chat_commands import say
 from tests.fakes.model_server import FakeModelServer, Reply
 from tests.helpers import wait_for_processes_with
 from tests.ray_head import RayHead, free_port, ray_head, ray_program
@@ -231,3 +232,17 @@ async def test_a_follow_up_runs_on_the_cluster_in_the_worktree_the_node_kept(
     ]
     assert len(notes) == 2
     assert "kept from its last run" in notes[1]
+
+
+async def test_run_from_the_chat_on_the_cluster_and_agents_says_where(
+    start_server: StartServer, repo: Path, cluster: RayHead
+) -> None:
+    client = await start_server(repo, initialization_options=cluster_options(cluster))
+    reply = await say(client, "/run --cluster echo chat > chat.txt")
+    assert "Started agent #1" in reply["text"], reply
+    agent = next(iter(client.agents.values()))
+    done = await client.wait_for_agent(agent["id"], timeout=120)
+    assert done["state"] == "done", done
+    assert done["placement"]["kind"] == "cluster"
+    listing = await say(client, "/agents")
+    assert f"on cluster node {done['placement']['node']}" in listing["text"], listing

@@ -10,6 +10,7 @@ import re
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+from forkyard.cluster.config import Placement
 from forkyard.errors import InvalidRequest, WrongState
 from forkyard.models.pricing import usage_text
 from forkyard.orchestrator.groups import dispatch_group
@@ -27,8 +28,8 @@ Commands (no model needed):
 
 | command | what it does |
 | --- | --- |
-| `/dispatch [--role R] [--n K] <task>` | start an agent (K: best of K) on a task (needs a model) |
-| `/run <shell command>` | run a command as a background agent in its own worktree |
+| `/dispatch [--role R] [--n K] [--cluster] <task>` | best of K agents on a task (needs a model) |
+| `/run [--cluster] <shell command>` | run a command as a background agent in its own worktree |
 | `/agents` | list agents |
 | `/status <n>` | an agent's state, summary and latest log |
 | `/diff <n>` | an agent's diff |
@@ -151,8 +152,11 @@ class ChatCommands:
         # `--role R` is the first two words; the task is the rest exactly as typed (its
         # quotes and spacing kept), never cut at the first place R's letters occur.
         count: int | None = None
-        while match := re.match(r"--(role|n)\s+(\S+)\s*", task):
-            if match.group(1) == "role":
+        placement: Placement | None = None
+        while match := re.match(r"--(role|n)\s+(\S+)\s*|--(cluster|local)(?:\s+|$)", task):
+            if match.group(3):
+                placement = "cluster" if match.group(3) == "cluster" else "local"
+            elif match.group(1) == "role":
                 role = match.group(2)
             elif match.group(2).isdigit() and 1 <= int(match.group(2)) <= 10:
                 count = int(match.group(2))
@@ -160,10 +164,12 @@ class ChatCommands:
                 return "`/dispatch --n K`: K is a number from 1 to 10"
             task = task[match.end() :]
         if not task:
-            return "Usage: `/dispatch [--role R] [--n K] <task>`"
+            return "Usage: `/dispatch [--role R] [--n K] [--cluster] <task>`"
         agents = await dispatch_group(
             self.orchestrator,
-            AgentDispatchParams(task=task, role=role, thread_id=thread_id, count=count),
+            AgentDispatchParams(
+                task=task, role=role, thread_id=thread_id, count=count, placement=placement
+            ),
         )
         if len(agents) == 1:
             agent = agents[0]
@@ -172,10 +178,15 @@ class ChatCommands:
         return f"Dispatched agents {names} on one task ({agents[0].role}); compare them when done."
 
     async def _run(self, rest: str, thread_id: str | None) -> str:
+        placement: Placement | None = None
+        if match := re.match(r"--cluster(?:\s+|$)", rest):
+            placement, rest = "cluster", rest[match.end() :]
         if not rest:
-            return "Usage: `/run <shell command>`"
+            return "Usage: `/run [--cluster] <shell command>`"
         agent = await self.orchestrator.dispatch(
-            AgentDispatchParams(task=rest, backend="command", thread_id=thread_id)
+            AgentDispatchParams(
+                task=rest, backend="command", thread_id=thread_id, placement=placement
+            )
         )
         return f"Started agent #{agent.number} running `{rest}` in its own worktree."
 
