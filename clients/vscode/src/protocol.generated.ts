@@ -409,6 +409,8 @@ export interface StatusResult {
   totalDiskBytes: number;
   trustFile?: string | null;
   trusted?: boolean;
+  worktreeMode?: ("overlay" | "full") | null;
+  worktreeModeReason?: string | null;
   worktrees: WorktreeDiskUse[];
 }
 /**
