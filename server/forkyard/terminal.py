@@ -159,6 +159,8 @@ async def _run(args: argparse.Namespace) -> int:
                 params["backend"] = args.backend
             if args.n:
                 params["count"] = args.n
+            if args.placement:
+                params["placement"] = args.placement
             raw = await front.link.call("forkyard/agent/dispatch", params)
             result = AgentDispatchResult.model_validate(raw)
             for agent in result.agents or [result.agent]:

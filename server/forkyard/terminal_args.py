@@ -24,6 +24,10 @@ def add_commands(commands: Any) -> None:
         "--n", type=int, choices=range(1, 11), default=None, metavar="K",
         help="best of K: start K agents on the task, grouped (1-10)",
     )  # fmt: skip
+    dispatch.add_argument(
+        "--cluster", action="store_const", const="cluster", dest="placement", default=None,
+        help="run it on the configured Ray cluster ([cluster] address)",
+    )  # fmt: skip
     chat = command("chat", "send a chat message and stream the reply")
     chat.add_argument("text")
     chat.add_argument("--thread", default=None, help="go on in this thread")

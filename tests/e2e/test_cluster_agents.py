@@ -23,6 +23,7 @@ from pygls.exceptions import JsonRpcException
 from forkyard.client import ForkyardClient
 from tests.e2e.conftest import StartServer
 from tests.e2e.test_chat_commands import say
+from tests.e2e.test_terminal import forkyard
 from tests.fakes.model_server import FakeModelServer, Reply
 from tests.helpers import wait_for_processes_with
 from tests.ray_head import RayHead, free_port, ray_head, ray_program
@@ -246,3 +247,21 @@ async def test_run_from_the_chat_on_the_cluster_and_agents_says_where(
     assert done["placement"]["kind"] == "cluster"
     listing = await say(client, "/agents")
     assert f"on cluster node {done['placement']['node']}" in listing["text"], listing
+
+
+async def test_forkyard_dispatch_cluster_from_a_terminal(
+    repo: Path, cluster: RayHead, server_env: dict[str, str]
+) -> None:
+    config = Path(server_env["XDG_CONFIG_HOME"]) / "forkyard" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[cluster]\naddress = "{cluster.address}"\n')
+    code, out, err = await forkyard(
+        server_env, repo, "dispatch", "echo t > t.txt", "--backend", "command", "--cluster"
+    )
+    assert code == 0, err
+    assert out.startswith("#1 "), out
+    code, out, err = await forkyard(server_env, repo, "log", "1", "--follow")
+    assert code == 0, err
+    code, out, err = await forkyard(server_env, repo, "agents")
+    assert code == 0, err
+    assert "done" in out and "on cluster node" in out, out
