@@ -10,8 +10,10 @@ work; ten agents on one base ship it once; a cluster that is not there fails at 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,20 +52,31 @@ async def log_of(client: ForkyardClient, agent_id: str) -> list[tuple[str, str]]
 
 
 async def diff_of(client: ForkyardClient, agent_id: str) -> list[tuple[str, str, str]]:
+    """(path, status, +additions -deletions) of each file of the agent's diff."""
     diff = await client.request("forkyard/agent/diff", {"agentId": agent_id})
-    return sorted((f["path"], f["status"], f.get("patch") or "") for f in diff["files"])
+    return sorted(
+        (f["path"], f["status"], f"+{f['additions']} -{f['deletions']}") for f in diff["files"]
+    )
+
+
+async def patch_of(client: ForkyardClient, agent_id: str) -> str:
+    """The agent's whole diff as a patch: the same text for the same changes."""
+    diff = await client.request("forkyard/agent/diff", {"agentId": agent_id})
+    patch: str = diff["patch"]
+    return patch
 
 
 async def wait_for_log(
-    client: ForkyardClient, agent_id: str, text: str, seconds: float = 60
+    client: ForkyardClient, agent_id: str, line: str, seconds: float = 60
 ) -> list[tuple[str, str]]:
-    """The agent's log once a line holds `text` (checked on each of its updates)."""
+    """The agent's log once its command printed `line` (checked on each of its updates);
+    the command's own echo in the log does not count."""
     found: list[tuple[str, str]] = []
 
     async def has_it() -> bool:
         nonlocal found
         found = await log_of(client, agent_id)
-        return any(text in line for _, line in found)
+        return any(kind == "stdout" and text.strip() == line for kind, text in found)
 
     with anyio.fail_after(seconds):
         while not await has_it():
@@ -96,6 +109,8 @@ async def test_a_command_agent_on_the_cluster_gives_the_diff_a_local_one_gives(
     assert remote_done["placement"]["node"], "it says which node ran it"
     assert local_done["placement"] == {"kind": "local", "node": None}
     assert await diff_of(client, remote["id"]) == await diff_of(client, local["id"])
+    assert await patch_of(client, remote["id"]) == await patch_of(client, local["id"])
+    assert "+cluster" in await patch_of(client, remote["id"])
     assert remote_done["changes"] == local_done["changes"]
     # Its work is on its branch in the person's repository, and in a local worktree
     # the review reads, outside the person's checkout.
@@ -124,9 +139,10 @@ async def test_an_llm_agent_on_the_cluster_gives_the_diff_a_local_one_gives(
         assert done["state"] == "done", done
         assert done["summary"] == "wrote notes"
         assert done["placement"]["kind"] == placement
-        diffs.append(await diff_of(client, agent["id"]))
+        diffs.append((await diff_of(client, agent["id"]), await patch_of(client, agent["id"])))
     assert diffs[0] == diffs[1]
-    assert [path for path, _, _ in diffs[1]] == ["notes.md", "src/app.py"]
+    assert "a - -b" in diffs[1][1] and "+from the model" in diffs[1][1]
+    assert [path for path, _, _ in diffs[1][0]] == ["notes.md", "src/app.py"]
 
 
 async def test_cancel_of_a_cluster_agent_leaves_no_process(
@@ -265,3 +281,27 @@ async def test_forkyard_dispatch_cluster_from_a_terminal(
     code, out, err = await forkyard(server_env, repo, "agents")
     assert code == 0, err
     assert "done" in out and "on cluster node" in out, out
+
+
+async def test_an_acp_agent_on_the_cluster_writes_through_the_client_on_its_node(
+    start_server: StartServer, repo: Path, cluster: RayHead, tmp_path: Path
+) -> None:
+    """External programs run on the node too: here a scripted ACP agent, whose file
+    writes the node's backend serves into the node's worktree, come home as its diff."""
+    fake = Path(__file__).resolve().parents[1] / "fakes" / "acp_agent.py"
+    script = tmp_path / "script.json"
+    steps = [{"type": "write_file", "path": "acp.txt", "content": "from acp\n"}]
+    script.write_text(json.dumps({"prompts": [steps]}))
+    options = cluster_options(
+        cluster,
+        backends={"fake": {"acp": [sys.executable, str(fake), str(script)]}},
+        sandbox={"readPaths": [str(fake.parent), str(tmp_path)]},
+    )
+    client = await start_server(repo, initialization_options=options)
+    agent = await client.dispatch("write it", backend="fake", placement="cluster")
+    done = await client.wait_for_agent(agent["id"], timeout=120)
+    assert done["state"] == "done", (done["error"], await log_of(client, agent["id"]))
+    assert done["placement"]["kind"] == "cluster"
+    diff = await diff_of(client, agent["id"])
+    assert [path for path, _, _ in diff] == ["acp.txt"]
+    assert (Path(done["worktree"]) / "acp.txt").read_text() == "from acp\n"
