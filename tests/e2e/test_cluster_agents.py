@@ -305,3 +305,17 @@ async def test_an_acp_agent_on_the_cluster_writes_through_the_client_on_its_node
     diff = await diff_of(client, agent["id"])
     assert [path for path, _, _ in diff] == ["acp.txt"]
     assert (Path(done["worktree"]) / "acp.txt").read_text() == "from acp\n"
+
+
+async def test_the_setup_step_runs_on_the_node_before_the_agent(
+    start_server: StartServer, repo: Path, cluster: RayHead
+) -> None:
+    options = cluster_options(cluster, worktree={"setup": "echo prepared > setup.log"})
+    client = await start_server(repo, initialization_options=options)
+    agent = await client.dispatch(
+        "cat setup.log > seen.txt", backend="command", placement="cluster"
+    )
+    done = await client.wait_for_agent(agent["id"], timeout=120)
+    assert done["state"] == "done", (done["error"], await log_of(client, agent["id"]))
+    assert (Path(done["worktree"]) / "seen.txt").read_text() == "prepared\n"
+    assert [path for path, _, _ in await diff_of(client, agent["id"])] == ["seen.txt"]

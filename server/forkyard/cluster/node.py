@@ -38,6 +38,7 @@ from forkyard.cluster.protocol import (
 from forkyard.cluster.remote_context import RemoteContext
 from forkyard.workspace.git import Repository
 from forkyard.workspace.runner import git_environment, run_git
+from forkyard.workspace.setup import SetupError, run_setup_command
 
 BACKGROUND_NICENESS = 10
 #: Events sent back in one batch at most; progress is folded to the newest per batch.
@@ -81,6 +82,7 @@ class AgentHost:
         self.root = node_root(self.environ)
         self._task: asyncio.Task[RunOutcome] | None = None
         self._context: RemoteContext | None = None
+        self._needs_setup = False
 
     # --- where the agent is ---------------------------------------------------------
 
@@ -138,6 +140,7 @@ class AgentHost:
         # Unlocked: the checkout of a big base takes a while, and each agent's is its own.
         await _drop_worktree(repository, worktree, spec.branch)
         await repository.add_worktree(worktree, spec.branch, spec.start_commit)
+        self._needs_setup = True
         return Prepared(str(worktree), shipped, reused=False)
 
     # --- the run --------------------------------------------------------------------
@@ -152,7 +155,7 @@ class AgentHost:
             return
         context = RemoteContext(spec, worktree, self.environ)
         self._context = context
-        self._task = asyncio.ensure_future(backend.run(context, instruction))
+        self._task = asyncio.ensure_future(self._set_up_and_run(backend, context, instruction))
         task = self._task
         while True:
             batch = await context.next_batch(task, BATCH_EVENTS)
@@ -167,6 +170,34 @@ class AgentHost:
         except Exception as exc:
             outcome = RunOutcome(False, "", f"{type(exc).__name__}: {exc}")
         yield [NodeEvent("outcome", (outcome.ok, outcome.summary, outcome.error))]
+
+    async def _set_up_and_run(
+        self, backend: Backend, context: RemoteContext, instruction: str
+    ) -> RunOutcome:
+        """`[worktree] setup` first, in a worktree made for this run, as at home. The
+        ignored files `copy` and `link` bring are the person's, on their machine: not
+        here."""
+        config = context.settings.worktree
+        if self._needs_setup:
+            if config.copy_files or config.link or config.worktreeinclude:
+                await context.log(
+                    "setup", "ignored files (copy, link) are not brought on cluster nodes"
+                )
+            if config.setup:
+                try:
+                    await run_setup_command(
+                        config.setup,
+                        worktree=context.cwd,
+                        checkout=context.cwd,
+                        settings=context.settings,
+                        environ=context.environ,
+                        extra_env=context.extra_env,
+                        log=context.log,
+                    )
+                except SetupError as exc:
+                    return RunOutcome(False, "", str(exc))
+            self._needs_setup = False
+        return await backend.run(context, instruction)
 
     async def answer(self, request_id: str, answer: ApprovalAnswer) -> None:
         if self._context is not None:
