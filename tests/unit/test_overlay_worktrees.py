@@ -1,7 +1,8 @@
 """Overlay worktrees on real repositories, changed by real programs in the real sandbox:
 the agent's diff and commit are those of a full worktree file by file (added, deleted,
 renamed, binary, symlink, mode and type changes, ignored files left out); `git status`
-inside the sandbox shows exactly the agent's changes; ten agents on one base share one
+inside the sandbox shows exactly the agent's changes, and the real aider works there as
+in a full worktree; ten agents on one base share one
 checkout and each costs only its changes; the base goes with its last agent; a lost
 mount comes back with the work intact; the mode falls back to full where overlays cannot
 run, and says why."""
@@ -17,6 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from forkyard.agents.aider import AiderBackend
 from forkyard.settings import WorktreeSettings
 from forkyard.tools.sandbox import SandboxPolicy, sandboxed_argv
 from forkyard.tools.sandbox_paths import git_read_paths
@@ -28,12 +30,14 @@ from forkyard.workspace.overlay import (
     bases_directory,
     choose_mode,
     layer_of,
-    overlay_support,
     unmount_layers,
 )
 from forkyard.workspace.overlay_stage import changed_paths_of
 from forkyard.workspace.pool import WorktreePool
+from tests.fakes.agent_context import Workspace
+from tests.fakes.model_server import FakeModelServer, Reply
 from tests.helpers import GIT_ENV, git
+from tests.unit.test_external_aider import aider_context, whole_file
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,11 +75,6 @@ FILES = {
 }
 
 
-def overlays_work() -> bool:
-    return os.geteuid() == 0 and anyio.run(overlay_support, Path("/tmp")) == (True, _REASON)
-
-
-_REASON = "the server mounts them itself: bubblewrap 0.8 has no --overlay"
 needs_overlays = pytest.mark.skipif(os.geteuid() != 0, reason="mounting overlays needs root")
 
 
@@ -274,3 +273,24 @@ def test_the_mode_falls_back_to_full_and_says_why() -> None:
     forced = choose_mode("overlay", {MODE_ENV: "full"}, (True, "ok"))
     assert forced.mode == "full" and MODE_ENV in forced.reason
     assert choose_mode("full", {MODE_ENV: "overlay"}, (True, "ok")).mode == "overlay"
+
+
+@needs_overlays
+async def test_aider_edits_an_overlay_worktree_as_it_would_a_full_one(
+    repository: Repository, tmp_path: Path
+) -> None:
+    """An external program (the real aider, its git included) against the fake model."""
+    async with overlay_pool(repository, tmp_path) as pool:
+        head = await repository.resolve("HEAD")
+        worktree = pool.worktrees_dir / "1-aider"
+        await pool.make_agent_worktree(worktree, branch="forkyard/1-aider", commit=head)
+        workspace = Workspace(repo=repository.root, worktree=worktree, state_dir=tmp_path / "s")
+        with FakeModelServer(default=Reply(text="(unscripted reply)")) as model:
+            model.script(whole_file("notes.txt", "hello from aider\n"))
+            outcome = await AiderBackend().run(aider_context(workspace, model), "Add notes")
+        assert outcome.ok, outcome.error
+        assert workspace.status() == ["?? notes.txt"]
+        layer = layer_of(worktree)
+        assert layer is not None and changed_paths_of(layer) == ["notes.txt"]
+        diff = await diff_worktree(worktree, head, repository.root, repository=repository)
+        assert [(change.path, change.status) for change in diff.files] == [("notes.txt", "added")]
