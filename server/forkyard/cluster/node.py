@@ -18,8 +18,10 @@ import asyncio
 import fcntl
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,7 @@ class AgentHost:
                 data: bytes = await shipment[0]
                 shipped = len(data)
                 await _fetch_bundle(repository, data, spec.start_commit)
+        await _prune_stale(repository, worktree.parent, spec.settings.worktree.gc_grace_seconds)
         if await _at_commit(repository, worktree, spec):
             return Prepared(str(worktree), shipped, reused=True)
         # Unlocked: the checkout of a big base takes a while, and each agent's is its own.
@@ -298,6 +301,21 @@ async def _at_commit(repository: Repository, worktree: Path, spec: NodeSpec) -> 
         cwd=repository.root, env=repository.env, check=False,
     )  # fmt: skip
     return tip.returncode == 0 and tip.line == spec.start_commit
+
+
+async def _prune_stale(repository: Repository, folder: Path, grace_seconds: float) -> None:
+    """Worktrees of this repository's agents not used for the gc grace period go: a
+    node keeps them for follow-ups, not for ever (their work went home when they ran)."""
+
+    def stale() -> list[Path]:
+        if not folder.is_dir():
+            return []
+        limit = time.time() - grace_seconds
+        return [p for p in folder.iterdir() if p.is_dir() and p.stat().st_mtime < limit]
+
+    for path in await anyio.to_thread.run_sync(stale):
+        await anyio.to_thread.run_sync(partial(shutil.rmtree, path, ignore_errors=True))
+    await run_git("worktree", "prune", cwd=repository.root, env=repository.env, check=False)
 
 
 async def _drop_worktree(repository: Repository, worktree: Path, branch: str) -> None:
