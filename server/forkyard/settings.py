@@ -219,6 +219,9 @@ class Settings(BaseModel):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    #: The severity of the diagnostics over agents' hunks: editors draw a hint as
+    #: almost nothing ("…" at column 1 in VS Code), so Information is the default.
+    diagnostic_severity: Literal["hint", "information", "warning"] = "information"
 
     def role(self, name: str) -> RoleConfig | None:
         """A configured role, else a built-in one, else None. A configured role named like
