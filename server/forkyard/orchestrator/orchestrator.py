@@ -151,6 +151,7 @@ class Orchestrator:
         """Persist what is pending; called on shutdown, shielded by the caller."""
         await self._flush_logs()
         await self.ledger.flush()
+        await self.pool.stop()
 
     # --- queries ---------------------------------------------------------------------
 

@@ -307,6 +307,12 @@ class WorktreePool:
             with anyio.CancelScope(shield=True):
                 await unmount_layers(self.worktrees_dir)
 
+    async def stop(self) -> None:
+        """The server stops, its agents have: overlay mounts go (an agent that finished
+        after the filler stopped may have mounted its own again); the next server
+        mounts them at its start."""
+        await unmount_layers(self.worktrees_dir)
+
     async def _keep_filling(self) -> None:
         while True:
             try:
