@@ -24,7 +24,9 @@ from pygls.exceptions import JsonRpcException
 
 from forkyard.client import ForkyardClient
 from tests.e2e.conftest import StartServer
+from tests.e2e.editor import Editor
 from tests.e2e.test_chat_commands import say
+from tests.e2e.test_review import forkyard_diagnostics
 from tests.e2e.test_terminal import forkyard
 from tests.fakes.model_server import FakeModelServer, Reply
 from tests.helpers import wait_for_processes_with
@@ -117,6 +119,18 @@ async def test_a_command_agent_on_the_cluster_gives_the_diff_a_local_one_gives(
     worktree = Path(remote_done["worktree"])
     assert (worktree / "NEW.txt").read_text() == "cluster\n"
     assert not (repo / "NEW.txt").exists()
+    # Review and apply are a local agent's: its hunk has a diagnostic in the open file,
+    # and applying goes through the editor, the person's unsaved buffer included.
+    editor = Editor(client)
+    uri = editor.open(repo / "src" / "app.py")
+    await client.wait_until(
+        lambda: any("there" in d.message for d in forkyard_diagnostics(client, uri))
+    )
+    result = await client.request("forkyard/agent/apply", {"agentId": remote["id"]})
+    assert result["applied"] is True, result
+    assert "return b + a" in editor.buffers[uri]
+    assert (repo / "NEW.txt").read_text() == "cluster\n"
+    assert not (repo / "README.md").exists()
 
 
 async def test_an_llm_agent_on_the_cluster_gives_the_diff_a_local_one_gives(
