@@ -50,7 +50,7 @@ def test_review_in_emacs_with_eglot(tmp_path: Path, server_env: dict[str, str]) 
 
     hints = result["diagnostics"]
     assert [d["line"] for d in hints] == HUNK_LINES
-    assert all(d["type"] == "eglot-note" for d in hints), "Hints are notes in Flymake"
+    assert all(d["type"] == "eglot-note" for d in hints), "Information is a note in Flymake"
     assert hints[0]["text"].startswith("forkyard: agent #1: sed -i ")
     assert result["position_encoding"] == "utf-16", "eglot 1.9 asks for none: the default"
     assert hints[0]["lsp_end_character"] == utf16_units(GREETING)

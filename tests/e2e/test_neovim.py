@@ -45,7 +45,7 @@ def test_review_in_neovim(tmp_path: Path, server_env: dict[str, str]) -> None:
 
     hints = result["diagnostics"]
     assert [d["lnum"] for d in hints] == HUNK_LINES
-    assert all(d["severity"] == 4 for d in hints), "Hint severity"
+    assert all(d["severity"] == 3 for d in hints), "Information severity (the default)"
     assert hints[0]["message"].startswith("agent #1: sed -i ")
     assert hints[0]["message"].endswith("(+1 -1)")
     assert result["offset_encoding"] == "utf-8", "Neovim offers utf-8 first; the server takes it"

@@ -81,7 +81,9 @@ async def test_diagnostics_code_actions_and_apply_of_one_hunk_then_the_file(
     )
     lines = sorted(d.range.start.line for d in diagnostics)
     assert lines == [APP.splitlines().index("    return 2"), APP.splitlines().index("    return 9")]
-    assert all(d.severity == types.DiagnosticSeverity.Hint for d in diagnostics)
+    assert all(d.severity == types.DiagnosticSeverity.Information for d in diagnostics), (
+        "Information by default: editors draw a Hint as almost nothing"
+    )
     assert diagnostics[0].message == "agent #1: bump numbers (+1 -1)"
 
     actions = await code_actions(client, uri, lines[0])
@@ -124,6 +126,30 @@ async def test_diagnostics_code_actions_and_apply_of_one_hunk_then_the_file(
     assert (review_repo / "README.md").read_text() == "# app\n\nhello\nmore\n"
     applied = await client.wait_for_agent(agent["id"], {"applied"})
     assert applied["state"] == "applied"
+
+
+async def test_diagnostic_severity_setting_from_the_client_and_when_it_changes(
+    start_server: StartServer, review_repo: Path
+) -> None:
+    """`diagnostic_severity` as the editor sends it: at initialize, then changed while
+    the file is open, which redraws its diagnostics at the new severity."""
+    client = await start_server(review_repo, initialization_options={"diagnosticSeverity": "hint"})
+    editor = Editor(client)
+    await run_agent(client, "sed -i 's/return 2$/return 20/' app.py", "bump")
+    uri = editor.open(review_repo / "app.py")
+    [hint] = await client.wait_until(lambda: forkyard_diagnostics(client, uri))
+    assert hint.severity == types.DiagnosticSeverity.Hint
+    client.lsp.workspace_did_change_configuration(  # type: ignore[attr-defined]
+        types.DidChangeConfigurationParams(settings={"forkyard": {"diagnosticSeverity": "warning"}})
+    )
+    [warning] = await client.wait_until(
+        lambda: [
+            d
+            for d in forkyard_diagnostics(client, uri)
+            if d.severity == types.DiagnosticSeverity.Warning
+        ]
+    )
+    assert warning.range == hint.range
 
 
 async def test_apply_keeps_the_users_conflicting_line_and_lands_the_rest(

@@ -12,7 +12,7 @@ import { NoticeCenter } from "./notices";
 import type { Agent } from "./protocol";
 import { AgentSideLenses, HunkDecisions, registerHunkCommands } from "./review/controls";
 import { hunksToApply } from "./review/decisions";
-import { type HunkSeverity, LiveHunks } from "./review/middleware";
+import { LiveHunks } from "./review/middleware";
 import { applyAndSave } from "./agents/actions";
 import { RepositoryTrust, trustStatusText } from "./trust";
 
@@ -45,9 +45,7 @@ export function activate(context: vscode.ExtensionContext): void {
   const store = new AgentStore(connection);
   const decisions = new HunkDecisions(context.workspaceState);
   const live = new LiveHunks(store, decisions);
-  const reviewMiddleware = live.middleware(() =>
-    vscode.workspace.getConfiguration("forkyard").get<HunkSeverity>("hunkDiagnostics", "information"),
-  );
+  const reviewMiddleware = live.middleware();
   const tree = new AgentsTreeProvider(store, (agent, change) => live.remaining(agent, change), (listener) =>
     vscode.Disposable.from(live.onDidChange(listener), decisions.onDidChange(listener)),
   );

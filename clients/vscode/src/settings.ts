@@ -25,6 +25,12 @@ export const SERVER_SETTINGS: readonly string[] = [
   "maxLogEntriesPerAgent",
 ];
 
+/** VS Code settings whose server key has another name: `forkyard.hunkDiagnostics` is the
+ * server's `diagnosticSeverity` (the server draws the hunks' diagnostics at it). */
+export const RENAMED_SETTINGS: Readonly<Record<string, string>> = {
+  hunkDiagnostics: "diagnosticSeverity",
+};
+
 /** Settings that reach the network, name secrets or weaken the sandbox: a workspace's
  * `.vscode/settings.json` comes with a cloned repository, so only the user's own (global)
  * value of these is sent, as the server takes them from `.forkyard.toml` only for a
@@ -57,6 +63,10 @@ export function serverSettings(inspect: (key: string) => Inspection | undefined)
   for (const key of SERVER_SETTINGS) {
     const value = userValue(inspect(key), USER_ONLY_SETTINGS.has(key));
     if (value !== undefined) settings[key] = value;
+  }
+  for (const [key, serverKey] of Object.entries(RENAMED_SETTINGS)) {
+    const value = userValue(inspect(key), USER_ONLY_SETTINGS.has(key));
+    if (value !== undefined) settings[serverKey] = value;
   }
   return settings;
 }

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,11 @@ class ConfigFeature:
                     show_problems(self.server, event.problems)
 
 
-def register(server: ForkyardServer) -> None:
+def register(
+    server: ForkyardServer, on_change: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """`on_change`: what the front itself reads of the settings, read again."""
+
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(
         ls: ForkyardServer, params: types.DidChangeConfigurationParams
@@ -91,6 +95,8 @@ def register(server: ForkyardServer) -> None:
         front.client_settings = dict(section) if section is not None else None
         raw = await front.call("daemon/configure", {"clientSettings": front.client_settings})
         show_problems(ls, ProblemsResult.model_validate(raw).problems)
+        if on_change is not None:
+            await on_change()
 
     @server.forkyard_command("forkyard.trust")
     async def trust_command(ls: ForkyardServer, *args: Any) -> TrustResult:

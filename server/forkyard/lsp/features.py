@@ -29,7 +29,7 @@ def create_server() -> ForkyardServer:
     lifecycle.register(
         server, [agent_feature, chat_feature, config_feature, review_feature, lens_feature]
     )
-    config.register(server)
+    config.register(server, review_feature.reload_settings)
     agents.register(server, agent_feature)
     chat.register(server, chat_feature)
     review.register(server, review_feature)

@@ -48,12 +48,13 @@ def away_notice(lines: list[str]) -> str | None:
     return cut("Forkyard, while you were away: " + ", ".join(lines), MAX_NOTICE_CHARS)
 
 
-def _front_settings(root: Path, options: Any) -> tuple[Path, float]:
-    """The state directory (which daemon) and its idle time (blocking: config files)."""
+def _front_settings(root: Path, options: Any) -> tuple[Path, float, str]:
+    """The state directory (which daemon), its idle time and the hunk diagnostics'
+    severity (blocking: config files)."""
     environ = current_environ()
     loaded = load_settings(root, environ, options if isinstance(options, dict) else None)
     state_dir = loaded.settings.resolved_state_dir(environ).expanduser().absolute()
-    return state_dir, loaded.settings.daemon_idle_seconds
+    return state_dir, loaded.settings.daemon_idle_seconds, loaded.settings.diagnostic_severity
 
 
 def register(server: ForkyardServer, consumers: list[Any]) -> None:
@@ -67,9 +68,12 @@ def register(server: ForkyardServer, consumers: list[Any]) -> None:
         if ls.task_group is None:
             raise RuntimeError("the supervisor task group is not running")
         repository = await Repository.discover(workspace_root(params))
-        state_dir, idle = await anyio.to_thread.run_sync(_front_settings, repository.root, options)
+        state_dir, idle, severity = await anyio.to_thread.run_sync(
+            _front_settings, repository.root, options
+        )
         client = params.client_info.name if params.client_info else "an editor"
         front = FrontSession(repository.root, state_dir, current_environ(), options, client, idle)
+        front.diagnostic_severity = severity
         for consumer in consumers:
             receive, _send = front.bus.open_subscription()
             ls.spawn(partial(consumer.consume, receive), type(consumer).__name__)

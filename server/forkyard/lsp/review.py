@@ -22,12 +22,12 @@ from forkyard.lsp.edits import build_workspace_edit
 from forkyard.lsp.review_actions import ReviewActions
 from forkyard.lsp.review_data import SOURCE_KIND, hunk_diagnostics, resolve_action
 from forkyard.lsp.server import ForkyardServer
-from forkyard.lsp.session import FrontSession
+from forkyard.lsp.session import FrontSession, front_severity
 from forkyard.notices import notice_route
 from forkyard.review.outcome import ApplyOutcome, apply_outcome_text
 from forkyard.review.service import AgentReview, ApplyPlan, FileReview, ReviewService
 from forkyard.workspace import confined
-from forkyard_protocol.daemon import AgentChanged, ApplyRequested, Event
+from forkyard_protocol.daemon import AgentChanged, ApplyRequested, Event, SettingsChanged
 from forkyard_protocol.messages import (
     DONE_ACTIONS,
     AgentApplyParams,
@@ -123,10 +123,13 @@ class Review:
         texts = await self.current_texts(paths)
         pairs = {path: self.service.for_path(path) for path in paths}
         encoding = self.encoding
+        severity = self.front.diagnostic_severity
 
         def compute() -> dict[str, list[types.Diagnostic]]:
             return {
-                path: hunk_diagnostics(text, pairs[path], encoding) if text is not None else []
+                path: hunk_diagnostics(text, pairs[path], encoding, severity)
+                if text is not None
+                else []
                 for path, text in texts.items()
             }
 
@@ -146,6 +149,18 @@ class Review:
                 self._published.add(path)
             else:
                 self._published.discard(path)
+
+    async def reload_settings(self) -> None:
+        """The settings changed (the client's, or a config file): a new
+        `diagnostic_severity` redraws every file this front shows diagnostics in."""
+        front = self.front
+        severity = await anyio.to_thread.run_sync(
+            front_severity, front.root, front.initialization_options, front.client_settings
+        )
+        if severity == front.diagnostic_severity:
+            return
+        front.diagnostic_severity = severity
+        await self.publish_paths(sorted(self._published | set(self._documents())))
 
     def refresh_soon(self, path: str) -> None:
         """Coalesce bursts of edits into one recomputation."""
@@ -169,6 +184,8 @@ class Review:
                     self.agent_changed(event.agent, event.previous_state)
                 elif isinstance(event, ApplyRequested) and self._ours(event):
                     self.server.spawn(partial(self._apply_for_chat, event), "/apply")
+                elif isinstance(event, SettingsChanged):
+                    self.server.spawn(self.reload_settings, "diagnostic severity")
 
     def _ours(self, event: ApplyRequested) -> bool:
         return event.front_id == self.front.link.front_id

@@ -1,4 +1,4 @@
-"""The review's editor data: hint diagnostics over agents' hunks and the code actions
+"""The review's editor data: diagnostics over agents' hunks and the code actions
 that apply or discard them, as pure functions of texts and reviews (diagnostics are
 computed in worker threads)."""
 
@@ -20,11 +20,23 @@ SOURCE = "forkyard"
 SOURCE_KIND = "source.forkyard"
 
 
+SEVERITIES = {
+    "hint": types.DiagnosticSeverity.Hint,
+    "information": types.DiagnosticSeverity.Information,
+    "warning": types.DiagnosticSeverity.Warning,
+}
+
+
 def hunk_diagnostics(
-    text: str, pairs: list[tuple[AgentReview, FileReview]], encoding: str
+    text: str,
+    pairs: list[tuple[AgentReview, FileReview]],
+    encoding: str,
+    severity: str = "information",
 ) -> list[types.Diagnostic]:
-    """Hint diagnostics over every applicable hunk of every agent changing this file.
-    Pure and blocking: runs in a worker thread."""
+    """Diagnostics over every applicable hunk of every agent changing this file, at the
+    `diagnostic_severity` setting's severity (a hint is drawn as almost nothing, so
+    Information unless the person asks). Pure and blocking: runs in a worker thread."""
+    level = SEVERITIES.get(severity, types.DiagnosticSeverity.Information)
     lines = split_lines(text)
     found: list[types.Diagnostic] = []
     #: The person's edits over each base text (agents of one base share them).
@@ -60,7 +72,7 @@ def hunk_diagnostics(
                         start=types.Position(line=start_line, character=start_char),
                         end=types.Position(line=end_line, character=end_char),
                     ),
-                    severity=types.DiagnosticSeverity.Hint,
+                    severity=level,
                     source=SOURCE,
                     message=message,
                     data={"agentId": agent.id, "hunkId": hunk.hunk_id},

@@ -18,6 +18,7 @@ from forkyard.bus import EventBus
 from forkyard.daemon.link import DaemonLink
 from forkyard.daemon.paths import DaemonPaths
 from forkyard.review.service import FileSides, ReviewService
+from forkyard.settings import current_environ, load_settings
 from forkyard_protocol.daemon import (
     DAEMON_PROTOCOL_VERSION,
     AttachParams,
@@ -29,6 +30,16 @@ from forkyard_protocol.daemon import (
 from forkyard_protocol.models import Agent, FileChange, ForkyardCapabilities
 
 logger = logging.getLogger(__name__)
+
+
+def front_severity(
+    root: Path, initialization_options: Any, client_settings: dict[str, Any] | None
+) -> str:
+    """`diagnostic_severity` from the front's layered settings (blocking: config files).
+    The front draws the diagnostics, so it reads this setting itself."""
+    options = initialization_options if isinstance(initialization_options, dict) else None
+    loaded = load_settings(root, current_environ(), options, client_settings)
+    return loaded.settings.diagnostic_severity
 
 
 class FrontSession:
@@ -45,6 +56,9 @@ class FrontSession:
         self.state_dir = state_dir
         self.initialization_options = initialization_options
         self.client_settings: dict[str, Any] | None = None
+        #: `diagnostic_severity` of the hunk diagnostics (settings.py); set from the
+        #: front's settings at initialize and whenever they change.
+        self.diagnostic_severity = "information"
         self.name = name
         self.bus = EventBus()
         self.review = ReviewService(self)

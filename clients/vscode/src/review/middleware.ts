@@ -1,7 +1,6 @@
-// What the extension does to the server's review data on its way to VS Code: hunk
-// diagnostics drawn at a severity that shows (Information by default: VS Code draws a
-// Hint as "…" at column 1), undone hunks' diagnostics and lenses dropped, an Undo lens
-// beside each "Apply hunk" lens; and which hunks each file still has, for the tree's
+// What the extension does to the server's review data on its way to VS Code (the server
+// draws hunk diagnostics at `forkyard.hunkDiagnostics`, sent as its diagnosticSeverity):
+// undone hunks' diagnostics and lenses dropped, an Undo lens beside each "Apply hunk" lens; and which hunks each file still has, for the tree's
 // counts and for "Apply agent #N to this file" in the editor's menus.
 import * as vscode from "vscode";
 import type { Middleware } from "vscode-languageclient/node";
@@ -9,14 +8,6 @@ import type { AgentStore } from "../agents/store";
 import type { Agent, FileChange } from "../protocol";
 import { hunkData, type HunkDecisions } from "./controls";
 import { type Counts, hunkCounts, openHunks } from "./decisions";
-
-export type HunkSeverity = "hint" | "information" | "warning";
-
-const SEVERITIES: Record<HunkSeverity, vscode.DiagnosticSeverity> = {
-  hint: vscode.DiagnosticSeverity.Hint,
-  information: vscode.DiagnosticSeverity.Information,
-  warning: vscode.DiagnosticSeverity.Warning,
-};
 
 export class LiveHunks implements vscode.Disposable {
   /** uri -> agentId -> the hunk ids the server still draws there (they apply). */
@@ -51,7 +42,7 @@ export class LiveHunks implements vscode.Disposable {
     );
   }
 
-  middleware(severity: () => HunkSeverity): Middleware {
+  middleware(): Middleware {
     return {
       handleDiagnostics: (uri, diagnostics, next) => {
         const live = new Map<string, Set<string>>();
@@ -64,7 +55,6 @@ export class LiveHunks implements vscode.Disposable {
           let set = live.get(data.agentId);
           if (!set) live.set(data.agentId, (set = new Set()));
           set.add(data.hunkId);
-          d.severity = SEVERITIES[severity()] ?? vscode.DiagnosticSeverity.Information;
           return true;
         });
         if (live.size > 0) this.byUri.set(uri.toString(), live);

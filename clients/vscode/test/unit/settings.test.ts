@@ -40,6 +40,13 @@ test("a cloned workspace's settings.json cannot pick models, roles, the state di
   assert.deepEqual(settings, { commandTimeoutSeconds: 30 });
 });
 
+test("forkyard.hunkDiagnostics is sent as the server's diagnosticSeverity, only when set", () => {
+  assert.deepEqual(serverSettings(inspector({ hunkDiagnostics: { globalValue: "hint" } })), {
+    diagnosticSeverity: "hint",
+  });
+  assert.deepEqual(serverSettings(inspector({ hunkDiagnostics: {} })), {});
+});
+
 test("the most specific scope wins", () => {
   const settings = serverSettings(
     inspector({ maxParallelAgents: { globalValue: 2, workspaceValue: 3, workspaceFolderValue: 4 } }),
