@@ -29,7 +29,7 @@ from tests.e2e.test_chat_commands import say
 from tests.e2e.test_review import forkyard_diagnostics
 from tests.e2e.test_terminal import forkyard
 from tests.fakes.model_server import FakeModelServer, Reply
-from tests.helpers import wait_for_processes_with
+from tests.helpers import kill_daemon, wait_for_processes_with
 from tests.ray_head import RayHead, free_port, ray_head, ray_program
 
 pytestmark = [
@@ -333,3 +333,26 @@ async def test_the_setup_step_runs_on_the_node_before_the_agent(
     assert done["state"] == "done", (done["error"], await log_of(client, agent["id"]))
     assert (Path(done["worktree"]) / "seen.txt").read_text() == "prepared\n"
     assert [path for path, _, _ in await diff_of(client, agent["id"])] == ["seen.txt"]
+
+
+async def test_work_of_a_cluster_agent_whose_daemon_was_killed_comes_home_on_its_follow_up(
+    start_server: StartServer, repo: Path, cluster: RayHead, server_env: dict[str, str]
+) -> None:
+    client = await start_server(repo, initialization_options=cluster_options(cluster))
+    marker = f"fy-cluster-crash-{os.getpid()}"
+    agent = await client.dispatch(
+        f"echo before > before.txt && echo READY && sleep 600 # {marker}",
+        backend="command",
+        placement="cluster",
+    )
+    await wait_for_log(client, agent["id"], "READY")
+    await kill_daemon(server_env)
+    interrupted = await client.wait_for_agent(agent["id"], {"interrupted"}, timeout=60)
+    assert interrupted["placement"]["kind"] == "cluster"
+    assert await wait_for_processes_with(marker, 0, seconds=30) == [], "its run ended with it"
+    await client.request(
+        "forkyard/agent/message", {"agentId": agent["id"], "text": "echo after > after.txt"}
+    )
+    done = await client.wait_for_agent(agent["id"], {"done", "failed"}, timeout=120)
+    assert done["state"] == "done", (done["error"], await log_of(client, agent["id"]))
+    assert [p for p, _, _ in await diff_of(client, agent["id"])] == ["after.txt", "before.txt"]

@@ -161,6 +161,10 @@ class ClusterAgents:
                 node_id = await link.call("node_id", address=agent.placement.node)
             host = await self._host(link, role, node_id, soft=True)
             spec = self._spec(runtime, role, start)
+            if node_id is not None and start == agent.base_ref and role.worktree:
+                # It ran here before and its work never came home (the daemon stopped
+                # under it): what its node still holds comes home first.
+                spec = await self._recover(runtime, host, spec)
             address = str(host.where["address"])
             await o._update(runtime, placement=AgentPlacement(kind="cluster", node=address))
             await o._log(
@@ -187,6 +191,16 @@ class ClusterAgents:
         with anyio.CancelScope(shield=True):
             await self._collect(runtime, host, spec)
         return outcome, state
+
+    async def _recover(self, runtime: AgentRuntime, host: RemoteHost, spec: NodeSpec) -> NodeSpec:
+        bundle = self.scratch / f"result-{runtime.agent.id}.bundle"
+        message = f"forkyard: agent #{spec.number}: {runtime.agent.title}"
+        got = await host.collect(spec, message, bundle)
+        if got.commit is None or got.commit == spec.start_commit:
+            return spec
+        await self.o._log(runtime, "system", "its work from the run that was interrupted:")
+        await bring_home(self.o, runtime, spec, got, bundle)
+        return self._spec(runtime, spec.role, got.commit)
 
     async def _host(
         self, link: BridgeLink, role: RoleConfig, node_id: str | None, *, soft: bool
