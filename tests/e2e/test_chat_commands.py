@@ -55,6 +55,9 @@ async def test_every_chat_command_works_without_a_model(
     assert "No chat model is configured" in no_model["text"]
     assert "11434" in no_model["text"], "an Ollama example"
     assert "OPENAI_API_KEY" in no_model["text"], "an OpenAI example"
+    assert "forkyard.models" in no_model["text"], "the VS Code setting, which it shows as a button"
+    assert "| command |" not in no_model["text"], "one paragraph, not the whole /help table"
+    assert "\n" not in no_model["text"].strip(), "one paragraph"
 
     assert "No agents yet" in (await say(client, "/agents", thread))["text"]
     started = await say(client, "/run printf 'from chat\\n' > chat.txt", thread)

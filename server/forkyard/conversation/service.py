@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from forkyard.clock import new_id, now_iso
-from forkyard.conversation.commands import HELP, NO_MODEL, ChatCommands, is_command
+from forkyard.conversation.commands import NO_MODEL, ChatCommands, is_command
 from forkyard.conversation.history import SYSTEM_PROMPT, ModelHandle, build_model_messages
 from forkyard.conversation.tools import CHAT_TOOLS, ChatTools
 from forkyard.errors import UnknownThread
@@ -274,7 +274,8 @@ class Conversation:
         await load_sdks()
         handle = self._model()
         if handle is None:
-            self._emit(turn, parts, NO_MODEL + HELP)
+            # One short paragraph on setting a model; `/help` has the command table.
+            self._emit(turn, parts, NO_MODEL.rstrip())
             return
         history = await self.store.list_messages(turn.thread_id)
         messages = build_model_messages(
