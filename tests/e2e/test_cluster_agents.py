@@ -356,3 +356,22 @@ async def test_work_of_a_cluster_agent_whose_daemon_was_killed_comes_home_on_its
     done = await client.wait_for_agent(agent["id"], {"done", "failed"}, timeout=120)
     assert done["state"] == "done", (done["error"], await log_of(client, agent["id"]))
     assert [p for p, _, _ in await diff_of(client, agent["id"])] == ["after.txt", "before.txt"]
+
+
+async def test_an_explorer_on_the_cluster_reads_the_snapshot_and_writes_nothing(
+    start_server: StartServer, repo: Path, cluster: RayHead
+) -> None:
+    client = await start_server(repo, initialization_options=cluster_options(cluster))
+    agent = await client.dispatch(
+        "cat src/app.py && echo sneaky > sneaky.txt",
+        backend="command",
+        role="explorer",
+        placement="cluster",
+    )
+    ended = await client.wait_for_agent(agent["id"], timeout=120)
+    log = await log_of(client, agent["id"])
+    assert ("stdout", "def add(a, b):") in log, log
+    assert ended["state"] == "failed", "its write was refused"
+    assert ended["branch"] is None and ended["worktree"] is None
+    assert not (repo / "sneaky.txt").exists()
+    assert not list(cluster.node_dir.rglob("sneaky.txt")), "nor on the node"
