@@ -62,6 +62,41 @@ class ServerNotReady(JsonRpcException):
     MESSAGE = "Forkyard is not initialized yet: send initialize first"
 
 
+#: The answers that are the person's doing, not the server's (a bad field or unknown id,
+#: a wrong state, a request before initialize): `errors.py`'s table.
+USER_ERROR_CODES = frozenset({-32602, -32803, -32002})
+
+
+def is_user_error(exc: BaseException | None) -> bool:
+    if isinstance(exc, ForkyardError):
+        return exc.code in USER_ERROR_CODES
+    return isinstance(exc, JsonRpcException) and exc.code in USER_ERROR_CODES
+
+
+class UserErrorLogFilter(logging.Filter):
+    """pygls logs every failed request with its traceback (the editor's Output channel
+    shows it): a user error (dispatching to a backend that is not installed, applying a
+    running agent) is one line there; a real bug keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not is_user_error(exc):
+            return True
+        code = getattr(exc, "code", "")
+        record.msg = "answered a user error (%s): %s"
+        text = redact(str(exc), secret_values(current_environ()))
+        record.args = (code, one_line(text, MAX_ERROR_MESSAGE_CHARS))
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_USER_ERRORS = UserErrorLogFilter()
+#: The pygls logger that reports failed requests (`pygls/protocol/json_rpc.py`).
+PYGLS_RPC_LOGGER = "pygls.protocol.json_rpc"
+logging.getLogger(PYGLS_RPC_LOGGER).addFilter(_USER_ERRORS)
+
 #: Error answers carry at most this much text, and `data` only when it is small.
 MAX_ERROR_MESSAGE_CHARS = 400
 MAX_ERROR_DATA_CHARS = 4000
@@ -156,6 +191,8 @@ class ForkyardServer(LanguageServer):
     def report_server_error(self, error: Exception, source: Any) -> None:
         """pygls's out-of-band errors (a failed notification handler): one short line,
         never the input they may quote."""
+        if source is FeatureRequestError and is_user_error(error):
+            return  # answered, and logged in one line by UserErrorLogFilter
         secrets = secret_values(current_environ())
         logger.error("server error: %s", one_line(redact(str(error), secrets), 2000))
         if source is FeatureRequestError:
