@@ -15,6 +15,10 @@ from forkyard.lsp.server import PYGLS_RPC_LOGGER
 pytestmark = pytest.mark.timeout(10)
 
 
+def _fail(exc: Exception) -> None:
+    raise exc
+
+
 def logged(exc: Exception) -> str:
     """What pygls's request logger writes for a request that raised `exc`."""
     out = io.StringIO()
@@ -23,7 +27,7 @@ def logged(exc: Exception) -> str:
     logger.addHandler(handler)
     try:
         try:
-            raise exc
+            _fail(exc)
         except Exception:
             logger.exception('Exception occurred for message "%s"', 7)
     finally:
