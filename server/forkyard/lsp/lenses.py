@@ -5,12 +5,16 @@ A lens is drawn where the change is, without the cursor having to be there first
 quick fix needs a lightbulb the person must find), and VS Code and Neovim show lenses
 out of the box. `Show diff` and `Discard` come once per agent and file, over its first
 hunk. Listing is cheap, like code actions: lenses carry `data` and get their
-command in `codeLens/resolve`. When agents reach `done` or leave it, clients that support
-it are asked to refresh (`workspace/codeLens/refresh`).
+command in `codeLens/resolve`. A file's answer is built as plain JSON once per text and
+agents' versions and sent as it is (`EncodedResult`): a client asks again on every scroll
+and focus, and unstructuring a thousand lsprotocol objects each time cost tens of ms.
+When agents reach `done` or leave it, clients that support it are asked to refresh
+(`workspace/codeLens/refresh`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import partial
 from typing import Any
@@ -21,11 +25,13 @@ from pygls.exceptions import JsonRpcInvalidParams
 
 from forkyard.errors import ForkyardError
 from forkyard.lsp.review import Review
-from forkyard.lsp.server import ForkyardServer
+from forkyard.lsp.server import EncodedResult, ForkyardServer
 from forkyard.workspace.hunks import marked_lines, split_lines
 from forkyard_protocol.daemon import AgentChanged, Event
 
 logger = logging.getLogger(__name__)
+
+NO_LENSES = EncodedResult("[]")
 
 #: What each lens of a hunk does, in the order they are drawn.
 LENS_KINDS = ("apply", "diff", "discard")
@@ -63,26 +69,26 @@ class Lenses:
     def __init__(self, server: ForkyardServer, review: Review) -> None:
         self.server = server
         self.review = review
-        #: path -> (the agents' versions, the text, its lenses): a client asks again on
-        #: every scroll and focus; the answer changes only with the text or the agents.
-        self._cache: dict[str, tuple[tuple[tuple[str, str], ...], str, list[types.CodeLens]]] = {}
+        #: path -> (the agents' versions, the text, its lenses as JSON): the answer
+        #: changes only with the text or the agents.
+        self._cache: dict[str, tuple[tuple[tuple[str, str], ...], str, EncodedResult]] = {}
 
-    async def lenses(self, uri: str) -> list[types.CodeLens]:
+    async def lenses(self, uri: str) -> EncodedResult:
         path = self.review.path_of(uri)
         if path is None or self.server.front is None:
-            return []
+            return NO_LENSES
         pairs = self.review.service.for_path(path)
         if not pairs:
-            return []
+            return NO_LENSES
         text = await self.review.current_text(path)
         if text is None:
-            return []
+            return NO_LENSES
         key = tuple((review.agent.id, review.agent.updated_at) for review, _ in pairs)
         cached = self._cache.get(path)
         if cached is not None and cached[0] == key and cached[1] == text:
             return cached[2]
         total = len(split_lines(text))
-        found: list[types.CodeLens] = []
+        found: list[dict[str, Any]] = []
         for review, file in pairs:
             agent = review.agent
             first = True
@@ -91,10 +97,8 @@ class Lenses:
                     continue
                 lines = marked_lines(hunk, total)
                 line = lines.start if lines else 0
-                where = types.Range(
-                    start=types.Position(line=line, character=0),
-                    end=types.Position(line=line, character=0),
-                )
+                at = {"line": line, "character": 0}
+                where = {"start": at, "end": at}
                 # The agent's own lenses once per file, over its first hunk: a lens
                 # row per hunk stays short, and the file does not fill with repeats.
                 for kind in LENS_KINDS if first else ("apply",):
@@ -105,10 +109,11 @@ class Lenses:
                         "path": path,
                         "hunkId": hunk.hunk_id,
                     }
-                    found.append(types.CodeLens(range=where, data=data))
+                    found.append({"range": where, "data": data})
                 first = False
-        self._cache[path] = (key, text, found)
-        return found
+        encoded = EncodedResult(json.dumps(found, separators=(",", ":")))
+        self._cache[path] = (key, text, encoded)
+        return encoded
 
     async def consume(self, events: MemoryObjectReceiveStream[Event]) -> None:
         """Lenses move when an agent reaches `done` or leaves it: ask for a refresh,
@@ -144,7 +149,7 @@ class Lenses:
 
 def register(server: ForkyardServer, lenses: Lenses) -> None:
     @server.feature(types.TEXT_DOCUMENT_CODE_LENS, types.CodeLensOptions(resolve_provider=True))
-    async def code_lens(ls: ForkyardServer, params: types.CodeLensParams) -> list[types.CodeLens]:
+    async def code_lens(ls: ForkyardServer, params: types.CodeLensParams) -> EncodedResult:
         return await lenses.lenses(params.text_document.uri)
 
     @server.feature(types.CODE_LENS_RESOLVE)

@@ -4,6 +4,9 @@ background task (agents, progress, flushers) has an owner."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -102,6 +105,16 @@ MAX_ERROR_MESSAGE_CHARS = 400
 MAX_ERROR_DATA_CHARS = 4000
 
 
+class EncodedResult:
+    """A request's result already encoded as JSON (a file's code lenses, cached): sent as
+    it is, without pygls unstructuring and encoding a thousand objects again."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, json_text: str) -> None:
+        self.json = json_text
+
+
 class ForkyardProtocol(LanguageServerProtocol):
     """Adds `experimental.forkyard` to the initialize result (pygls has no hook for it),
     and stays quiet once the connection is gone (cleanup still reports agents)."""
@@ -117,6 +130,12 @@ class ForkyardProtocol(LanguageServerProtocol):
         self, msg_id: Any, result: Any | None = None, error: types.ResponseError | None = None
     ) -> None:
         """Every error answer is short: an exception's text may quote the whole input."""
+        if error is None and isinstance(result, EncodedResult):
+            self._result_types.pop(msg_id, None)
+            self._send_encoded(
+                f'{{"id": {json.dumps(msg_id)}, "jsonrpc": "2.0", "result": {result.json}}}'
+            )
+            return
         if error is not None:
             message = error.message
             if len(message) > MAX_ERROR_MESSAGE_CHARS:
@@ -126,6 +145,20 @@ class ForkyardProtocol(LanguageServerProtocol):
                 data = None
             error = types.ResponseError(code=error.code, message=message, data=data)
         super()._send_response(msg_id, result, error)
+
+    def _send_encoded(self, body: str) -> None:
+        """What pygls's `_send_data` writes, for a body that is JSON already."""
+        if self._server.connection_closed or self.writer is None:
+            return
+        if self._include_headers:
+            header = (
+                f"Content-Length: {len(body.encode(self.CHARSET))}\r\n"
+                f"Content-Type: {self.CONTENT_TYPE}; charset={self.CHARSET}\r\n\r\n"
+            )
+            body = header + body
+        written = self.writer.write(body.encode(self.CHARSET))
+        if inspect.isawaitable(written):
+            asyncio.ensure_future(written)  # noqa: RUF006 (as pygls's _send_data does)
 
     def send_error(self, msg_id: int | str | None, code: int, message: str) -> None:
         """An error answer to a message pygls never saw (unreadable, refused)."""
