@@ -57,8 +57,17 @@ export function agentDescription(
 ): string {
   const usage = usageText(agent.usage);
   const overlaps = overlapsText(agent, numberOf);
-  const state = stateDescription(agent) + (overlaps ? ` · ${overlaps}` : "");
+  const where = placementText(agent);
+  const state = stateDescription(agent) + (overlaps ? ` · ${overlaps}` : "") + (where ? ` · ${where}` : "");
   return usage ? `${state} · ${usage.short}` : state;
+}
+
+/** Where a cluster agent runs: "on NODE", "on the cluster" before a node took it; ""
+ * for a local agent (most agents: nothing to say). */
+export function placementText(agent: Agent): string {
+  const placement = agent.placement;
+  if (placement?.kind !== "cluster") return "";
+  return placement.node ? `on ${placement.node}` : "on the cluster";
 }
 
 /** "overlaps #3, #5": other done agents changing the same lines (or lines next to
@@ -207,6 +216,8 @@ export function agentTooltip(agent: Agent): string {
     `Task: ${escapeMarkdown(agent.task)}`,
     `Role: ${agent.role} · backend: ${agent.backend}`,
   ];
+  const where = placementText(agent);
+  if (where) lines.push(`Runs ${escapeMarkdown(where)}`);
   if (agent.branch) lines.push(`Branch: \`${agent.branch}\``);
   if (agent.state === "done" || agent.state === "applied") lines.push(`Changes: ${changesText(agent)}`);
   const usage = usageText(agent.usage);

@@ -4,6 +4,8 @@ import {
   agentActions,
   agentContextValue,
   agentDescription,
+  agentTooltip,
+  placementText,
   agentIcon,
   doneNotice,
   fileContextValue,
@@ -137,4 +139,14 @@ test("a done notice is known by its kind and agent id, whatever its text; other 
     actions: [],
   } as const;
   assert.equal(doneNotice({ ...failed, actions: [] }), undefined, "the text saying 'done' does not matter");
+});
+
+test("a cluster agent says where it runs, in its description and tooltip; a local one says nothing", () => {
+  const onNode = agent({ state: "running", progress: { message: "step 3" }, placement: { kind: "cluster", node: "gpu-2" } });
+  assert.equal(agentDescription(onNode), "step 3 · on gpu-2");
+  assert.match(agentTooltip(onNode), /Runs on gpu-2/);
+  assert.equal(placementText(agent({ state: "queued", placement: { kind: "cluster", node: null } })), "on the cluster");
+  const local = agent({ state: "running", placement: { kind: "local", node: null } });
+  assert.equal(agentDescription(local), "running");
+  assert.doesNotMatch(agentTooltip(local), /Runs on/);
 });
