@@ -59,7 +59,7 @@ async def bring_home(
         await git.run("reset", "--hard", "--quiet", commit)
     else:
         path = o.worktrees_dir / agent.branch.removeprefix("forkyard/")
-        report = await o.pool.make_worktree(
+        report = await o.pool.make_agent_worktree(
             path, branch=agent.branch, commit=commit, sparse_paths=runtime.sparse_paths or ()
         )
         await o._update(runtime, worktree=str(path))
