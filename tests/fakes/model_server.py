@@ -34,6 +34,7 @@ from typing import Any, Literal, Self
 import anyio.to_thread
 
 from forkyard.models.config import ModelConfig
+from forkyard.orchestrator.titles import TITLE_SYSTEM
 from tests.fakes import wire
 
 #: How long the server waits for something a test must trigger before giving up.
@@ -157,6 +158,11 @@ class FakeModelServer:
         """`default`: a template served (as a fresh copy) when the script is empty;
         None answers an empty script with HTTP 500 saying so."""
         self.default = default
+        #: The answer to Forkyard's agent-title requests (orchestrator/titles.py), which
+        #: never take a scripted reply nor count in `requests`; None refuses them (400),
+        #: so agents keep the title from their task.
+        self.title: str | None = None
+        self.title_requests: list[RecordedRequest] = []
         self._replies: deque[Reply] = deque()
         self._requests: list[RecordedRequest] = []
         self._usage: list[wire.ReportedUsage] = []
@@ -296,6 +302,13 @@ class FakeModelServer:
     # -- used by the handler threads ---------------------------------------------------
 
     def _record(self, request: RecordedRequest) -> Reply | None:
+        if TITLE_SYSTEM in request.text:
+            with self._lock:
+                self.title_requests.append(request)
+                self._lock.notify_all()
+            if self.title is None:
+                return Reply(status=400, error_message="fake model server: no title scripted")
+            return Reply(text=self.title)
         with self._lock:
             self._requests.append(request)
             if self._replies:

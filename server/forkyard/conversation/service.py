@@ -25,6 +25,7 @@ from forkyard.models import ChatMessage, Completion, ModelError, TextDelta
 from forkyard.models.loading import load_sdks
 from forkyard.models.pricing import add_usage, metered
 from forkyard.orchestrator.orchestrator import Orchestrator
+from forkyard.orchestrator.titles import retitle_with_model, wants_model_title
 from forkyard.store import Store
 from forkyard_protocol.daemon import AgentChanged, ChatDelta, ChatTurn
 from forkyard_protocol.daemon import ChatMessage as ChatMessageEvent
@@ -92,6 +93,10 @@ class Conversation:
             try:
                 async with receive:
                     async for event in receive:
+                        if isinstance(event, AgentChanged) and event.previous_state is None:
+                            task_group.start_soon(
+                                self._model_title, event.agent, name="an agent's model title"
+                            )
                         if (
                             isinstance(event, AgentChanged)
                             and event.agent.state != event.previous_state
@@ -102,6 +107,16 @@ class Conversation:
                 self.bus.close_subscription(send)
 
         task_group.start_soon(append_events, name="agent events to threads")
+
+    async def _model_title(self, agent: Agent) -> None:
+        """A new agent's short title from the chat model, when one is configured: asked
+        in the background once the dispatch has answered, so it never delays it."""
+        if not wants_model_title(agent):
+            return
+        await load_sdks()
+        handle = self._model()
+        if handle is not None:
+            await retitle_with_model(self.orchestrator, agent, handle.model)
 
     async def _append_agent_event(self, agent: Agent) -> None:
         thread_id = agent.thread_id or self._last_thread_id

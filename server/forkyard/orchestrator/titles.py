@@ -6,8 +6,22 @@ mostly quoting (`sed -i 's/^\\(\\s*\\)x…`)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
+from typing import TYPE_CHECKING
+
+import anyio
+
+from forkyard.errors import ForkyardError
+from forkyard.models.types import ChatMessage, ChatModel, complete
+from forkyard.supervisor import one_line
+from forkyard_protocol.models import Agent
+
+if TYPE_CHECKING:
+    from forkyard.orchestrator.orchestrator import Orchestrator
+
+logger = logging.getLogger(__name__)
 
 MAX_TITLE_CHARS = 60
 _SED_REPLACE = re.compile(r"^s(.)(?P<old>(?:\\.|(?!\1).)*)\1(?P<new>(?:\\.|(?!\1).)*)\1[gip0-9]*$")
@@ -72,3 +86,68 @@ def cut_at_word(text: str, limit: int) -> str:
     if space >= limit // 2:
         head = head[:space]
     return head.rstrip(" ,;:|") + "…"
+
+
+# --- model-made titles ----------------------------------------------------------------
+
+#: The system prompt of the title request; also how the fake model server tells it apart.
+TITLE_SYSTEM = (
+    "You name a coding agent's task for a list of agents. Answer with the title only: "
+    "at most 6 words, no quotes, no final period."
+)
+#: A title that takes longer is not worth waiting for: the task's own title stays.
+MODEL_TITLE_SECONDS = 30.0
+MAX_TASK_CHARS_ASKED = 4000
+
+
+def wants_model_title(agent: Agent) -> bool:
+    """A model may name an agent whose title the dispatch did not choose and that is not
+    a command (a command's title is its own words)."""
+    return agent.backend != "command" and agent.title == title_from_task(agent.task, agent.backend)
+
+
+def clean_title(text: str) -> str | None:
+    """The model's answer as a title: its first line, without quotes, markdown or a final
+    period, cut at a word; None when nothing is left."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    title = lines[0].strip().strip("\"'`*#").removeprefix("Title:").strip()
+    title = title.strip("\"'`*").rstrip(".").strip()
+    return cut_at_word(title, MAX_TITLE_CHARS) if title else None
+
+
+async def model_title(model: ChatModel, task: str) -> str | None:
+    """A short title for `task` from the chat model, or None (no answer in time, an
+    error): the title from the task then stays. Model calls are async I/O: the event
+    loop is never blocked, and the caller runs this in the background."""
+    with anyio.move_on_after(MODEL_TITLE_SECONDS):
+        try:
+            completion = await complete(
+                model, [ChatMessage.user(task[:MAX_TASK_CHARS_ASKED])], system=TITLE_SYSTEM
+            )
+        except Exception as exc:  # any failure of the model: keep the task's title
+            logger.info("no model title: %s", one_line(str(exc), 200))
+            return None
+        return clean_title(completion.text)
+    logger.info("no model title within %s s", MODEL_TITLE_SECONDS)
+    return None
+
+
+async def retitle_with_model(orchestrator: Orchestrator, agent: Agent, model: ChatModel) -> None:
+    """Ask for a title after the dispatch answered, then set it: the agent's new title
+    reaches editors as `forkyard/agent/changed`. The agent's branch keeps its name."""
+    if not wants_model_title(agent):
+        return
+    title = await model_title(model, agent.task)
+    if title is None:
+        return
+    try:
+        runtime = orchestrator.resolve(agent.id)
+    except ForkyardError:
+        return  # gone meanwhile
+    if runtime.agent.title != agent.title:
+        return  # renamed meanwhile: that title wins
+    if title != agent.title:
+        # The orchestrator's one way to change an agent (saved, then announced).
+        await orchestrator._update(runtime, title=title)
