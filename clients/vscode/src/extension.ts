@@ -108,7 +108,7 @@ export function activate(context: vscode.ExtensionContext): void {
     status.accessibilityInformation = { label: tooltip };
     status.command = untrusted ? "forkyard.trustRepository" : "forkyard.showAgents";
     treeView.badge = (() => {
-      const review = store.all().filter((a) => a.state === "done").length;
+      const review = store.all().filter((a) => a.state === "done" && !tree.reviewed(a)).length;
       return review > 0 ? { value: review, tooltip: `${review} agent(s) to review` } : undefined;
     })();
     status.show();

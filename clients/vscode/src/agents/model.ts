@@ -3,7 +3,7 @@
 // actions offered are unit-tested.
 import type { Agent, AgentState, FileChange, NoticeNotification, Usage } from "../protocol";
 
-export type GroupId = "running" | "queued" | "review" | "attention" | "finished";
+export type GroupId = "running" | "queued" | "review" | "reviewed" | "attention" | "finished";
 
 export interface GroupSpec {
   id: GroupId;
@@ -17,6 +17,9 @@ export const GROUPS: readonly GroupSpec[] = [
   { id: "running", label: "Running", icon: "sync", states: ["starting", "running"] },
   { id: "queued", label: "Queued", icon: "clock", states: ["queued"] },
   { id: "review", label: "To review", icon: "diff", states: ["done"] },
+  // Done agents whose every hunk was kept or undone: nothing left to review (the server
+  // still has them done, so Apply and Discard stay on their menus).
+  { id: "reviewed", label: "Reviewed", icon: "check", states: [] },
   { id: "attention", label: "Failed or interrupted", icon: "warning", states: ["failed", "interrupted"] },
   { id: "finished", label: "Finished", icon: "archive", states: ["applied", "discarded", "cancelled"] },
 ];
@@ -26,16 +29,33 @@ export interface AgentGroup {
   agents: Agent[];
 }
 
+/** Whether a done agent has nothing left to review. */
+export type Reviewed = (agent: Agent) => boolean;
+
 /** Non-empty groups, newest agent first inside each. */
-export function groupAgents(agents: Iterable<Agent>): AgentGroup[] {
+export function groupAgents(agents: Iterable<Agent>, reviewed: Reviewed = () => false): AgentGroup[] {
   const all = [...agents].sort((a, b) => b.number - a.number);
-  return GROUPS.map((spec) => ({ spec, agents: all.filter((a) => spec.states.includes(a.state)) })).filter(
+  return GROUPS.map((spec) => ({ spec, agents: all.filter((a) => groupOf(a, reviewed).id === spec.id) })).filter(
     (group) => group.agents.length > 0,
   );
 }
 
-export function groupOf(agent: Agent): GroupSpec {
+export function groupOf(agent: Agent, reviewed: Reviewed = () => false): GroupSpec {
+  if (agent.state === "done" && reviewed(agent)) return GROUPS.find((g) => g.id === "reviewed") as GroupSpec;
   return GROUPS.find((g) => g.states.includes(agent.state)) ?? GROUPS[GROUPS.length - 1];
+}
+
+/** An agent's files with nothing left in them (every hunk kept or undone): it moves out
+ * of "To review". An agent with no files (an explorer: its summary is the review) never
+ * does. */
+export function nothingLeft(files: readonly FileChange[], left: (change: FileChange) => { additions: number; deletions: number }): boolean {
+  return (
+    files.length > 0 &&
+    files.every((change) => {
+      const counts = left(change);
+      return counts.additions + counts.deletions === 0;
+    })
+  );
 }
 
 export function agentLabel(agent: Agent): string {

@@ -7,6 +7,7 @@ import type { Agent, AgentDiffResult } from "../protocol";
 export class AgentStore implements vscode.Disposable {
   private readonly agents = new Map<string, Agent>();
   private readonly diffs = new Map<string, { updatedAt: string; diff: Promise<AgentDiffResult> }>();
+  private readonly resolved = new Map<string, { updatedAt: string; diff: AgentDiffResult }>();
   private readonly changedEmitter = new vscode.EventEmitter<Agent | undefined>();
   private readonly disposables: vscode.Disposable[] = [];
   /** An agent changed (undefined: the whole list was reloaded). */
@@ -34,6 +35,7 @@ export class AgentStore implements vscode.Disposable {
       const known = new Map(this.agents);
       this.agents.clear();
       this.diffs.clear();
+      this.resolved.clear();
       for (const agent of agents) {
         const seen = known.get(agent.id);
         this.agents.set(agent.id, seen && seen.updatedAt > agent.updatedAt ? seen : agent);
@@ -55,8 +57,17 @@ export class AgentStore implements vscode.Disposable {
     if (cached && cached.updatedAt === agent.updatedAt) return cached.diff;
     const diff = this.connection.request("forkyard/agent/diff", { agentId: agent.id });
     this.diffs.set(agent.id, { updatedAt: agent.updatedAt, diff });
-    diff.catch(() => this.diffs.delete(agent.id));
+    diff.then(
+      (result) => this.resolved.set(agent.id, { updatedAt: agent.updatedAt, diff: result }),
+      () => this.diffs.delete(agent.id),
+    );
     return diff;
+  }
+
+  /** The agent's diff of its current version when it has arrived already, else undefined. */
+  knownDiff(agent: Agent): AgentDiffResult | undefined {
+    const known = this.resolved.get(agent.id);
+    return known && known.updatedAt === agent.updatedAt ? known.diff : undefined;
   }
 
   dispose(): void {

@@ -12,6 +12,7 @@ import {
   type GroupSpec,
   groupAgents,
   groupOf,
+  nothingLeft,
 } from "./model";
 import type { AgentStore } from "./store";
 
@@ -41,15 +42,36 @@ export class AgentsTreeProvider implements vscode.TreeDataProvider<AgentNode>, v
 
   getChildren(node?: AgentNode): AgentNode[] | Promise<AgentNode[]> {
     if (!node) {
-      return groupAgents(this.store.all()).map(({ spec, agents }) => ({ kind: "group", spec, count: agents.length }));
+      return groupAgents(this.store.all(), this.reviewed).map(({ spec, agents }) => ({
+        kind: "group",
+        spec,
+        count: agents.length,
+      }));
     }
     if (node.kind === "group") {
-      const group = groupAgents(this.store.all()).find((g) => g.spec.id === node.spec.id);
+      const group = groupAgents(this.store.all(), this.reviewed).find((g) => g.spec.id === node.spec.id);
       return (group?.agents ?? []).map((agent) => ({ kind: "agent", agent }));
     }
     if (node.kind === "agent") return this.files(node.agent);
     return [];
   }
+
+  /** A done agent with nothing left to review (every hunk kept or undone): it leaves
+   * "To review". Its diff of this version not there yet: fetched, and the tree redrawn
+   * once it is, if that moves the agent. */
+  readonly reviewed = (agent: Agent): boolean => {
+    const remaining = this.remaining;
+    if (agent.state !== "done" || !remaining) return false;
+    const diff = this.store.knownDiff(agent);
+    if (diff) return nothingLeft(diff.files, (change) => remaining(agent, change));
+    this.store.diff(agent).then(
+      (fetched) => {
+        if (nothingLeft(fetched.files, (change) => remaining(agent, change))) this.changedEmitter.fire(undefined);
+      },
+      () => undefined,
+    );
+    return false;
+  };
 
   private async files(agent: Agent): Promise<AgentNode[]> {
     try {
@@ -70,7 +92,7 @@ export class AgentsTreeProvider implements vscode.TreeDataProvider<AgentNode>, v
 
   getParent(node: AgentNode): AgentNode | undefined {
     if (node.kind === "agent") {
-      const spec = groupOf(node.agent);
+      const spec = groupOf(node.agent, this.reviewed);
       return { kind: "group", spec, count: 0 };
     }
     if (node.kind === "file" || node.kind === "note") return { kind: "agent", agent: node.agent };
@@ -100,7 +122,7 @@ export class AgentsTreeProvider implements vscode.TreeDataProvider<AgentNode>, v
               : vscode.TreeItemCollapsibleState.Collapsed,
         );
         // The state is part of the id so that an agent reaching `done` opens its files.
-        item.id = `agent:${agent.id}:${groupOf(agent).id}`;
+        item.id = `agent:${agent.id}:${groupOf(agent, this.reviewed).id}`;
         item.description = agentDescription(agent, (id) => this.store.get(id)?.number);
         item.tooltip = new vscode.MarkdownString(agentTooltip(agent));
         const icon = agentIcon(agent);

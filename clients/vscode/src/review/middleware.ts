@@ -57,8 +57,9 @@ export class LiveHunks implements vscode.Disposable {
           set.add(data.hunkId);
           return true;
         });
-        if (live.size > 0) this.byUri.set(uri.toString(), live);
-        else this.byUri.delete(uri.toString());
+        // Kept even when empty: the server draws nothing there any more (every hunk
+        // applied), which is not the same as not knowing.
+        this.byUri.set(uri.toString(), live);
         this.emitter.fire(uri.toString());
         next(uri, shown);
       },

@@ -85,8 +85,12 @@ test("in the diff, one hunk is kept and another undone from the per-hunk control
   await modified.locator(".view-lines", { hasText: "a - b" }).waitFor({ timeout: 20_000 });
   await modified.locator(".codelens-decoration a", { hasText: "Keep" }).waitFor({ state: "detached", timeout: 20_000 });
   assert.equal(fs.readFileSync(path.join(repo, "app.py"), "utf8"), APP.replace("hello world", "hello forkyard"));
-  // The tree counts what is left: nothing of app.py.
+  // The tree counts what is left: nothing of app.py; so the agent has left "To review"
+  // for "Reviewed" (it is still done: Apply and Discard stay on its menu).
   await page.locator('.monaco-list-row[aria-label="app.py: modified, +0 −0"]').waitFor({ timeout: 20_000 });
+  const group = (label: string) => page.locator(".monaco-list-row", { has: page.locator(".label-name", { hasText: new RegExp(`^${label}$`) }) });
+  await group("Reviewed").waitFor({ timeout: 20_000 });
+  await group("To review").waitFor({ state: "detached", timeout: 20_000 });
   await editor.screenshot("diff-after-keep-undo");
   await page.keyboard.press("Control+W");
 }));

@@ -5,6 +5,7 @@ import {
   agentContextValue,
   agentDescription,
   agentTooltip,
+  nothingLeft,
   placementText,
   agentIcon,
   doneNotice,
@@ -13,6 +14,7 @@ import {
   groupAgents,
   statusBarText,
 } from "../../src/agents/model";
+import type { FileChange } from "../../src/protocol";
 import { agent } from "./fixtures";
 
 test("agents are grouped by state, the groups in a fixed order, newest agent first", () => {
@@ -149,4 +151,21 @@ test("a cluster agent says where it runs, in its description and tooltip; a loca
   const local = agent({ state: "running", placement: { kind: "local", node: null } });
   assert.equal(agentDescription(local), "running");
   assert.doesNotMatch(agentTooltip(local), /Runs on/);
+});
+
+test("a done agent with every hunk kept or undone leaves To review for Reviewed", () => {
+  const a = agent({ number: 1, state: "done" });
+  const b = agent({ id: "b", number: 2, state: "done" });
+  const groups = groupAgents([a, b], (x) => x.id === a.id);
+  assert.deepEqual(
+    groups.map((g) => [g.spec.id, g.agents.map((x) => x.number)]),
+    [
+      ["review", [2]],
+      ["reviewed", [1]],
+    ],
+  );
+  const change: FileChange = { path: "a.py", uri: "file:///r/a.py", status: "modified", additions: 2, deletions: 2, hunks: [] };
+  assert.equal(nothingLeft([change], () => ({ additions: 0, deletions: 0 })), true);
+  assert.equal(nothingLeft([change], () => ({ additions: 1, deletions: 0 })), false);
+  assert.equal(nothingLeft([], () => ({ additions: 0, deletions: 0 })), false, "an explorer's summary is its review");
 });
