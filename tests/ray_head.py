@@ -81,7 +81,21 @@ def ray_head(num_cpus: int = 8) -> Iterator[RayHead]:
         yield RayHead(f"127.0.0.1:{port}", node_dir)
     finally:
         stop_ray()
+        unmount_below(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def unmount_below(folder: Path) -> None:
+    """The overlay worktrees the node mounted under `folder` (deepest first): a node keeps
+    its agents' worktrees mounted for their follow-ups."""
+    prefix = str(folder) + "/"
+    points = [
+        line.split()[1]
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+        if line.split()[1].startswith(prefix)
+    ]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 def stop_ray() -> None:

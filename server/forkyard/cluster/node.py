@@ -39,6 +39,9 @@ from forkyard.cluster.protocol import (
 )
 from forkyard.cluster.remote_context import RemoteContext
 from forkyard.workspace.git import Repository
+from forkyard.workspace.hardened import find_admin_dir
+from forkyard.workspace.overlay import choose_mode, ensure_mounted, overlay_support, remove_layer
+from forkyard.workspace.overlay_make import make_overlay_worktree
 from forkyard.workspace.runner import git_environment, run_git
 from forkyard.workspace.setup import SetupError, run_setup_command
 
@@ -139,12 +142,29 @@ class AgentHost:
                 await _fetch_bundle(repository, data, spec.start_commit)
         await _prune_stale(repository, worktree.parent, spec.settings.worktree.gc_grace_seconds)
         if await _at_commit(repository, worktree, spec):
+            await ensure_mounted(worktree)
             return Prepared(str(worktree), shipped, reused=True)
-        # Unlocked: the checkout of a big base takes a while, and each agent's is its own.
         await _drop_worktree(repository, worktree, spec.branch)
-        await repository.add_worktree(worktree, spec.branch, spec.start_commit)
+        # Unlocked: each agent's worktree is its own (an overlay's shared base checkout
+        # is made once per tree, under its own lock).
+        if await self._mode(spec) == "overlay":
+            await make_overlay_worktree(
+                repository,
+                worktree,
+                branch=spec.branch,
+                commit=spec.start_commit,
+                worktrees_dir=worktree.parent,
+                checkout_workers=spec.settings.worktree.checkout_workers,
+            )
+        else:
+            await repository.add_worktree(worktree, spec.branch, spec.start_commit)
         self._needs_setup = True
         return Prepared(str(worktree), shipped, reused=False)
+
+    async def _mode(self, spec: NodeSpec) -> str:
+        """Overlay worktrees where this node can mount them (as at home), else full."""
+        support = await overlay_support(self.root)
+        return choose_mode(spec.settings.worktree.mode, self.environ, support).mode
 
     # --- the run --------------------------------------------------------------------
 
@@ -311,16 +331,23 @@ async def _prune_stale(repository: Repository, folder: Path, grace_seconds: floa
         if not folder.is_dir():
             return []
         limit = time.time() - grace_seconds
-        return [p for p in folder.iterdir() if p.is_dir() and p.stat().st_mtime < limit]
+        return [
+            p
+            for p in folder.iterdir()
+            if not p.name.startswith(".") and p.is_dir() and p.stat().st_mtime < limit
+        ]
 
     for path in await anyio.to_thread.run_sync(stale):
-        await anyio.to_thread.run_sync(partial(shutil.rmtree, path, ignore_errors=True))
+        admin = await anyio.to_thread.run_sync(find_admin_dir, repository.common_dir, path)
+        if not await remove_layer(path, admin):
+            await anyio.to_thread.run_sync(partial(shutil.rmtree, path, ignore_errors=True))
     await run_git("worktree", "prune", cwd=repository.root, env=repository.env, check=False)
 
 
 async def _drop_worktree(repository: Repository, worktree: Path, branch: str) -> None:
-    if await anyio.Path(worktree).exists():
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(worktree, ignore_errors=True))
+    admin = await anyio.to_thread.run_sync(find_admin_dir, repository.common_dir, worktree)
+    if not await remove_layer(worktree, admin) and await anyio.Path(worktree).exists():
+        await anyio.to_thread.run_sync(partial(shutil.rmtree, worktree, ignore_errors=True))
     for args in (("worktree", "prune"), ("branch", "-D", branch)):
         await run_git(*args, cwd=repository.root, env=repository.env, check=False)
 
