@@ -6,6 +6,7 @@ import { AGENT_SCHEME, AgentFileProvider } from "./agents/files";
 import { statusBarText } from "./agents/model";
 import { AgentStore } from "./agents/store";
 import { type AgentNode, AgentsTreeProvider } from "./agents/view";
+import { placeChatOnce } from "./chat/placement";
 import { ChatViewProvider } from "./chat/view";
 import { ForkyardConnection, showError } from "./connection";
 import { NoticeCenter } from "./notices";
@@ -193,6 +194,11 @@ export function activate(context: vscode.ExtensionContext): void {
   );
 
   updateStatus();
+  // The chat in the secondary side bar by default (once: after that, where the person
+  // keeps it).
+  void placeChatOnce(context.globalState, (command, ...args) => vscode.commands.executeCommand(command, ...args)).catch(
+    () => undefined,
+  );
   // Start the server now: agents that ran before the reload show up, and the chat view
   // restores its thread as soon as it is opened.
   connection.ready().catch((error: unknown) => {

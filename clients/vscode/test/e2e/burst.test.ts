@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { test } from "node:test";
-import { ARTIFACTS, openEditor, requirements, runCommand } from "./codeServer";
+import { ARTIFACTS, CHAT_FRAME, openEditor, requirements, runCommand } from "./codeServer";
 
 const missing = requirements();
 const skip = missing.length > 0 ? `missing: ${missing.join("; ")}` : false;
@@ -27,7 +27,7 @@ test("a burst of five agents: the toasts it shows", { skip, timeout: 180_000 }, 
       }).observe(document.body, { childList: true, subtree: true, characterData: true });
     });
     await runCommand(page, "Forkyard: Show chat");
-    const chat = page.frameLocator("iframe.webview.ready").frameLocator("#active-frame");
+    const chat = page.frameLocator(CHAT_FRAME).frameLocator("#active-frame");
     const input = chat.locator("#input");
     await input.waitFor({ timeout: 20_000 });
     for (let i = 0; i < 5; i++) {

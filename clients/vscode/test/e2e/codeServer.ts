@@ -8,6 +8,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { type Browser, chromium, type FrameLocator, type Page } from "playwright-core";
 
+/** The chat webview's outer frame (other webviews, a Markdown preview, may be open too). */
+export const CHAT_FRAME = 'iframe.webview.ready[src*="extensionId=forkyard."]';
+
 /** clients/vscode: the test runs from there (npm scripts and e2e.sh cd into it). */
 export const EXTENSION_DIR = process.cwd();
 export const REPO_ROOT = path.resolve(EXTENSION_DIR, "..", "..");
@@ -233,7 +236,7 @@ export async function openEditor(
       repo,
       home,
       openedAt: startedAt,
-      chat: () => page.frameLocator("iframe.webview.ready").frameLocator("#active-frame"),
+      chat: () => page.frameLocator(CHAT_FRAME).frameLocator("#active-frame"),
       screenshot: async (name) => {
         const file = path.join(ARTIFACTS, `${name}.png`);
         await page.screenshot({ path: file });

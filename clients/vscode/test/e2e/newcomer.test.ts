@@ -40,7 +40,9 @@ test("with forkyard only on the launching shell's PATH and no setting, the serve
     // The status item appears with the extension; the server answers when it counts agents.
     await page.locator('.statusbar a.statusbar-item-label[aria-label^="Forkyard: 0 running"]').waitFor({ timeout: 60_000 });
     await runCommand(page, "Forkyard: Show agents");
-    await page.locator(".pane-header", { hasText: "Agents" }).first().waitFor();
+    // The Agents view alone in its container (the chat is in the secondary side bar), so
+    // its header is hidden, as for any single view.
+    await page.locator('.part.sidebar .pane-header[aria-label="Agents Section"]').waitFor({ state: "attached" });
     const cold = Date.now() - editor.openedAt;
     assert.equal(await page.locator(".notification-toast", { hasText: /not found|did not start/ }).count(), 0);
     assert.equal(await page.locator('.statusbar-item-label[aria-label*="not running"]').count(), 0);
@@ -66,7 +68,8 @@ test("a missing server offers a fix: the readme opens, and the setting on its ta
     await toast.getByRole("button", { name: "How to install" }).click();
     // VS Code's Markdown preview of the packaged readme, not "cannot be found".
     await page.locator(".tab", { hasText: /Preview readme\.md/i }).waitFor({ timeout: 30_000 });
-    const preview = page.frameLocator("iframe.webview.ready").frameLocator("#active-frame");
+    // The readme's preview, not the chat (also a webview, in the secondary side bar).
+    const preview = page.frameLocator('iframe.webview.ready[src*="extensionId=vscode.markdown"]').frameLocator("#active-frame");
     await preview.locator("h1", { hasText: "Forkyard for VS Code" }).waitFor({ timeout: 30_000 });
     await preview.locator("h2", { hasText: "Install" }).first().waitFor();
 
