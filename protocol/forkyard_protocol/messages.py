@@ -396,6 +396,9 @@ REQUESTS: dict[str, tuple[type[WireModel], type[WireModel]]] = {
     #: An addition: a failed, interrupted or cancelled agent's task run again as a new
     #: agent, on the same base commit (the old one stays as it is, for its log).
     "forkyard/agent/retry": (AgentRef, AgentResult),
+    #: An addition: a finished agent's overlay worktree made an ordinary full worktree
+    #: at the same path (files kept while no server runs); a full one answers at once.
+    "forkyard/agent/materialize": (AgentRef, AgentResult),
     "forkyard/server/stats": (ServerStatsParams, ServerStatsResult),
     "forkyard/status": (StatusParams, StatusResult),
 }

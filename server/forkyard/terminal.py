@@ -1,4 +1,4 @@
-"""The terminal front: `forkyard agents | dispatch | chat | log | diff | apply`, for
+"""The terminal front: `forkyard agents | dispatch | chat | log | diff | apply | agent`, for
 terminal users, scripts and CI. Each attaches to the daemon of its repository (starting
 it when none answers), like an editor does, and speaks the same protocol."""
 
@@ -40,6 +40,7 @@ from forkyard_protocol.messages import (
     AgentDispatchResult,
     AgentListResult,
     AgentReadResult,
+    AgentResult,
     ChatResult,
 )
 from forkyard_protocol.models import FINAL_STATES, Agent, FileChange
@@ -178,6 +179,8 @@ async def _run(args: argparse.Namespace) -> int:
             return 0
         if name == "apply":
             return await _apply(front, args.agent)
+        if name == "agent":
+            return await _agent(front, args.agent, materialize=args.materialize)
     return 2
 
 
@@ -191,6 +194,17 @@ async def _agents(front: TerminalFront, *, as_json: bool) -> int:
     numbers = {agent.id: agent.number for agent in agents}
     for agent in agents:
         print(agent_line(agent, numbers).replace("**", "").replace("`", ""))
+    return 0
+
+
+async def _agent(front: TerminalFront, ref: str, *, materialize: bool) -> int:
+    """`forkyard agent N --materialize`: the worktree made a full one, its path said."""
+    if not materialize:
+        print("forkyard agent: say what to do (--materialize)", file=sys.stderr)
+        return 2
+    raw = await front.link.call("forkyard/agent/materialize", {"agentId": ref})
+    agent = AgentResult.model_validate(raw).agent
+    print(f"#{agent.number} {agent.title}: full worktree at {agent.worktree}")
     return 0
 
 

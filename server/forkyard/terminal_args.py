@@ -35,6 +35,12 @@ def add_commands(commands: Any) -> None:
     log.add_argument("agent")
     log.add_argument("--follow", action="store_true", help="until the agent ends")
     command("diff", "an agent's diff").add_argument("agent")
+    agent = command("agent", "act on one agent")
+    agent.add_argument("agent")
+    agent.add_argument(
+        "--materialize", action="store_true",
+        help="make its overlay worktree an ordinary full one, at the same path",
+    )  # fmt: skip
     command("apply", "apply done agents to the files on disk (three-way), in order").add_argument(
         "agent", nargs="+", help="one or more agents; several stop at the first conflict"
     )

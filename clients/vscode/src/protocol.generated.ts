@@ -475,6 +475,7 @@ export interface ForkyardRequests {
   "forkyard/agent/dispatch": { params: AgentDispatchParams; result: AgentDispatchResult };
   "forkyard/agent/file": { params: AgentFileParams; result: AgentFileResult };
   "forkyard/agent/list": { params: Empty; result: AgentListResult };
+  "forkyard/agent/materialize": { params: AgentRef; result: AgentResult };
   "forkyard/agent/message": { params: AgentMessageParams; result: AgentResult };
   "forkyard/agent/read": { params: AgentRef; result: AgentReadResult };
   "forkyard/agent/rebase": { params: AgentRebaseParams; result: AgentRebaseResult };

@@ -17,6 +17,7 @@ from forkyard.daemon.hub import Front, Hub, Session, problem_info
 from forkyard.errors import InvalidRequest, NotReady, validated
 from forkyard.orchestrator.groups import compare as compare_agents
 from forkyard.orchestrator.groups import dispatch_group
+from forkyard.orchestrator.materialize import materialize as materialize_agent
 from forkyard.orchestrator.rebase import rebase as rebase_agent
 from forkyard.orchestrator.retry import retry as retry_agent
 from forkyard.review.service import load_review_files
@@ -165,6 +166,12 @@ async def discard(session: Session, _front: Front, params: AgentRef) -> AgentRes
 @handles("forkyard/agent/retry")
 async def retry(session: Session, _front: Front, params: AgentRef) -> AgentResult:
     return AgentResult(agent=await retry_agent(session.app.orchestrator, params.agent_id))
+
+
+@handles("forkyard/agent/materialize")
+async def materialize(session: Session, _front: Front, params: AgentRef) -> AgentResult:
+    orchestrator = session.app.orchestrator
+    return AgentResult(agent=await materialize_agent(orchestrator, params.agent_id))
 
 
 @handles("forkyard/agent/diff")

@@ -54,6 +54,7 @@ PASSED_ON = (
     "forkyard/agent/cancel",
     "forkyard/agent/discard",
     "forkyard/agent/retry",
+    "forkyard/agent/materialize",
     "forkyard/agent/diff",
     "forkyard/agent/file",
     "forkyard/chat/interrupt",
