@@ -27,8 +27,18 @@ if TYPE_CHECKING:
 #: States in which the agent (or its setup) may be writing its worktree.
 BUSY = ("queued", "starting", "running")
 
-#: Agents being materialized now (by id): a second ask waits for nothing, it is refused.
+#: Agents being materialized now (by id): a follow-up or a second ask is refused.
 _BUSY_IDS: set[str] = set()
+
+
+def refuse_while_materializing(agent: Agent) -> None:
+    """WrongState while the agent's worktree is being materialized: a follow-up started
+    then would run in a worktree being unmounted and checked out again."""
+    if agent.id in _BUSY_IDS:
+        raise WrongState(
+            f"agentId: agent #{agent.number}'s worktree is being materialized; "
+            "send the follow-up again in a moment"
+        )
 
 
 async def materialize(orchestrator: Orchestrator, ref: str) -> Agent:
@@ -36,7 +46,8 @@ async def materialize(orchestrator: Orchestrator, ref: str) -> Agent:
     while it is queued, starting or running, or when it has no worktree."""
     runtime = orchestrator.resolve(ref)
     agent = runtime.agent
-    if agent.state in BUSY or agent.id in _BUSY_IDS:
+    refuse_while_materializing(agent)
+    if agent.state in BUSY:
         raise WrongState(
             f"agentId: agent #{agent.number} is {agent.state}; cancel it or wait for it to "
             "end before materializing its worktree"

@@ -25,6 +25,7 @@ from forkyard.models.pricing import add_usage
 from forkyard.orchestrator.events import Reporter
 from forkyard.orchestrator.failures import keep_running
 from forkyard.orchestrator.ledger import UsageLedger
+from forkyard.orchestrator.materialize import refuse_while_materializing
 from forkyard.orchestrator.numbering import base_commit, free_agent_number
 from forkyard.orchestrator.overlaps import OverlapTracker
 from forkyard.orchestrator.runner import FINISH_TIMEOUT_SECONDS, AgentRunner
@@ -288,6 +289,7 @@ class Orchestrator:
             return agent.model_copy(deep=True)
         if agent.state in ("applied", "discarded"):
             raise WrongState(f"agent #{agent.number} was {agent.state}; dispatch a new one")
+        refuse_while_materializing(agent)
         if agent.worktree and not await is_dir(agent.worktree):
             raise InvalidRequest(f"agent #{agent.number}'s worktree is gone: {agent.worktree}")
         runtime.rerun = text
