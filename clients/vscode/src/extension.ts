@@ -125,6 +125,9 @@ export function activate(context: vscode.ExtensionContext): void {
     status,
     trust,
     store.onDidChange(updateStatus),
+    // The badge counts agents left to review: keeping or undoing hunks moves it too.
+    live.onDidChange(updateStatus),
+    decisions.onDidChange(updateStatus),
     trust.onDidChange(updateStatus),
     vscode.workspace.registerTextDocumentContentProvider(
       AGENT_SCHEME,

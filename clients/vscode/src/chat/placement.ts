@@ -2,7 +2,7 @@
 // the Agents view. code-server 4.100 (VS Code 1.100) has no contribution point for it:
 // `viewsContainers` takes only `activitybar` and `panel`. So on the first run the chat view
 // is moved once into the secondary side bar's own Chat container (`vscode.moveViews`, the
-// command behind dragging a view); the extension remembers it did, so a person who moves
+// command behind dragging a view), which then opens there; the extension remembers it did, so a person who moves
 // it back keeps it where they put it. No `vscode` import: unit-tested.
 
 /** The globalState key that says the chat was placed once already. */
@@ -27,6 +27,10 @@ export async function placeChatOnce(
   } catch {
     return false; // an editor without the command: the chat stays in the Forkyard container
   }
+  // Moving opens the secondary side bar with the chat focused: close it again, so that
+  // starting changes nothing on screen nor takes the keyboard from the person; the chat
+  // opens there when they show it.
+  await Promise.resolve(execute("workbench.action.closeAuxiliaryBar")).catch(() => undefined);
   await state.update(CHAT_PLACED_KEY, true);
   return true;
 }

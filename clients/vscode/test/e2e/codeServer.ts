@@ -158,6 +158,9 @@ export async function openEditor(
     "extensions.autoUpdate": false,
     "git.openRepositoryInParentFolders": "never",
     "chat.disableAIFeatures": true,
+    // With the chat in the secondary side bar the editor is narrower than the diff
+    // editor's breakpoint: keep diffs side by side, as the tests read both sides.
+    "diffEditor.useInlineViewWhenSpaceIsLimited": false,
     // Fewer things that move under the mouse.
     "editor.stickyScroll.enabled": false,
     "workbench.reduceMotion": "on",

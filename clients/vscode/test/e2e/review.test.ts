@@ -64,6 +64,8 @@ test("in the diff, one hunk is kept and another undone from the per-hunk control
   await page.locator('.statusbar a.statusbar-item-label[aria-label^="Forkyard: 0 running"]').waitFor({ timeout: 60_000 });
   await runInWorktree(TWO_HUNKS);
   await agentRow(1, "done").waitFor({ timeout: 60_000 });
+  // The Agents view's badge counts it (1 agent(s) to review).
+  await page.locator('.activitybar [aria-label*="to review"]').first().waitFor({ state: "attached", timeout: 20_000 });
   const file = page.locator('.monaco-list-row[aria-label="app.py: modified, +2 −2"]');
   await file.click();
   const diff = page.locator(".monaco-diff-editor");
@@ -91,6 +93,8 @@ test("in the diff, one hunk is kept and another undone from the per-hunk control
   const group = (label: string) => page.locator(".monaco-list-row", { has: page.locator(".label-name", { hasText: new RegExp(`^${label}$`) }) });
   await group("Reviewed").waitFor({ timeout: 20_000 });
   await group("To review").waitFor({ state: "detached", timeout: 20_000 });
+  // Nor does the view's badge count it.
+  await page.locator('.activitybar [aria-label*="to review"]').waitFor({ state: "detached", timeout: 20_000 });
   await editor.screenshot("diff-after-keep-undo");
   await page.keyboard.press("Control+W");
 }));

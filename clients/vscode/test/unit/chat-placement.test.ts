@@ -16,10 +16,13 @@ test("the chat is moved to the secondary side bar once, then left where the pers
   const calls: unknown[][] = [];
   const execute = async (...args: unknown[]) => void calls.push(args);
   assert.equal(await placeChatOnce(state, execute), true);
-  assert.deepEqual(calls, [["vscode.moveViews", { viewIds: ["forkyard.chat"], destinationId: "workbench.panel.chat" }]]);
+  assert.deepEqual(calls, [
+    ["vscode.moveViews", { viewIds: ["forkyard.chat"], destinationId: "workbench.panel.chat" }],
+    ["workbench.action.closeAuxiliaryBar"],
+  ]);
   assert.equal(state.values.get(CHAT_PLACED_KEY), true);
   assert.equal(await placeChatOnce(state, execute), false);
-  assert.equal(calls.length, 1, "not moved again");
+  assert.equal(calls.length, 2, "not moved again");
 });
 
 test("an editor without the command keeps the chat where it is, and is asked again next time", async () => {
