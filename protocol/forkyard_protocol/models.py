@@ -93,7 +93,7 @@ class CheckResult(WireModel):
 
 
 class AgentPlacement(WireModel):
-    """"Cluster" in docs/protocol.md: where the agent runs; `node` is the Ray node's
+    """Where the agent runs ("Cluster" in docs/protocol.md); `node` is the Ray node's
     address once it is placed there, None while it waits or when it runs locally."""
 
     kind: Literal["local", "cluster"] = "local"

@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import forkyard
 
@@ -67,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     daemon.add_argument("--json", action="store_true", help="status: one JSON object")
     daemon.add_argument("--now", action="store_true", help="stop: interrupt running agents")
     daemon.add_argument("--log-level", default="INFO")
-    cluster = commands.add_parser("cluster", help="the Ray cluster agents may be placed on")
-    cluster.add_argument("action", choices=["check"], help="check: is it usable, and why not")
-    cluster.add_argument("--json", action="store_true", help="one JSON object")
-    cluster.add_argument("--address", help="default: the configured [cluster] address")
-    cluster.add_argument("--repo", type=Path, default=Path("."), help="whose settings")
+    _add_cluster_command(commands)
     from forkyard.terminal_args import add_commands
 
     add_commands(commands)
@@ -86,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_command(args)
     if args.command == "cluster":
-        import anyio
-
-        return anyio.run(_cluster_check, args)
+        return _run_cluster(args)
     if args.command == "demo":
         from forkyard.demo import run_demo
 
@@ -162,6 +156,20 @@ def _schema(output: Path, *, check: bool) -> int:
     output.write_text(text)
     print(f"wrote {output}")
     return 0
+
+
+def _add_cluster_command(commands: Any) -> None:
+    cluster = commands.add_parser("cluster", help="the Ray cluster agents may be placed on")
+    cluster.add_argument("action", choices=["check"], help="check: is it usable, and why not")
+    cluster.add_argument("--json", action="store_true", help="one JSON object")
+    cluster.add_argument("--address", help="default: the configured [cluster] address")
+    cluster.add_argument("--repo", type=Path, default=Path("."), help="whose settings")
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    import anyio
+
+    return anyio.run(_cluster_check, args)
 
 
 async def _cluster_check(args: argparse.Namespace) -> int:

@@ -120,7 +120,7 @@ export interface Overlap {
   paths?: string[];
 }
 /**
- * "Cluster" in docs/protocol.md: where the agent runs; `node` is the Ray node's
+ * Where the agent runs ("Cluster" in docs/protocol.md); `node` is the Ray node's
  * address once it is placed there, None while it waits or when it runs locally.
  */
 export interface AgentPlacement {

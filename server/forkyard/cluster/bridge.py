@@ -310,6 +310,11 @@ def read_frame() -> dict[str, Any] | None:
 
 
 def _first_line(exc: BaseException) -> str:
+    """What went wrong, in a line: for an error raised on a node, the node's own
+    exception (Ray's wrapper's first line only names the task)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:300]
 

@@ -145,17 +145,19 @@ class AgentHost:
             await ensure_mounted(worktree)
             return Prepared(str(worktree), shipped, reused=True)
         await _drop_worktree(repository, worktree, spec.branch)
-        # Unlocked: each agent's worktree is its own (an overlay's shared base checkout
-        # is made once per tree, under its own lock).
+        # A full worktree is each agent's own checkout: made unlocked, side by side.
         if await self._mode(spec) == "overlay":
-            await make_overlay_worktree(
-                repository,
-                worktree,
-                branch=spec.branch,
-                commit=spec.start_commit,
-                worktrees_dir=worktree.parent,
-                checkout_workers=spec.settings.worktree.checkout_workers,
-            )
+            # Locked across the node's workers: the base checkout shared by agents on one
+            # tree is made once, by the first; the others' overlays take milliseconds.
+            async with _ThreadLock(lock):
+                await make_overlay_worktree(
+                    repository,
+                    worktree,
+                    branch=spec.branch,
+                    commit=spec.start_commit,
+                    worktrees_dir=worktree.parent,
+                    checkout_workers=spec.settings.worktree.checkout_workers,
+                )
         else:
             await repository.add_worktree(worktree, spec.branch, spec.start_commit)
         self._needs_setup = True
