@@ -258,8 +258,9 @@ test("Dispatch agent… asks for the backend, the role and the task, and the age
   const done = page.locator('.monaco-list-row[aria-label^="agent 4,"][aria-label$=", done"]');
   await done.waitFor({ timeout: 30_000 });
   assert.match(model.requests[model.requests.length - 1], /Describe the sample/);
-  // Its events go to the latest thread, the summary with them.
-  const event = editor.chat().locator(".message-event", { hasText: "agent #4" }).filter({ hasText: "greet and add" });
+  // Its events go to the latest thread, the summary with them (the fake model, asked for
+  // the agent's title too, answers it with the same words: the newest line is the summary).
+  const event = editor.chat().locator(".message-event", { hasText: "agent #4" }).filter({ hasText: "greet and add" }).last();
   await event.waitFor({ timeout: 10_000 });
   await editor.screenshot("dispatched");
 }));
