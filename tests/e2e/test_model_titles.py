@@ -66,3 +66,19 @@ def test_a_model_answer_is_cleaned_into_a_title() -> None:
     assert clean_title("Title: **Fix the flaky test.**\nBecause ...") == "Fix the flaky test"
     assert clean_title("  \n") is None
     assert len(clean_title("word " * 40) or "") <= 60
+
+
+async def test_a_reached_budget_means_no_title_request(
+    start_server: StartServer, tmp_path: Path, fake_model_server: FakeModelServer
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"parser.py": "x = 1\n"})
+    fake_model_server.title = "Parser errors"
+    options = model_options(fake_model_server)
+    options["models"]["default"]["price"] = {"inputPerMtok": 1000.0, "outputPerMtok": 1000.0}
+    options["budget"] = {"dailyUsd": 0.0}
+    client = await start_server(repo, initialization_options=options)
+    agent = await client.dispatch(TASK, role="explorer")
+    ended = await client.wait_for_agent(agent["id"])
+    assert ended["state"] == "failed" and ended["error"].startswith("budget reached"), ended
+    assert fake_model_server.title_requests == [], "no call past the day's budget"
+    assert ended["title"] == title_from_task(TASK, "llm")

@@ -116,7 +116,7 @@ class Conversation:
         await load_sdks()
         handle = self._model()
         if handle is not None:
-            await retitle_with_model(self.orchestrator, agent, handle.model)
+            await retitle_with_model(self.orchestrator, agent, handle.model, handle.price)
 
     async def _append_agent_event(self, agent: Agent) -> None:
         thread_id = agent.thread_id or self._last_thread_id

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 import anyio
 
 from forkyard.errors import ForkyardError
-from forkyard.models.types import ChatMessage, ChatModel, complete
+from forkyard.models.config import ModelPrice
+from forkyard.models.pricing import metered
+from forkyard.models.types import ChatMessage, ChatModel, Usage, complete
 from forkyard.supervisor import one_line
 from forkyard_protocol.models import Agent
 
@@ -117,10 +119,11 @@ def clean_title(text: str) -> str | None:
     return cut_at_word(title, MAX_TITLE_CHARS) if title else None
 
 
-async def model_title(model: ChatModel, task: str) -> str | None:
+async def model_title(model: ChatModel, task: str) -> tuple[str | None, Usage | None]:
     """A short title for `task` from the chat model, or None (no answer in time, an
-    error): the title from the task then stays. Model calls are async I/O: the event
-    loop is never blocked, and the caller runs this in the background."""
+    error): the title from the task then stays; and what the call used. Model calls are
+    async I/O: the event loop is never blocked, and the caller runs this in the
+    background."""
     with anyio.move_on_after(MODEL_TITLE_SECONDS):
         try:
             completion = await complete(
@@ -128,24 +131,32 @@ async def model_title(model: ChatModel, task: str) -> str | None:
             )
         except Exception as exc:  # any failure of the model: keep the task's title
             logger.info("no model title: %s", one_line(str(exc), 200))
-            return None
-        return clean_title(completion.text)
+            return None, None
+        return clean_title(completion.text), completion.usage
     logger.info("no model title within %s s", MODEL_TITLE_SECONDS)
-    return None
+    return None, None
 
 
-async def retitle_with_model(orchestrator: Orchestrator, agent: Agent, model: ChatModel) -> None:
+async def retitle_with_model(
+    orchestrator: Orchestrator, agent: Agent, model: ChatModel, price: ModelPrice | None = None
+) -> None:
     """Ask for a title after the dispatch answered, then set it: the agent's new title
-    reaches editors as `forkyard/agent/changed`. The agent's branch keeps its name."""
+    reaches editors as `forkyard/agent/changed`. The agent's branch keeps its name. The
+    call is the agent's: its usage is the agent's and counts in the day's and thread's
+    sums, and a budget already reached means no call."""
     if not wants_model_title(agent):
         return
-    title = await model_title(model, agent.task)
-    if title is None:
+    if orchestrator.ledger.refusal(agent.thread_id, orchestrator.settings.budget):
         return
+    title, used = await model_title(model, agent.task)
     try:
         runtime = orchestrator.resolve(agent.id)
     except ForkyardError:
         return  # gone meanwhile
+    if used is not None:
+        orchestrator.add_usage(runtime, metered(used, price))
+    if title is None:
+        return
     if runtime.agent.title != agent.title:
         return  # renamed meanwhile: that title wins
     if title != agent.title:
