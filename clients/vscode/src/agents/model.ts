@@ -229,7 +229,17 @@ export function statusBarText(agents: Iterable<Agent>): StatusText {
   return { text: parts.join(" "), tooltip };
 }
 
-export function agentTooltip(agent: Agent): string {
+/** One line per overlapping agent, "overlaps #2 (src/app.py)", shown as rows under a
+ * done agent: in the row's description it is cut off behind a long title. */
+export function overlapNotes(agent: Agent, numberOf: (agentId: string) => number | undefined = () => undefined): string[] {
+  return (agent.state === "done" ? (agent.overlaps ?? []) : []).map((overlap) => {
+    const number = numberOf(overlap.agentId);
+    const name = number === undefined ? overlap.agentId : `#${number}`;
+    return `overlaps ${name} (${(overlap.paths ?? []).join(", ")})`;
+  });
+}
+
+export function agentTooltip(agent: Agent, numberOf: (agentId: string) => number | undefined = () => undefined): string {
   const lines = [
     `**#${agent.number} ${escapeMarkdown(agent.title)}** — ${agent.state}`,
     "",
@@ -243,7 +253,9 @@ export function agentTooltip(agent: Agent): string {
   const usage = usageText(agent.usage);
   if (usage) lines.push(usage.long);
   for (const overlap of agent.state === "done" ? (agent.overlaps ?? []) : []) {
-    lines.push(`Overlaps agent ${escapeMarkdown(overlap.agentId)} in ${escapeMarkdown((overlap.paths ?? []).join(", "))}`);
+    const number = numberOf(overlap.agentId);
+    const name = number === undefined ? `agent ${escapeMarkdown(overlap.agentId)}` : `#${number}`;
+    lines.push(`Overlaps ${name} in ${escapeMarkdown((overlap.paths ?? []).join(", "))}`);
   }
   if (agent.summary) lines.push("", escapeMarkdown(agent.summary));
   if (agent.error) lines.push("", `Error: ${escapeMarkdown(agent.error)}`);

@@ -13,6 +13,7 @@ import {
   groupAgents,
   groupOf,
   nothingLeft,
+  overlapNotes,
 } from "./model";
 import type { AgentStore } from "./store";
 
@@ -74,6 +75,15 @@ export class AgentsTreeProvider implements vscode.TreeDataProvider<AgentNode>, v
   };
 
   private async files(agent: Agent): Promise<AgentNode[]> {
+    const overlaps: AgentNode[] = overlapNotes(agent, (id) => this.store.get(id)?.number).map((text) => ({
+      kind: "note",
+      agent,
+      text,
+    }));
+    return [...overlaps, ...(await this.diffFiles(agent))];
+  }
+
+  private async diffFiles(agent: Agent): Promise<AgentNode[]> {
     try {
       const diff = await this.store.diff(agent);
       if (diff.files.length === 0) {
@@ -124,7 +134,7 @@ export class AgentsTreeProvider implements vscode.TreeDataProvider<AgentNode>, v
         // The state is part of the id so that an agent reaching `done` opens its files.
         item.id = `agent:${agent.id}:${groupOf(agent, this.reviewed).id}`;
         item.description = agentDescription(agent, (id) => this.store.get(id)?.number);
-        item.tooltip = new vscode.MarkdownString(agentTooltip(agent));
+        item.tooltip = new vscode.MarkdownString(agentTooltip(agent, (id) => this.store.get(id)?.number));
         const icon = agentIcon(agent);
         item.iconPath = new vscode.ThemeIcon(icon.id, icon.color ? new vscode.ThemeColor(icon.color) : undefined);
         item.contextValue = agentContextValue(agent);

@@ -5,6 +5,7 @@ import {
   agentContextValue,
   agentDescription,
   agentTooltip,
+  overlapNotes,
   nothingLeft,
   placementText,
   agentIcon,
@@ -168,4 +169,13 @@ test("a done agent with every hunk kept or undone leaves To review for Reviewed"
   assert.equal(nothingLeft([change], () => ({ additions: 0, deletions: 0 })), true);
   assert.equal(nothingLeft([change], () => ({ additions: 1, deletions: 0 })), false);
   assert.equal(nothingLeft([], () => ({ additions: 0, deletions: 0 })), false, "an explorer's summary is its review");
+});
+
+test("a done agent's overlaps are rows of their own, and its hover names agents by number", () => {
+  const a = agent({ number: 1, state: "done", overlaps: [{ agentId: "agent-b", paths: ["src/app.py"] }] });
+  const numbers = (id: string) => (id === "agent-b" ? 2 : undefined);
+  assert.deepEqual(overlapNotes(a, numbers), ["overlaps #2 (src/app.py)"]);
+  assert.match(agentTooltip(a, numbers), /Overlaps #2 in src\/app\.py/);
+  assert.doesNotMatch(agentTooltip(a, numbers), /agent-b/);
+  assert.deepEqual(overlapNotes({ ...a, state: "running" }, numbers), [], "only done agents overlap");
 });
