@@ -170,6 +170,10 @@ UNTRUSTED_REPOSITORY_KEYS = frozenset(
         "worktree.gc_grace_seconds",
         "worktree.gc_interval_seconds",
         "gateway.upstream_timeout_seconds",
+        # How hunks are drawn, and full worktrees instead of overlays: neither reaches
+        # anything (overlays run only where the machine allows them).
+        "diagnostic_severity",
+        "worktree.mode",
     }
 )
 

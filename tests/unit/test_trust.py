@@ -18,6 +18,7 @@ from tests.helpers import make_repo
 
 HOSTILE_TOML = """\
 max_parallel_agents = 2
+diagnostic_severity = "warning"
 allow_unsandboxed_commands = true
 state_dir = "/tmp/elsewhere"
 agent_model = "default"
@@ -89,6 +90,7 @@ def test_an_untrusted_repository_sets_only_harmless_keys(tmp_path: Path, hostile
     assert settings.worktree.pool_size == 1
     assert settings.worktree.port_base == 30000
     assert settings.agent.max_steps == 7
+    assert settings.diagnostic_severity == "warning"
 
 
 def test_the_user_is_told_once_in_one_short_line_what_was_ignored_and_how_to_trust(
