@@ -196,16 +196,19 @@ export function activate(context: vscode.ExtensionContext): void {
     vscode.commands.registerCommand("forkyard.showOutput", () => output.show()),
   );
 
-  updateStatus();
   // The chat in the secondary side bar by default (once: after that, where the person
   // keeps it); placed before the server starts, so the layout settles before anything
-  // (a notice, a person's first command) can meet it.
+  // (a notice, a person's first command) can meet it. The status bar item shows once it
+  // has: what it offers (the agents, the chat) is then where it stays.
   const placed = placeChatOnce(context.globalState, (command, ...args) =>
     vscode.commands.executeCommand(command, ...args),
   ).catch(() => false);
   // Start the server now: agents that ran before the reload show up, and the chat view
   // restores its thread as soon as it is opened.
-  placed.then(() => connection.ready()).catch((error: unknown) => {
+  placed.then(() => {
+    updateStatus();
+    return connection.ready();
+  }).catch((error: unknown) => {
     output.appendLine(String(error instanceof Error ? error.message : error));
     status.text = "$(error) Forkyard";
     status.tooltip = "Forkyard's language server is not running: click to see why.";

@@ -269,9 +269,19 @@ export async function runCommand(page: Page, title: string): Promise<void> {
     await page.keyboard.press("Escape");
     await widget.waitFor({ state: "hidden" });
   }
-  await page.keyboard.press("F1");
+  // F1 opens the palette from wherever the keyboard is, but a webview that holds the
+  // focus (the chat, at start) may keep the key: press it again, up to three times.
   const input = page.locator(".quick-input-widget input");
-  await input.waitFor();
+  for (let attempt = 1; ; attempt++) {
+    await page.keyboard.press("F1");
+    try {
+      await input.waitFor({ timeout: attempt < 3 ? 5_000 : 30_000 });
+      break;
+    } catch (error) {
+      if (attempt >= 3) throw error;
+      await page.locator(".part.editor").click().catch(() => undefined);
+    }
+  }
   await input.fill(`>${title}`);
   await page.locator(".quick-input-list .monaco-list-row", { hasText: title }).first().waitFor();
   await page.keyboard.press("Enter");
