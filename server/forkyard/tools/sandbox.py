@@ -16,9 +16,10 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Literal
 
@@ -138,18 +139,24 @@ async def _probe() -> SandboxStatus:
         _ProbeCache.disable_userns = b"--disable-userns" in usage.stdout + usage.stderr
     except (OSError, TimeoutError):
         pass  # the probe below tells what is wrong
-    argv = await anyio.to_thread.run_sync(
-        lambda: sandboxed_argv("true", SandboxPolicy(writable=[]), cwd=Path("/"), env={})
-    )
+    # In an empty folder of its own, as an agent in its worktree: a probe in "/" would
+    # bind the whole host, every mount on it included, and fail whenever one of them (an
+    # overlay worktree being mounted or unmounted) changes under bwrap meanwhile.
+    scratch = Path(await anyio.to_thread.run_sync(partial(tempfile.mkdtemp, prefix="fy-probe-")))
     try:
+        argv = await anyio.to_thread.run_sync(
+            lambda: sandboxed_argv("true", SandboxPolicy(writable=[]), cwd=scratch, env={})
+        )
         with anyio.fail_after(PROBE_TIMEOUT_SECONDS):
             done = await anyio.run_process(
-                argv, check=False, stdin=subprocess.DEVNULL, cwd="/", env={}
+                argv, check=False, stdin=subprocess.DEVNULL, cwd=scratch, env={}
             )
     except TimeoutError:
         return SandboxStatus(False, f"bwrap did not finish in {PROBE_TIMEOUT_SECONDS:g} s")
     except OSError as error:
         return SandboxStatus(False, f"bwrap cannot be started: {error}")
+    finally:
+        await anyio.to_thread.run_sync(scratch.rmdir)
     if done.returncode != 0:
         detail = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
         return SandboxStatus(False, f"bwrap cannot create namespaces here: {detail}")
